@@ -1,0 +1,192 @@
+/* Parses and checks kmsd.conf (format: common/kms_conf.h). */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms_conf.h"
+#include "kms_err.h"
+#include "kms_frame.h"
+#include "log.h"
+
+static int
+set_str(char *dst, size_t cap, const char *value, char *why, size_t why_len)
+{
+  size_t n = strlen(value);
+  if (n == 0 || n >= cap) {
+    snprintf(why, why_len, "value empty or longer than %zu bytes", cap - 1);
+    return KMS_ERR_CONFIG;
+  }
+  memcpy(dst, value, n + 1);
+  return KMS_OK;
+}
+
+static int
+set_uint(unsigned long long *dst, const char *value, unsigned long long min,
+         unsigned long long max, char *why, size_t why_len)
+{
+  if (kms_conf_uint(value, min, max, dst) != KMS_OK) {
+    snprintf(why, why_len, "expected an integer in [%llu, %llu]", min, max);
+    return KMS_ERR_CONFIG;
+  }
+  return KMS_OK;
+}
+
+static int
+parse_listen(struct kmsd_config *c, const char *value, char *why, size_t why_len)
+{
+  const char *colon = strrchr(value, ':');
+  unsigned long long port;
+  if (colon == NULL || colon == value || (size_t)(colon - value) >= sizeof(c->listen_host) ||
+      kms_conf_uint(colon + 1, 0, 65535, &port) != KMS_OK) {
+    snprintf(why, why_len, "expected HOST:PORT");
+    return KMS_ERR_CONFIG;
+  }
+  memcpy(c->listen_host, value, (size_t)(colon - value));
+  c->listen_host[colon - value] = '\0';
+  c->listen_port = (uint16_t)port;
+  return KMS_OK;
+}
+
+static int
+add_principal(char list[][CONFIG_PRINCIPAL_LEN], size_t *n, const char *value,
+              char *why, size_t why_len)
+{
+  if (*n >= CONFIG_PRINCIPALS_MAX) {
+    snprintf(why, why_len, "more than %d entries", CONFIG_PRINCIPALS_MAX);
+    return KMS_ERR_CONFIG;
+  }
+  int r = set_str(list[*n], CONFIG_PRINCIPAL_LEN, value, why, why_len);
+  if (r == KMS_OK) {
+    (*n)++;
+  }
+  return r;
+}
+
+static int
+on_entry(void *arg, const char *key, const char *value, char *why, size_t why_len)
+{
+  struct kmsd_config *c = arg;
+  unsigned long long v;
+  int r;
+
+  if (strcmp(key, "listen") == 0) {
+    return parse_listen(c, value, why, why_len);
+  }
+  if (strcmp(key, "tls_cert") == 0) {
+    return set_str(c->tls_cert, sizeof(c->tls_cert), value, why, why_len);
+  }
+  if (strcmp(key, "tls_key") == 0) {
+    return set_str(c->tls_key, sizeof(c->tls_key), value, why, why_len);
+  }
+  if (strcmp(key, "tls_ca") == 0) {
+    return set_str(c->tls_ca, sizeof(c->tls_ca), value, why, why_len);
+  }
+  if (strcmp(key, "pkcs11_module") == 0) {
+    return set_str(c->pkcs11_module, sizeof(c->pkcs11_module), value, why, why_len);
+  }
+  if (strcmp(key, "token_label") == 0) {
+    return set_str(c->token_label, sizeof(c->token_label), value, why, why_len);
+  }
+  if (strcmp(key, "pin_file") == 0) {
+    return set_str(c->pin_file, sizeof(c->pin_file), value, why, why_len);
+  }
+  if (strcmp(key, "keystore") == 0) {
+    return set_str(c->keystore, sizeof(c->keystore), value, why, why_len);
+  }
+  if (strcmp(key, "workers") == 0) {
+    r = set_uint(&v, value, 1, 64, why, why_len);
+    c->workers = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "kek_cache_size") == 0) {
+    r = set_uint(&v, value, 1, 1000000, why, why_len);
+    c->kek_cache_size = (size_t)v;
+    return r;
+  }
+  if (strcmp(key, "kek_max_uses") == 0) {
+    r = set_uint(&v, value, 16, CONFIG_KEK_MAX_USES_CEILING, why, why_len);
+    c->kek_max_uses = v;
+    return r;
+  }
+  if (strcmp(key, "max_frame") == 0) {
+    r = set_uint(&v, value, 1024, KMS_FRAME_MAX_HARD, why, why_len);
+    c->max_frame = (size_t)v;
+    return r;
+  }
+  if (strcmp(key, "max_connections") == 0) {
+    r = set_uint(&v, value, 1, 100000, why, why_len);
+    c->max_connections = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "max_inflight") == 0) {
+    r = set_uint(&v, value, 1, 4096, why, why_len);
+    c->max_inflight = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "handshake_timeout_ms") == 0) {
+    r = set_uint(&v, value, 100, 600000, why, why_len);
+    c->handshake_timeout_ms = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "idle_timeout_ms") == 0) {
+    r = set_uint(&v, value, 1000, 86400000, why, why_len);
+    c->idle_timeout_ms = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "log_level") == 0) {
+    c->log_level = log_parse_level(value);
+    if (c->log_level < 0) {
+      snprintf(why, why_len, "expected error, warn, info or debug");
+      return KMS_ERR_CONFIG;
+    }
+    return KMS_OK;
+  }
+  if (strcmp(key, "officer") == 0) {
+    return add_principal(c->officers, &c->n_officers, value, why, why_len);
+  }
+  if (strcmp(key, "service") == 0) {
+    return add_principal(c->services, &c->n_services, value, why, why_len);
+  }
+  snprintf(why, why_len, "unknown key");
+  return KMS_ERR_CONFIG;
+}
+
+int
+config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len)
+{
+  memset(out, 0, sizeof(*out));
+  snprintf(out->listen_host, sizeof(out->listen_host), "127.0.0.1");
+  out->listen_port = 7443;
+  snprintf(out->token_label, sizeof(out->token_label), "tenantkms");
+  out->workers = 2;
+  out->kek_cache_size = 4096;
+  out->kek_max_uses = CONFIG_KEK_MAX_USES_DEFAULT;
+  out->max_frame = KMS_FRAME_MAX_DEFAULT;
+  out->max_connections = 1024;
+  out->max_inflight = 64;
+  out->handshake_timeout_ms = 10000;
+  out->idle_timeout_ms = 300000;
+  out->log_level = LOG_INFO;
+
+  int r = kms_conf_parse(path, on_entry, out, err, err_len);
+  if (r != KMS_OK) {
+    return r;
+  }
+  const struct {
+    const char *key;
+    const char *val;
+  } required[] = {
+      {"tls_cert", out->tls_cert},   {"tls_key", out->tls_key},
+      {"tls_ca", out->tls_ca},       {"pkcs11_module", out->pkcs11_module},
+      {"pin_file", out->pin_file},   {"keystore", out->keystore},
+  };
+  for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
+    if (required[i].val[0] == '\0') {
+      snprintf(err, err_len, "%s: missing required key '%s'", path, required[i].key);
+      return KMS_ERR_CONFIG;
+    }
+  }
+  return KMS_OK;
+}

@@ -1,0 +1,1112 @@
+/* The HSM layer: loads the PKCS#11 module and does every key operation kmsd asks of the HSM. */
+
+#include "hsm.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "kms_err.h"
+
+/*
+ * pkcs11.h in compat mode #defines common words (value, count, params, ...):
+ * it is included here and nowhere else, and last, so it cannot rename members
+ * of the structures declared by the headers above.
+ */
+#include <softhsm/pkcs11.h>
+
+/* PKCS#11 3.0 names RFC 5649 CKM_AES_KEY_WRAP_KWP; the 2.40 header lacks it. */
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x0000210BUL
+#endif
+
+_Static_assert(sizeof(CK_OBJECT_HANDLE) <= sizeof(hsm_key), "hsm_key must hold a handle");
+_Static_assert(sizeof(CK_ULONG) >= sizeof(size_t), "CK_ULONG must hold a size_t");
+
+#define KEK_LEN 32
+#define PIN_MAX 256
+#define ROOT_ID_MAX 32
+#define TOKEN_LABEL_LEN 32
+
+struct hsm {
+  void *dl;
+  CK_FUNCTION_LIST_PTR p11;
+  bool finalize;  /* our C_Initialize returned CKR_OK: only then do we C_Finalize */
+  bool logged_in; /* our C_Login returned CKR_OK: only then do we C_Logout */
+  CK_SLOT_ID slot;
+  CK_MECHANISM_TYPE wrap_mech;
+  CK_OBJECT_HANDLE root; /* found once at open; C_FindObjects is linear in the token */
+  /*
+   * Session objects die with the session that created them, and worker
+   * sessions come and go: loaded KEKs are created on this long-lived session so
+   * that every session of the process can use them until hsm_close.
+   */
+  pthread_mutex_t owner_mu;
+  bool owner_mu_init;
+  bool owner_open;
+  CK_SESSION_HANDLE owner; /* used only under owner_mu once hsm_open returned */
+};
+
+struct hsm_session {
+  hsm *h;
+  CK_SESSION_HANDLE sh;
+};
+
+static const char *ckr_name(CK_RV rv) {
+  switch (rv) {
+  case CKR_OK: return "CKR_OK";
+  case CKR_HOST_MEMORY: return "CKR_HOST_MEMORY";
+  case CKR_SLOT_ID_INVALID: return "CKR_SLOT_ID_INVALID";
+  case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
+  case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
+  case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
+  case CKR_ACTION_PROHIBITED: return "CKR_ACTION_PROHIBITED";
+  case CKR_ATTRIBUTE_READ_ONLY: return "CKR_ATTRIBUTE_READ_ONLY";
+  case CKR_ATTRIBUTE_SENSITIVE: return "CKR_ATTRIBUTE_SENSITIVE";
+  case CKR_ATTRIBUTE_TYPE_INVALID: return "CKR_ATTRIBUTE_TYPE_INVALID";
+  case CKR_ATTRIBUTE_VALUE_INVALID: return "CKR_ATTRIBUTE_VALUE_INVALID";
+  case CKR_DATA_INVALID: return "CKR_DATA_INVALID";
+  case CKR_DATA_LEN_RANGE: return "CKR_DATA_LEN_RANGE";
+  case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
+  case CKR_DEVICE_MEMORY: return "CKR_DEVICE_MEMORY";
+  case CKR_DEVICE_REMOVED: return "CKR_DEVICE_REMOVED";
+  case CKR_ENCRYPTED_DATA_INVALID: return "CKR_ENCRYPTED_DATA_INVALID";
+  case CKR_ENCRYPTED_DATA_LEN_RANGE: return "CKR_ENCRYPTED_DATA_LEN_RANGE";
+  case CKR_FUNCTION_NOT_SUPPORTED: return "CKR_FUNCTION_NOT_SUPPORTED";
+  case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
+  case CKR_KEY_SIZE_RANGE: return "CKR_KEY_SIZE_RANGE";
+  case CKR_KEY_TYPE_INCONSISTENT: return "CKR_KEY_TYPE_INCONSISTENT";
+  case CKR_KEY_FUNCTION_NOT_PERMITTED: return "CKR_KEY_FUNCTION_NOT_PERMITTED";
+  case CKR_KEY_NOT_WRAPPABLE: return "CKR_KEY_NOT_WRAPPABLE";
+  case CKR_KEY_UNEXTRACTABLE: return "CKR_KEY_UNEXTRACTABLE";
+  case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
+  case CKR_MECHANISM_PARAM_INVALID: return "CKR_MECHANISM_PARAM_INVALID";
+  case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
+  case CKR_OPERATION_ACTIVE: return "CKR_OPERATION_ACTIVE";
+  case CKR_OPERATION_NOT_INITIALIZED: return "CKR_OPERATION_NOT_INITIALIZED";
+  case CKR_PIN_INCORRECT: return "CKR_PIN_INCORRECT";
+  case CKR_PIN_INVALID: return "CKR_PIN_INVALID";
+  case CKR_PIN_LEN_RANGE: return "CKR_PIN_LEN_RANGE";
+  case CKR_PIN_EXPIRED: return "CKR_PIN_EXPIRED";
+  case CKR_PIN_LOCKED: return "CKR_PIN_LOCKED";
+  case CKR_SESSION_CLOSED: return "CKR_SESSION_CLOSED";
+  case CKR_SESSION_COUNT: return "CKR_SESSION_COUNT";
+  case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
+  case CKR_SESSION_READ_ONLY: return "CKR_SESSION_READ_ONLY";
+  case CKR_TEMPLATE_INCOMPLETE: return "CKR_TEMPLATE_INCOMPLETE";
+  case CKR_TEMPLATE_INCONSISTENT: return "CKR_TEMPLATE_INCONSISTENT";
+  case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
+  case CKR_TOKEN_NOT_RECOGNIZED: return "CKR_TOKEN_NOT_RECOGNIZED";
+  case CKR_TOKEN_WRITE_PROTECTED: return "CKR_TOKEN_WRITE_PROTECTED";
+  case CKR_UNWRAPPING_KEY_HANDLE_INVALID: return "CKR_UNWRAPPING_KEY_HANDLE_INVALID";
+  case CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT: return "CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT";
+  case CKR_USER_ALREADY_LOGGED_IN: return "CKR_USER_ALREADY_LOGGED_IN";
+  case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
+  case CKR_USER_PIN_NOT_INITIALIZED: return "CKR_USER_PIN_NOT_INITIALIZED";
+  case CKR_USER_TYPE_INVALID: return "CKR_USER_TYPE_INVALID";
+  case CKR_WRAPPED_KEY_INVALID: return "CKR_WRAPPED_KEY_INVALID";
+  case CKR_WRAPPED_KEY_LEN_RANGE: return "CKR_WRAPPED_KEY_LEN_RANGE";
+  case CKR_WRAPPING_KEY_HANDLE_INVALID: return "CKR_WRAPPING_KEY_HANDLE_INVALID";
+  case CKR_WRAPPING_KEY_TYPE_INCONSISTENT: return "CKR_WRAPPING_KEY_TYPE_INCONSISTENT";
+  case CKR_RANDOM_NO_RNG: return "CKR_RANDOM_NO_RNG";
+  case CKR_BUFFER_TOO_SMALL: return "CKR_BUFFER_TOO_SMALL";
+  case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
+  case CKR_CRYPTOKI_ALREADY_INITIALIZED: return "CKR_CRYPTOKI_ALREADY_INITIALIZED";
+  case CKR_FUNCTION_REJECTED: return "CKR_FUNCTION_REJECTED";
+  default: return "CKR_?";
+  }
+}
+
+/*
+ * ckr_to_err maps a PKCS#11 failure to our error space. Anything that means
+ * "the HSM, its token or our login went away" is KMS_ERR_HSM, which kmsd
+ * answers as UNAVAILABLE so clients retry; template and mechanism complaints
+ * are our own bugs. A stale key handle is KMS_ERR_HSM too: handles we gave
+ * out only go bad when the owner session or the token did.
+ */
+static int ckr_to_err(CK_RV rv) {
+  switch (rv) {
+  case CKR_OK:
+    return KMS_OK;
+  case CKR_HOST_MEMORY:
+    return KMS_ERR_ALLOC;
+  case CKR_ARGUMENTS_BAD:
+  case CKR_DATA_INVALID:
+  case CKR_DATA_LEN_RANGE:
+    return KMS_ERR_INVALID_ARGUMENT;
+  case CKR_ATTRIBUTE_READ_ONLY:
+  case CKR_ATTRIBUTE_TYPE_INVALID:
+  case CKR_ATTRIBUTE_VALUE_INVALID:
+  case CKR_TEMPLATE_INCOMPLETE:
+  case CKR_TEMPLATE_INCONSISTENT:
+  case CKR_MECHANISM_PARAM_INVALID:
+  case CKR_KEY_FUNCTION_NOT_PERMITTED:
+  case CKR_KEY_TYPE_INCONSISTENT:
+  case CKR_KEY_SIZE_RANGE:
+  case CKR_OPERATION_ACTIVE:
+  case CKR_OPERATION_NOT_INITIALIZED:
+  case CKR_BUFFER_TOO_SMALL:
+    return KMS_ERR_INTERNAL;
+  case CKR_DEVICE_ERROR:
+  case CKR_DEVICE_MEMORY:
+  case CKR_DEVICE_REMOVED:
+  case CKR_SESSION_HANDLE_INVALID:
+  case CKR_SESSION_CLOSED:
+  case CKR_SESSION_COUNT:
+  case CKR_TOKEN_NOT_PRESENT:
+  case CKR_TOKEN_NOT_RECOGNIZED:
+  case CKR_USER_NOT_LOGGED_IN:
+  case CKR_CRYPTOKI_NOT_INITIALIZED:
+  case CKR_KEY_HANDLE_INVALID:
+  case CKR_OBJECT_HANDLE_INVALID:
+  default:
+    return KMS_ERR_HSM;
+  }
+}
+
+/* A wrong key, tag, AAD, IV or key token: one opaque answer whatever the module said. */
+static bool ckr_is_auth_failure(CK_RV rv) {
+  return rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_INVALID ||
+         rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_INVALID ||
+         rv == CKR_WRAPPED_KEY_LEN_RANGE;
+}
+
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t err_len,
+                                                         const char *fmt, ...) {
+  va_list ap;
+
+  if (err == NULL || err_len == 0) {
+    return;
+  }
+  va_start(ap, fmt);
+  vsnprintf(err, err_len, fmt, ap);
+  va_end(ap);
+}
+
+static int ckr_fail(char *err, size_t err_len, const char *fn, CK_RV rv) {
+  set_err(err, err_len, "PKCS#11 %s: %s (0x%lx)", fn, ckr_name(rv), (unsigned long)rv);
+  return ckr_to_err(rv);
+}
+
+/*
+ * read_pin reads the first line of |path| into |pin| (capacity PIN_MAX) with
+ * read(2) rather than stdio, so that no library buffer we cannot wipe ever
+ * holds the PIN. The caller wipes |pin| whatever the result.
+ */
+static int read_pin(const char *path, char *pin, size_t *out_len, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  int fd = -1;
+  struct stat st;
+  size_t got = 0;
+  char *nl = NULL;
+
+  *out_len = 0;
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
+    r = KMS_ERR_IO;
+    goto out;
+  }
+  /* fstat the open file, not the path, so the file checked is the file read. */
+  if (fstat(fd, &st) != 0) {
+    set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
+    r = KMS_ERR_IO;
+    goto out;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    set_err(err, err_len, "pin file %s is not a regular file", path);
+    r = KMS_ERR_CONFIG;
+    goto out;
+  }
+  if ((st.st_mode & 077) != 0) {
+    set_err(err, err_len,
+            "pin file %s must not be accessible by group or others (mode %04o)", path,
+            (unsigned)(st.st_mode & 07777));
+    r = KMS_ERR_CONFIG;
+    goto out;
+  }
+  while (got < PIN_MAX - 1) {
+    ssize_t n = read(fd, pin + got, PIN_MAX - 1 - got);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
+      r = KMS_ERR_IO;
+      goto out;
+    }
+    if (n == 0) {
+      break;
+    }
+    got += (size_t)n;
+    if (memchr(pin, '\n', got) != NULL) {
+      break;
+    }
+  }
+  nl = memchr(pin, '\n', got);
+  if (nl == NULL && got == PIN_MAX - 1) {
+    set_err(err, err_len, "pin file %s: first line longer than %d bytes", path, PIN_MAX - 2);
+    r = KMS_ERR_CONFIG;
+    goto out;
+  }
+  if (nl != NULL) {
+    got = (size_t)(nl - pin);
+  }
+  if (got > 0 && pin[got - 1] == '\r') {
+    got--;
+  }
+  if (got == 0) {
+    set_err(err, err_len, "pin file %s: first line is empty", path);
+    r = KMS_ERR_CONFIG;
+    goto out;
+  }
+  *out_len = got;
+  r = KMS_OK;
+out:
+  if (fd >= 0) {
+    close(fd);
+  }
+  return r;
+}
+
+static int find_slot(hsm *h, const char *label, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_SLOT_ID *slots = NULL;
+  CK_ULONG n_slots = 0;
+  CK_ULONG i;
+  unsigned char want[TOKEN_LABEL_LEN];
+  size_t label_len = strlen(label);
+  int matches = 0;
+
+  memset(want, ' ', sizeof(want));
+  memcpy(want, label, label_len);
+  /* The slot count can change between the two calls (hotplug): retry on BUFFER_TOO_SMALL. */
+  for (;;) {
+    rv = h->p11->C_GetSlotList(CK_TRUE, NULL, &n_slots);
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_GetSlotList", rv);
+      goto out;
+    }
+    if (n_slots == 0) {
+      set_err(err, err_len, "no PKCS#11 token present (looking for label \"%s\")", label);
+      r = KMS_ERR_HSM;
+      goto out;
+    }
+    free(slots);
+    slots = calloc(n_slots, sizeof(*slots));
+    if (slots == NULL) {
+      r = KMS_ERR_ALLOC;
+      goto out;
+    }
+    rv = h->p11->C_GetSlotList(CK_TRUE, slots, &n_slots);
+    if (rv == CKR_BUFFER_TOO_SMALL) {
+      continue;
+    }
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_GetSlotList", rv);
+      goto out;
+    }
+    break;
+  }
+  for (i = 0; i < n_slots; i++) {
+    CK_TOKEN_INFO ti;
+
+    memset(&ti, 0, sizeof(ti));
+    rv = h->p11->C_GetTokenInfo(slots[i], &ti);
+    if (rv != CKR_OK) {
+      continue; /* removed since the list was taken, or unreadable: not ours */
+    }
+    if (memcmp(ti.label, want, sizeof(want)) == 0) {
+      matches++;
+      h->slot = slots[i];
+    }
+  }
+  if (matches == 0) {
+    set_err(err, err_len, "no PKCS#11 token labelled \"%s\"", label);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  if (matches > 1) {
+    set_err(err, err_len, "%d PKCS#11 tokens are labelled \"%s\": ambiguous", matches, label);
+    r = KMS_ERR_CONFIG;
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  free(slots);
+  return r;
+}
+
+static int check_mech(hsm *h, CK_MECHANISM_TYPE mech, CK_FLAGS need, const char *name,
+                      char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_MECHANISM_INFO info;
+
+  /* SoftHSM2 ORs into flags instead of setting them. */
+  memset(&info, 0, sizeof(info));
+  rv = h->p11->C_GetMechanismInfo(h->slot, mech, &info);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_GetMechanismInfo", rv);
+    goto out;
+  }
+  if ((info.flags & need) != need) {
+    set_err(err, err_len, "PKCS#11 token does not allow %s for the operations kmsd needs", name);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  return r;
+}
+
+static int pick_mechanisms(hsm *h, const char *label, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_MECHANISM_TYPE *mechs = NULL;
+  CK_ULONG n_mechs = 0;
+  CK_ULONG i;
+  bool kwp = false, pad = false, gcm = false, keygen = false;
+
+  rv = h->p11->C_GetMechanismList(h->slot, NULL, &n_mechs);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_GetMechanismList", rv);
+    goto out;
+  }
+  mechs = calloc(n_mechs + 1, sizeof(*mechs));
+  if (mechs == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  rv = h->p11->C_GetMechanismList(h->slot, mechs, &n_mechs);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_GetMechanismList", rv);
+    goto out;
+  }
+  for (i = 0; i < n_mechs; i++) {
+    kwp = kwp || mechs[i] == CKM_AES_KEY_WRAP_KWP;
+    pad = pad || mechs[i] == CKM_AES_KEY_WRAP_PAD;
+    gcm = gcm || mechs[i] == CKM_AES_GCM;
+    keygen = keygen || mechs[i] == CKM_AES_KEY_GEN;
+  }
+  /*
+   * CKM_AES_KEY_WRAP_PAD is RFC 5649 in SoftHSM2 but RFC 3394 over PKCS#7
+   * padding in NSS: the PKCS#11 3.0 name wins when offered, and the chosen
+   * mechanism is stored beside every key token.
+   */
+  if (kwp) {
+    h->wrap_mech = CKM_AES_KEY_WRAP_KWP;
+  } else if (pad) {
+    h->wrap_mech = CKM_AES_KEY_WRAP_PAD;
+  } else {
+    set_err(err, err_len,
+            "PKCS#11 token \"%s\" offers no RFC 5649 key wrap "
+            "(CKM_AES_KEY_WRAP_KWP or CKM_AES_KEY_WRAP_PAD)",
+            label);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  if (!gcm) {
+    set_err(err, err_len, "PKCS#11 token \"%s\" does not offer CKM_AES_GCM", label);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  if (!keygen) {
+    set_err(err, err_len, "PKCS#11 token \"%s\" does not offer CKM_AES_KEY_GEN", label);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  if ((r = check_mech(h, h->wrap_mech, CKF_WRAP | CKF_UNWRAP,
+                      kwp ? "CKM_AES_KEY_WRAP_KWP" : "CKM_AES_KEY_WRAP_PAD", err,
+                      err_len)) != KMS_OK ||
+      (r = check_mech(h, CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, "CKM_AES_GCM", err,
+                      err_len)) != KMS_OK ||
+      (r = check_mech(h, CKM_AES_KEY_GEN, CKF_GENERATE, "CKM_AES_KEY_GEN", err, err_len)) !=
+          KMS_OK) {
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  free(mechs);
+  return r;
+}
+
+static int login(hsm *h, const char *pin_file, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  char pin[PIN_MAX];
+  size_t pin_len = 0;
+
+  memset(pin, 0, sizeof(pin));
+  if ((r = read_pin(pin_file, pin, &pin_len, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  rv = h->p11->C_Login(h->owner, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
+  OPENSSL_cleanse(pin, sizeof(pin));
+  if (rv == CKR_USER_ALREADY_LOGGED_IN) {
+    /* Login is per application: someone else in this process (libp11) did it and owns it. */
+    r = KMS_OK;
+    goto out;
+  }
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_Login", rv);
+    goto out;
+  }
+  h->logged_in = true;
+  r = KMS_OK;
+out:
+  OPENSSL_cleanse(pin, sizeof(pin));
+  return r;
+}
+
+/* find_by_id returns up to two matches so that a duplicate is noticed, not picked at random. */
+static int find_by_id(hsm *h, const char *id, CK_OBJECT_HANDLE found[2], CK_ULONG *out_n,
+                      char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_ID, (void *)id, strlen(id)},
+  };
+  bool active = false;
+
+  *out_n = 0;
+  rv = h->p11->C_FindObjectsInit(h->owner, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_FindObjectsInit", rv);
+    goto out;
+  }
+  active = true;
+  rv = h->p11->C_FindObjects(h->owner, found, 2, out_n);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_FindObjects", rv);
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  if (active) {
+    rv = h->p11->C_FindObjectsFinal(h->owner);
+    if (rv != CKR_OK && r == KMS_OK) {
+      r = ckr_fail(err, err_len, "C_FindObjectsFinal", rv);
+    }
+  }
+  return r;
+}
+
+static int create_root(hsm *h, const char *id, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_ULONG len = KEK_LEN;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  /*
+   * Without an unwrap template anyone holding the PIN and a key token could
+   * unwrap it as a non-sensitive, extractable key and read the KEK (seen on
+   * SoftHSM2 2.6.1, which enforces CKA_UNWRAP_TEMPLATE). Not modifiable and
+   * not copyable so that nobody can later add CKA_DECRYPT (ECB-decrypting a
+   * key token is the same leak) or drop the template.
+   */
+  CK_ATTRIBUTE unwrap_tmpl[] = {
+      {CKA_SENSITIVE, &yes, sizeof(yes)},
+      {CKA_EXTRACTABLE, &no, sizeof(no)},
+      {CKA_WRAP, &no, sizeof(no)},
+      {CKA_UNWRAP, &no, sizeof(no)},
+  };
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_KEY_TYPE, &kt, sizeof(kt)},
+      {CKA_VALUE_LEN, &len, sizeof(len)},
+      {CKA_MODIFIABLE, &no, sizeof(no)},
+      {CKA_COPYABLE, &no, sizeof(no)},
+      {CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl)},
+      {CKA_ID, (void *)id, strlen(id)},
+      {CKA_LABEL, (void *)id, strlen(id)},
+      {CKA_TOKEN, &yes, sizeof(yes)},
+      {CKA_PRIVATE, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)},
+      {CKA_EXTRACTABLE, &no, sizeof(no)},
+      {CKA_WRAP, &yes, sizeof(yes)},
+      {CKA_UNWRAP, &yes, sizeof(yes)},
+      {CKA_ENCRYPT, &no, sizeof(no)},
+      {CKA_DECRYPT, &no, sizeof(no)},
+  };
+  CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+
+  rv = h->p11->C_GenerateKey(h->owner, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_GenerateKey", rv);
+    goto out;
+  }
+  h->root = obj;
+  r = KMS_OK;
+out:
+  return r;
+}
+
+/*
+ * check_root refuses a root key that could leak what it wraps: a key able to
+ * C_Decrypt (e.g. with CKM_AES_ECB) would turn every key token into a KEK in
+ * the clear, and one that is extractable or not sensitive could itself leave.
+ */
+static int check_root(hsm *h, const char *id, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_KEY_TYPE kt = 0;
+  CK_ULONG len = 0;
+  CK_BBOOL sens = CK_FALSE, extr = CK_TRUE, wrap = CK_FALSE, unwrap = CK_FALSE;
+  CK_BBOOL enc = CK_TRUE, dec = CK_TRUE;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_KEY_TYPE, &kt, sizeof(kt)},       {CKA_VALUE_LEN, &len, sizeof(len)},
+      {CKA_SENSITIVE, &sens, sizeof(sens)},  {CKA_EXTRACTABLE, &extr, sizeof(extr)},
+      {CKA_WRAP, &wrap, sizeof(wrap)},       {CKA_UNWRAP, &unwrap, sizeof(unwrap)},
+      {CKA_ENCRYPT, &enc, sizeof(enc)},      {CKA_DECRYPT, &dec, sizeof(dec)},
+  };
+
+  rv = h->p11->C_GetAttributeValue(h->owner, h->root, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_GetAttributeValue", rv);
+    goto out;
+  }
+  if (kt != CKK_AES || len != KEK_LEN || !sens || extr || !wrap || !unwrap || enc || dec) {
+    set_err(err, err_len,
+            "root key %s is not a sensitive, non-extractable AES-256 key for wrap/unwrap "
+            "only; refusing to use it",
+            id);
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  return r;
+}
+
+static int ensure_root(hsm *h, uint32_t version, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  char id[ROOT_ID_MAX];
+  CK_OBJECT_HANDLE found[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+  CK_ULONG n = 0;
+
+  snprintf(id, sizeof(id), "tenantkms-root-v%u", (unsigned)version);
+  if ((r = find_by_id(h, id, found, &n, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if (n > 1) {
+    set_err(err, err_len, "more than one root key with CKA_ID %s: ambiguous, refusing", id);
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  if (n == 1) {
+    h->root = found[0];
+  } else if ((r = create_root(h, id, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if ((r = check_root(h, id, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  return r;
+}
+
+int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  hsm *h = NULL;
+  CK_RV rv;
+  CK_C_GetFunctionList get_list = NULL;
+  CK_C_INITIALIZE_ARGS init_args;
+  size_t label_len;
+
+  set_err(err, err_len, "%s", "");
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out = NULL;
+  if (cfg == NULL || cfg->module_path == NULL || cfg->token_label == NULL ||
+      cfg->pin_file == NULL) {
+    set_err(err, err_len, "hsm: module path, token label and pin file are all required");
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  label_len = strlen(cfg->token_label);
+  if (label_len == 0 || label_len > TOKEN_LABEL_LEN) {
+    set_err(err, err_len, "hsm: token label \"%s\" must be 1 to %d bytes", cfg->token_label,
+            TOKEN_LABEL_LEN);
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  h = calloc(1, sizeof(*h));
+  if (h == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  if (pthread_mutex_init(&h->owner_mu, NULL) != 0) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  h->owner_mu_init = true;
+
+  h->dl = dlopen(cfg->module_path, RTLD_NOW | RTLD_LOCAL);
+  if (h->dl == NULL) {
+    set_err(err, err_len, "cannot load PKCS#11 module %s: %s", cfg->module_path, dlerror());
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  *(void **)&get_list = dlsym(h->dl, "C_GetFunctionList");
+  if (get_list == NULL) {
+    set_err(err, err_len, "%s is not a PKCS#11 module (no C_GetFunctionList)",
+            cfg->module_path);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  rv = get_list(&h->p11);
+  if (rv != CKR_OK || h->p11 == NULL) {
+    r = ckr_fail(err, err_len, "C_GetFunctionList", rv != CKR_OK ? rv : CKR_GENERAL_ERROR);
+    goto out;
+  }
+  /* Native OS locks: worker threads call the module concurrently. */
+  memset(&init_args, 0, sizeof(init_args));
+  init_args.flags = CKF_OS_LOCKING_OK;
+  rv = h->p11->C_Initialize(&init_args);
+  if (rv == CKR_OK) {
+    h->finalize = true;
+  } else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+    /* ALREADY_INITIALIZED: libp11 in this process got there first and will finalize. */
+    r = ckr_fail(err, err_len, "C_Initialize", rv);
+    goto out;
+  }
+  if ((r = find_slot(h, cfg->token_label, err, err_len)) != KMS_OK ||
+      (r = pick_mechanisms(h, cfg->token_label, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  rv = h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                             &h->owner);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_OpenSession", rv);
+    goto out;
+  }
+  h->owner_open = true;
+  if ((r = login(h, cfg->pin_file, err, err_len)) != KMS_OK ||
+      (r = ensure_root(h, cfg->root_version != 0 ? cfg->root_version : 1, err, err_len)) !=
+          KMS_OK) {
+    goto out;
+  }
+  *out = h;
+  h = NULL;
+  r = KMS_OK;
+out:
+  hsm_close(h);
+  return r;
+}
+
+void hsm_close(hsm *h) {
+  if (h == NULL) {
+    return;
+  }
+  if (h->p11 != NULL && h->owner_open) {
+    if (h->logged_in) {
+      (void)h->p11->C_Logout(h->owner);
+    }
+    /* Closing the owner session destroys the loaded KEKs; token objects stay. */
+    (void)h->p11->C_CloseSession(h->owner);
+  }
+  if (h->p11 != NULL && h->finalize) {
+    (void)h->p11->C_Finalize(NULL);
+  }
+  if (h->dl != NULL) {
+    dlclose(h->dl);
+  }
+  if (h->owner_mu_init) {
+    pthread_mutex_destroy(&h->owner_mu);
+  }
+  free(h);
+}
+
+int hsm_session_open(hsm *h, hsm_session **out) {
+  int r = KMS_ERR_INTERNAL;
+  hsm_session *s = NULL;
+  CK_RV rv;
+
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out = NULL;
+  if (h == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  s->h = h;
+  /* No login here: login state belongs to the application, not the session. */
+  rv = h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s->sh);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  *out = s;
+  s = NULL;
+  r = KMS_OK;
+out:
+  free(s);
+  return r;
+}
+
+void hsm_session_close(hsm_session *s) {
+  if (s == NULL) {
+    return;
+  }
+  (void)s->h->p11->C_CloseSession(s->sh);
+  free(s);
+}
+
+int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
+                     uint32_t *out_mech) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  hsm *h;
+  CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+  CK_MECHANISM wrap;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_ULONG len = KEK_LEN;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  /* Extractable only so the root key may wrap it; the object lives for this call only. */
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_KEY_TYPE, &kt, sizeof(kt)},
+      {CKA_VALUE_LEN, &len, sizeof(len)},
+      {CKA_TOKEN, &no, sizeof(no)},
+      {CKA_PRIVATE, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)},
+      {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+      {CKA_ENCRYPT, &yes, sizeof(yes)},
+      {CKA_DECRYPT, &yes, sizeof(yes)},
+      {CKA_WRAP, &no, sizeof(no)},
+      {CKA_UNWRAP, &no, sizeof(no)},
+  };
+  CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+  uint8_t buf[HSM_KEY_TOKEN_MAX];
+  CK_ULONG buf_len = sizeof(buf);
+
+  if (out_token_len != NULL) {
+    *out_token_len = 0;
+  }
+  if (out_mech != NULL) {
+    *out_mech = 0;
+  }
+  if (s == NULL || out_token == NULL || out_token_len == NULL || out_mech == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  h = s->h;
+  rv = h->p11->C_GenerateKey(s->sh, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &kek);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  wrap.mechanism = h->wrap_mech;
+  wrap.pParameter = NULL;
+  wrap.ulParameterLen = 0;
+  rv = h->p11->C_WrapKey(s->sh, &wrap, h->root, kek, buf, &buf_len);
+  if (rv != CKR_OK) {
+    /* BUFFER_TOO_SMALL here means HSM_KEY_TOKEN_MAX is wrong for this module: a bug. */
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  if (buf_len == 0 || buf_len > sizeof(buf)) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  memcpy(out_token, buf, buf_len);
+  *out_token_len = buf_len;
+  *out_mech = (uint32_t)h->wrap_mech;
+  r = KMS_OK;
+out:
+  if (kek != CK_INVALID_HANDLE) {
+    (void)s->h->p11->C_DestroyObject(s->sh, kek);
+  }
+  return r;
+}
+
+int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_t mech,
+                 hsm_key *out_key) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  hsm *h;
+  CK_MECHANISM unwrap = {mech, NULL, 0};
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_KEY_TYPE, &kt, sizeof(kt)},
+      {CKA_TOKEN, &no, sizeof(no)},
+      {CKA_PRIVATE, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)},
+      {CKA_EXTRACTABLE, &no, sizeof(no)},
+      {CKA_ENCRYPT, &yes, sizeof(yes)},
+      {CKA_DECRYPT, &yes, sizeof(yes)},
+      {CKA_WRAP, &no, sizeof(no)},
+      {CKA_UNWRAP, &no, sizeof(no)},
+  };
+  CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+  bool locked = false;
+
+  if (out_key != NULL) {
+    *out_key = 0;
+  }
+  if (s == NULL || token == NULL || token_len == 0 || token_len > HSM_KEY_TOKEN_MAX ||
+      out_key == NULL || (mech != CKM_AES_KEY_WRAP_KWP && mech != CKM_AES_KEY_WRAP_PAD)) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  h = s->h;
+  if (pthread_mutex_lock(&h->owner_mu) != 0) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  locked = true;
+  rv = h->p11->C_UnwrapKey(h->owner, &unwrap, h->root, (CK_BYTE_PTR)token, token_len, tmpl,
+                           sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+  if (rv != CKR_OK) {
+    r = ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
+    goto out;
+  }
+  *out_key = (hsm_key)obj;
+  obj = CK_INVALID_HANDLE;
+  r = KMS_OK;
+out:
+  if (obj != CK_INVALID_HANDLE) {
+    (void)s->h->p11->C_DestroyObject(s->h->owner, obj);
+  }
+  if (locked) {
+    pthread_mutex_unlock(&s->h->owner_mu);
+  }
+  return r;
+}
+
+void hsm_kek_unload(hsm_session *s, hsm_key key) {
+  if (s == NULL || key == 0) {
+    return;
+  }
+  if (pthread_mutex_lock(&s->h->owner_mu) != 0) {
+    return;
+  }
+  (void)s->h->p11->C_DestroyObject(s->h->owner, (CK_OBJECT_HANDLE)key);
+  pthread_mutex_unlock(&s->h->owner_mu);
+}
+
+int hsm_random(hsm_session *s, uint8_t *out, size_t len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+
+  if (s == NULL || (out == NULL && len > 0)) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  if (len == 0) {
+    r = KMS_OK;
+    goto out;
+  }
+  rv = s->h->p11->C_GenerateRandom(s->sh, out, len);
+  if (rv != CKR_OK) {
+    OPENSSL_cleanse(out, len);
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  return r;
+}
+
+static void gcm_mech(CK_MECHANISM *m, CK_GCM_PARAMS *p, const uint8_t iv[HSM_GCM_IV_LEN],
+                     const uint8_t *aad, size_t aad_len) {
+  /* The PKCS#11 2.40 errata layout with ulIvBits: SoftHSM2 rejects the older one. */
+  memset(p, 0, sizeof(*p));
+  p->pIv = (CK_BYTE_PTR)iv;
+  p->ulIvLen = HSM_GCM_IV_LEN;
+  p->ulIvBits = HSM_GCM_IV_LEN * 8;
+  p->pAAD = aad_len > 0 ? (CK_BYTE_PTR)aad : NULL;
+  p->ulAADLen = aad_len;
+  p->ulTagBits = HSM_GCM_TAG_LEN * 8;
+  m->mechanism = CKM_AES_GCM;
+  m->pParameter = p;
+  m->ulParameterLen = sizeof(*p);
+}
+
+int hsm_gcm_encrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN],
+                    const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                    uint8_t *out) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_MECHANISM m;
+  CK_GCM_PARAMS p;
+  uint8_t empty = 0;
+  CK_ULONG out_len;
+
+  if (s == NULL || key == 0 || iv == NULL || (aad == NULL && aad_len > 0) ||
+      (pt == NULL && pt_len > 0) || out == NULL || pt_len > SIZE_MAX - HSM_GCM_TAG_LEN) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  out_len = pt_len + HSM_GCM_TAG_LEN;
+  gcm_mech(&m, &p, iv, aad, aad_len);
+  rv = s->h->p11->C_EncryptInit(s->sh, &m, (CK_OBJECT_HANDLE)key);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  /* SoftHSM2 refuses a NULL input even when it is empty. */
+  rv = s->h->p11->C_Encrypt(s->sh, pt_len > 0 ? (CK_BYTE_PTR)pt : &empty, pt_len, out,
+                            &out_len);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  if (out_len != pt_len + HSM_GCM_TAG_LEN) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  if (r != KMS_OK && out != NULL && pt_len <= SIZE_MAX - HSM_GCM_TAG_LEN) {
+    OPENSSL_cleanse(out, pt_len + HSM_GCM_TAG_LEN);
+  }
+  return r;
+}
+
+int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN],
+                    const uint8_t *aad, size_t aad_len, const uint8_t *ct, size_t ct_len,
+                    uint8_t *out) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_MECHANISM m;
+  CK_GCM_PARAMS p;
+  uint8_t *tmp = NULL;
+  size_t tmp_cap = 0;
+  CK_ULONG tmp_len = 0;
+  bool have_out = out != NULL && ct_len >= HSM_GCM_TAG_LEN;
+
+  if (s == NULL || key == 0 || iv == NULL || (aad == NULL && aad_len > 0) || ct == NULL ||
+      ct_len < HSM_GCM_TAG_LEN || out == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  /*
+   * Modules ask for room for ciphertext||tag even though only the plaintext
+   * comes back (SoftHSM2 does): decrypt into a scratch buffer of that size,
+   * allocated before C_DecryptInit so no failure leaves an operation active.
+   */
+  tmp_cap = ct_len;
+  tmp = malloc(tmp_cap);
+  if (tmp == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  gcm_mech(&m, &p, iv, aad, aad_len);
+  rv = s->h->p11->C_DecryptInit(s->sh, &m, (CK_OBJECT_HANDLE)key);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  tmp_len = tmp_cap;
+  rv = s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len);
+  if (rv == CKR_BUFFER_TOO_SMALL && tmp_len > tmp_cap && tmp_len <= ct_len + 64) {
+    /* The operation is still active: finish it with the size the module asked for. */
+    OPENSSL_cleanse(tmp, tmp_cap);
+    free(tmp);
+    tmp_cap = tmp_len;
+    tmp = malloc(tmp_cap);
+    if (tmp == NULL) {
+      r = KMS_ERR_ALLOC;
+      goto out;
+    }
+    rv = s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len);
+  }
+  if (rv != CKR_OK) {
+    r = ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
+    goto out;
+  }
+  if (tmp_len != ct_len - HSM_GCM_TAG_LEN) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  memcpy(out, tmp, tmp_len);
+  r = KMS_OK;
+out:
+  if (tmp != NULL) {
+    OPENSSL_cleanse(tmp, tmp_cap);
+    free(tmp);
+  }
+  if (r != KMS_OK && have_out) {
+    OPENSSL_cleanse(out, ct_len - HSM_GCM_TAG_LEN);
+  }
+  return r;
+}
+
+int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractable) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_BBOOL sens = CK_FALSE, extr = CK_TRUE;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_SENSITIVE, &sens, sizeof(sens)},
+      {CKA_EXTRACTABLE, &extr, sizeof(extr)},
+  };
+
+  if (s == NULL || out_sensitive == NULL || out_extractable == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  rv = s->h->p11->C_GetAttributeValue(s->sh, s->h->root, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  *out_sensitive = sens != CK_FALSE;
+  *out_extractable = extr != CK_FALSE;
+  r = KMS_OK;
+out:
+  return r;
+}
+
+int hsm_ping(hsm_session *s) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_SESSION_INFO info;
+
+  if (s == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  memset(&info, 0, sizeof(info));
+  rv = s->h->p11->C_GetSessionInfo(s->sh, &info);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  /* A token that reset answers but has forgotten our login: not usable either. */
+  if (info.state != CKS_RW_USER_FUNCTIONS) {
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  return r;
+}

@@ -1,0 +1,97 @@
+/* The HSM layer: the only code that speaks PKCS#11 (and includes pkcs11.h). */
+#ifndef KMSD_HSM_H
+#define KMSD_HSM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Key hierarchy inside the HSM (docs/ARCHITECTURE.md):
+ *   root key  - AES-256 token object (CKA_TOKEN, CKA_SENSITIVE, not
+ *               CKA_EXTRACTABLE, CKA_WRAP/CKA_UNWRAP only), found by CKA_ID
+ *               "tenantkms-root-v<N>", created once on first start.
+ *   KEK       - AES-256 generated inside the HSM, leaves it only as a "key
+ *               token": the RFC 5649 wrap of the KEK under the root key.
+ *   loaded KEK- the token unwrapped back into a session object (sensitive, not
+ *               extractable, CKA_ENCRYPT/CKA_DECRYPT only), used for AES-GCM.
+ */
+
+typedef struct hsm hsm;                 /* module, token, login; thread-safe */
+typedef struct hsm_session hsm_session; /* one PKCS#11 session; one thread at a time */
+typedef uint64_t hsm_key;               /* handle of a loaded KEK (CK_OBJECT_HANDLE) */
+
+#define HSM_GCM_IV_LEN 12
+#define HSM_GCM_TAG_LEN 16
+#define HSM_KEY_TOKEN_MAX 128 /* bytes of a wrapped KEK */
+
+struct hsm_config {
+  const char *module_path; /* e.g. /usr/lib/softhsm/libsofthsm2.so */
+  const char *token_label; /* the token is found by label, never by slot id */
+  const char *pin_file;    /* user PIN, first line; wiped from memory after login */
+  uint32_t root_version;   /* root key version to use; 1 today */
+};
+
+/*
+ * hsm_open loads the module, initialises it, finds the token by label, logs in
+ * with the PIN from |cfg->pin_file|, picks the RFC 5649 wrap mechanism the
+ * module offers (CKM_AES_KEY_WRAP_KWP if listed, else CKM_AES_KEY_WRAP_PAD),
+ * and makes sure the root key exists (creates it once). On failure returns an
+ * error code and writes a reason (never the PIN) into |err|.
+ */
+int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len);
+
+/* hsm_close destroys loaded KEKs, logs out and finalises. NULL is a no-op. */
+void hsm_close(hsm *h);
+
+/* hsm_session_open opens a session for one worker thread. */
+int hsm_session_open(hsm *h, hsm_session **out);
+void hsm_session_close(hsm_session *s);
+
+/*
+ * hsm_kek_generate creates a fresh AES-256 KEK inside the HSM, wraps it under
+ * the root key and destroys the unwrapped object. Writes the key token into
+ * |out_token| (capacity HSM_KEY_TOKEN_MAX), its length to |*out_token_len| and
+ * the wrap mechanism (a CKM_* value, stored beside the token) to |*out_mech|.
+ */
+int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
+                     uint32_t *out_mech);
+
+/*
+ * hsm_kek_load unwraps a key token into a sensitive, non-extractable session
+ * object that every session of this process can use, and returns its handle.
+ * Returns KMS_ERR_DECRYPT if the token does not unwrap under the root key.
+ * The object lives until hsm_kek_unload or hsm_close.
+ */
+int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len,
+                 uint32_t mech, hsm_key *out_key);
+void hsm_kek_unload(hsm_session *s, hsm_key key);
+
+/* hsm_random fills |out| with |len| bytes from the HSM's RNG. */
+int hsm_random(hsm_session *s, uint8_t *out, size_t len);
+
+/*
+ * hsm_gcm_encrypt encrypts |pt| with AES-256-GCM under |key| with the given
+ * 12-byte IV and AAD. Writes ciphertext||tag (pt_len + 16 bytes) to |out|,
+ * which must hold that many.
+ */
+int hsm_gcm_encrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN],
+                    const uint8_t *aad, size_t aad_len, const uint8_t *pt,
+                    size_t pt_len, uint8_t *out);
+
+/*
+ * hsm_gcm_decrypt reverses hsm_gcm_encrypt: |ct| is ciphertext||tag
+ * (ct_len >= 16), |out| receives ct_len - 16 bytes. A wrong tag, AAD, IV or key
+ * is KMS_ERR_DECRYPT (whatever CKR_* the module used) and |out| is wiped.
+ */
+int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN],
+                    const uint8_t *aad, size_t aad_len, const uint8_t *ct,
+                    size_t ct_len, uint8_t *out);
+
+/* hsm_root_attributes reads the root key's CKA_SENSITIVE and CKA_EXTRACTABLE. */
+int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractable);
+
+/* hsm_ping checks that the token still answers (C_GetSessionInfo). */
+int hsm_ping(hsm_session *s);
+
+#endif

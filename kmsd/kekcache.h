@@ -1,0 +1,67 @@
+/* A bounded cache of loaded KEK handles, keyed by (tenant, version), least recently used out. */
+#ifndef KMSD_KEKCACHE_H
+#define KMSD_KEKCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hsm.h"
+
+/*
+ * Loading a KEK (C_UnwrapKey) costs ~50 us on SoftHSM2 and a round trip on a
+ * network HSM; the cache keeps the handles of loaded KEKs so a request costs
+ * one hash lookup. Entries in use are pinned (reference counted) and never
+ * evicted; the capacity may be exceeded by the number of pinned entries.
+ * Thread-safe.
+ */
+typedef struct kekcache kekcache;
+typedef struct kekcache_entry kekcache_entry;
+
+kekcache *kekcache_new(size_t capacity);
+
+/* kekcache_free frees the cache. It does not unload the keys (hsm_close does). */
+void kekcache_free(kekcache *c);
+
+/* kekcache_get returns the pinned entry for (tenant, version), or NULL. */
+kekcache_entry *kekcache_get(kekcache *c, const char *tenant_id, uint32_t version);
+
+/*
+ * kekcache_put inserts a freshly loaded |key| and returns its pinned entry.
+ * If another thread inserted the same (tenant, version) meanwhile, that entry
+ * is returned and |key| is handed back in |*out_unload| for the caller to
+ * unload. If the insert pushed out the least recently used unpinned entry, its
+ * key is handed back the same way. *out_unload_n says how many (0-2).
+ * Returns NULL only on allocation failure (then |key| is in *out_unload too).
+ */
+kekcache_entry *kekcache_put(kekcache *c, const char *tenant_id, uint32_t version,
+                             hsm_key key, hsm_key out_unload[2], size_t *out_unload_n);
+
+/* kekcache_entry_key returns the HSM handle of a pinned entry. */
+hsm_key kekcache_entry_key(const kekcache_entry *e);
+
+/* kekcache_release unpins |e|. NULL is a no-op. */
+void kekcache_release(kekcache *c, kekcache_entry *e);
+
+/*
+ * kekcache_remove drops (tenant, version) from the cache, e.g. when a key is
+ * disabled. Returns 1 and its key in *out_unload if it was present and
+ * unpinned; a pinned entry is only marked and leaves on its last release.
+ */
+int kekcache_remove(kekcache *c, const char *tenant_id, uint32_t version,
+                    hsm_key *out_unload);
+
+/*
+ * Encryptions under a KEK version are counted against its limit (NIST SP
+ * 800-38D random-IV bound) in blocks reserved in the keystore; the cache
+ * entry holds the unspent part of the reservations made by this process.
+ * kekcache_take_use spends one and returns 1, or returns 0 when none is left.
+ */
+int kekcache_take_use(kekcache *c, kekcache_entry *e);
+
+/* kekcache_grant_uses adds |n| freshly reserved uses to |e|. */
+void kekcache_grant_uses(kekcache *c, kekcache_entry *e, uint64_t n);
+
+/* kekcache_size returns the number of entries. */
+size_t kekcache_size(kekcache *c);
+
+#endif

@@ -1,0 +1,209 @@
+/* kmsd: start-up, hardening, signal handling and orderly shutdown. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/crypto.h>
+
+#include "config.h"
+#include "hsm.h"
+#include "kekcache.h"
+#include "keystore.h"
+#include "kms_err.h"
+#include "log.h"
+#include "rpc.h"
+#include "transport.h"
+#include "workers.h"
+
+#define SECURE_HEAP_BYTES (1u << 20)
+#define DRAIN_SECONDS 10
+
+struct daemon {
+  struct event_base *base;
+  server *srv;
+  struct rpc rpc;
+  struct event *drain_timer;
+  int drain_ticks;
+};
+
+static void
+usage(FILE *f)
+{
+  fprintf(f, "usage: kmsd --config FILE\n"
+             "  Serves tenant key operations over mutual TLS (docs/OPERATIONS.md).\n"
+             "  SIGTERM/SIGINT: stop accepting, finish requests in flight, exit.\n");
+}
+
+/* Core dumps and ptrace could expose key material: switch both off first. */
+static void
+harden_process(void)
+{
+  struct rlimit no_core = {0, 0};
+  if (setrlimit(RLIMIT_CORE, &no_core) != 0) {
+    log_msg(LOG_WARN, "event=harden what=rlimit_core errno=%d", errno);
+  }
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    log_msg(LOG_WARN, "event=harden what=dumpable errno=%d", errno);
+  }
+  /* Secrets (kms_secret) come from OpenSSL's locked, undumpable secure heap. */
+  if (CRYPTO_secure_malloc_init(SECURE_HEAP_BYTES, 16) == 0) {
+    log_msg(LOG_WARN, "event=harden what=secure_heap result=unavailable "
+                      "note=\"secrets fall back to mlocked pages\"");
+  }
+}
+
+static void
+on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+  struct daemon *d = arg;
+  d->drain_ticks++;
+  if (workers_pending(d->rpc.pool) == 0 || d->drain_ticks > DRAIN_SECONDS * 10) {
+    event_base_loopbreak(d->base);
+  }
+}
+
+static void
+on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+  struct daemon *d = arg;
+  if (d->rpc.draining) {
+    return;
+  }
+  log_msg(LOG_INFO, "event=stopping signal=%d in_flight=%zu", (int)sig,
+          workers_pending(d->rpc.pool));
+  d->rpc.draining = 1;
+  server_stop_accepting(d->srv);
+  struct timeval tick = {0, 100000};
+  d->drain_timer = event_new(d->base, -1, EV_PERSIST, on_drain_tick, d);
+  event_add(d->drain_timer, &tick);
+}
+
+static void
+on_hup(evutil_socket_t sig, short what, void *arg)
+{
+  log_msg(LOG_INFO, "event=sighup note=\"nothing to reload yet: policy reload arrives "
+                    "with the policy engine\"");
+}
+
+int
+main(int argc, char **argv)
+{
+  static const struct option longopts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *config_path = NULL;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'c':
+      config_path = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (config_path == NULL || optind != argc) {
+    usage(stderr);
+    return 2;
+  }
+
+  int rc = 1;
+  char err[512] = "";
+  struct kmsd_config cfg;
+  struct daemon d;
+  hsm *h = NULL;
+  keystore *ks = NULL;
+  struct event *sig_term = NULL, *sig_int = NULL, *sig_hup = NULL;
+  memset(&d, 0, sizeof(d));
+
+  harden_process();
+  signal(SIGPIPE, SIG_IGN);
+
+  if (config_load(&cfg, config_path, err, sizeof(err)) != KMS_OK) {
+    fprintf(stderr, "kmsd: %s\n", err);
+    return 1;
+  }
+  log_set_level(cfg.log_level);
+
+  struct hsm_config hc = {cfg.pkcs11_module, cfg.token_label, cfg.pin_file, 1};
+  if (hsm_open(&h, &hc, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=hsm reason=\"%s\"", err);
+    goto out;
+  }
+  /* The first open applies schema migrations before any worker runs. */
+  if (keystore_open(&ks, cfg.keystore, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=keystore reason=\"%s\"", err);
+    goto out;
+  }
+  if (evthread_use_pthreads() != 0 || (d.base = event_base_new()) == NULL) {
+    log_msg(LOG_ERROR, "event=start_failed stage=event_loop");
+    goto out;
+  }
+  d.rpc.cfg = &cfg;
+  d.rpc.ops.max_uses = cfg.kek_max_uses;
+  d.rpc.ops.reserve_block = cfg.kek_max_uses >= 1u << 20 ? 1024 : 1;
+  d.rpc.ops.cache = kekcache_new(cfg.kek_cache_size);
+  if (d.rpc.ops.cache == NULL) {
+    goto out;
+  }
+  if (workers_start(&d.rpc.pool, d.base, cfg.workers, h, cfg.keystore, 8192, err,
+                    sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=workers reason=\"%s\"", err);
+    goto out;
+  }
+  char bound[128];
+  if (server_start(&d.srv, d.base, &cfg, &d.rpc, bound, sizeof(bound), err,
+                   sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=listen reason=\"%s\"", err);
+    goto out;
+  }
+  sig_term = evsignal_new(d.base, SIGTERM, on_stop_signal, &d);
+  sig_int = evsignal_new(d.base, SIGINT, on_stop_signal, &d);
+  sig_hup = evsignal_new(d.base, SIGHUP, on_hup, &d);
+  event_add(sig_term, NULL);
+  event_add(sig_int, NULL);
+  event_add(sig_hup, NULL);
+
+  log_msg(LOG_INFO, "event=ready listen=%s workers=%u kek_cache=%zu", bound, cfg.workers,
+          cfg.kek_cache_size);
+  printf("kmsd ready on %s\n", bound);
+  fflush(stdout);
+
+  event_base_dispatch(d.base);
+  log_msg(LOG_INFO, "event=stopped");
+  rc = 0;
+out:
+  if (d.srv != NULL) {
+    server_close_all(d.srv);
+  }
+  workers_stop(d.rpc.pool); /* joins threads; last done() callbacks see closed conns */
+  server_free(d.srv);
+  if (d.drain_timer != NULL) {
+    event_free(d.drain_timer);
+  }
+  if (sig_term != NULL) {
+    event_free(sig_term);
+    event_free(sig_int);
+    event_free(sig_hup);
+  }
+  kekcache_free(d.rpc.ops.cache);
+  keystore_close(ks);
+  hsm_close(h);
+  if (d.base != NULL) {
+    event_base_free(d.base);
+  }
+  return rc;
+}

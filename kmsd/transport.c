@@ -1,0 +1,457 @@
+/* TLS 1.3 with client certificates on libevent; frames in, frames out, limits enforced. */
+#include "transport.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "identity.h"
+#include "kms_err.h"
+#include "kms_frame.h"
+#include "log.h"
+#include "rpc.h"
+
+struct server {
+  struct event_base *base;
+  SSL_CTX *ctx;
+  struct evconnlistener *listener;
+  const struct kmsd_config *cfg;
+  struct rpc *rpc;
+  unsigned nconns;
+  conn *conns; /* all open connections, for shutdown */
+};
+
+struct conn {
+  server *srv;
+  struct bufferevent *bev; /* NULL once closed */
+  conn *prev, *next;
+  char principal[IDENTITY_MAX];
+  char peer[64];
+  unsigned inflight;
+  int authenticated;
+  int paused;      /* reading disabled: too many requests in flight */
+  int closing;     /* close once the output is flushed */
+};
+
+static void process_input(conn *c);
+
+/* ---- TLS context ------------------------------------------------------------ */
+
+static void
+tls_error(char *err, size_t err_len, const char *what, const char *path)
+{
+  unsigned long e = ERR_get_error();
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof(buf));
+  snprintf(err, err_len, "%s %s: %s", what, path, e != 0 ? buf : "failed");
+  ERR_clear_error();
+}
+
+static SSL_CTX *
+make_tls_ctx(const struct kmsd_config *cfg, char *err, size_t err_len)
+{
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == NULL) {
+    tls_error(err, err_len, "SSL_CTX_new", "");
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  /* No session resumption: every connection presents and verifies its
+   * certificate, so revocation and expiry take effect on reconnect. */
+  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_TICKET |
+                               SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(ctx, 0);
+  if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
+    tls_error(err, err_len, "loading certificate", cfg->tls_cert);
+    goto fail;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    tls_error(err, err_len, "loading private key", cfg->tls_key);
+    goto fail;
+  }
+  if (SSL_CTX_load_verify_locations(ctx, cfg->tls_ca, NULL) != 1) {
+    tls_error(err, err_len, "loading CA", cfg->tls_ca);
+    goto fail;
+  }
+  STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->tls_ca);
+  if (names != NULL) {
+    SSL_CTX_set_client_CA_list(ctx, names);
+  }
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  SSL_CTX_set_verify_depth(ctx, 4);
+  X509_VERIFY_PARAM_set_purpose(SSL_CTX_get0_param(ctx), X509_PURPOSE_SSL_CLIENT);
+  return ctx;
+fail:
+  SSL_CTX_free(ctx);
+  return NULL;
+}
+
+/* ---- Connections ------------------------------------------------------------ */
+
+static void
+conn_free_if_done(conn *c)
+{
+  if (c->bev == NULL && c->inflight == 0) {
+    free(c);
+  }
+}
+
+static void
+conn_close(conn *c)
+{
+  if (c->bev == NULL) {
+    return;
+  }
+  SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+  if (ssl != NULL && c->authenticated) {
+    (void)SSL_shutdown(ssl); /* best effort close_notify; libevent won't send it */
+  }
+  bufferevent_free(c->bev);
+  c->bev = NULL;
+  if (c->prev != NULL) {
+    c->prev->next = c->next;
+  } else {
+    c->srv->conns = c->next;
+  }
+  if (c->next != NULL) {
+    c->next->prev = c->prev;
+  }
+  c->srv->nconns--;
+  conn_free_if_done(c);
+}
+
+static void
+log_tls_failure(conn *c)
+{
+  unsigned long e;
+  char buf[256] = "";
+  /* bufferevent_get_openssl_error may yield a spurious entry with library 0. */
+  while ((e = bufferevent_get_openssl_error(c->bev)) != 0) {
+    if (ERR_GET_LIB(e) != 0) {
+      ERR_error_string_n(e, buf, sizeof(buf));
+    }
+  }
+  log_msg(LOG_INFO, "event=tls_failure peer=%s reason=\"%s\"", c->peer,
+          buf[0] != '\0' ? buf : "connection error");
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+  conn *c = arg;
+  if (what & BEV_EVENT_CONNECTED) {
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (identity_from_cert(c->principal, peer) != KMS_OK) {
+      log_msg(LOG_INFO, "event=unauthenticated peer=%s reason=no_usable_identity", c->peer);
+      conn_close(c);
+      return;
+    }
+    c->authenticated = 1;
+    struct timeval idle = {c->srv->cfg->idle_timeout_ms / 1000,
+                           (c->srv->cfg->idle_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(bev, &idle, NULL);
+    log_msg(LOG_DEBUG, "event=connected peer=%s principal=%s", c->peer, c->principal);
+    return;
+  }
+  if (what & BEV_EVENT_TIMEOUT) {
+    log_msg(LOG_INFO, "event=timeout peer=%s stage=%s", c->peer,
+            c->authenticated ? "idle" : "handshake");
+  } else if (what & BEV_EVENT_ERROR) {
+    log_tls_failure(c);
+  } else if (what & BEV_EVENT_EOF) {
+    size_t left = evbuffer_get_length(bufferevent_get_input(bev));
+    if (left > 0 && !c->closing) {
+      log_msg(LOG_INFO, "event=truncated_frame peer=%s principal=%s bytes=%zu", c->peer,
+              c->principal, left);
+    }
+  }
+  conn_close(c);
+}
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+  process_input(arg);
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+  conn *c = arg;
+  if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+    conn_close(c);
+  }
+}
+
+/* Hands every complete frame in the input buffer to the RPC layer. */
+static void
+process_input(conn *c)
+{
+  const struct kmsd_config *cfg = c->srv->cfg;
+  while (c->bev != NULL && !c->closing) {
+    if (c->inflight >= cfg->max_inflight) {
+      if (!c->paused) {
+        bufferevent_disable(c->bev, EV_READ);
+        c->paused = 1;
+      }
+      return;
+    }
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(in);
+    uint8_t hdr[KMS_FRAME_HDR_LEN];
+    size_t plen = 0;
+    if (avail < KMS_FRAME_HDR_LEN) {
+      return;
+    }
+    evbuffer_copyout(in, hdr, sizeof(hdr));
+    int r = kms_frame_peek(hdr, sizeof(hdr), cfg->max_frame, &plen);
+    if (r == KMS_ERR_FRAME_TOO_LARGE) {
+      log_msg(LOG_INFO, "event=frame_too_large peer=%s principal=%s limit=%zu", c->peer,
+              c->principal, cfg->max_frame);
+      rpc_send_error(c, 0, r, "frame exceeds the size limit");
+      conn_close_after_send(c);
+      return;
+    }
+    if (avail < KMS_FRAME_HDR_LEN + plen) {
+      return; /* wait for the rest; the cap bounds what we buffer */
+    }
+    evbuffer_drain(in, KMS_FRAME_HDR_LEN);
+    static const uint8_t empty[1];
+    const uint8_t *payload = plen > 0 ? evbuffer_pullup(in, (ev_ssize_t)plen) : empty;
+    if (payload == NULL) {
+      conn_close(c);
+      return;
+    }
+    /* Hold the connection: the handler may close it (malformed request). */
+    c->inflight++;
+    rpc_on_frame(c->srv->rpc, c, payload, plen);
+    c->inflight--;
+    if (c->bev == NULL) {
+      conn_free_if_done(c);
+      return;
+    }
+    evbuffer_drain(bufferevent_get_input(c->bev), plen);
+  }
+}
+
+static void
+on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen,
+          void *arg)
+{
+  server *s = arg;
+  char peer[64] = "?";
+  if (sa->sa_family == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+    snprintf(peer, sizeof(peer), "%s:%u", ip, ntohs(in->sin_port));
+  } else if (sa->sa_family == AF_INET6) {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+    char ip[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+    snprintf(peer, sizeof(peer), "[%s]:%u", ip, ntohs(in6->sin6_port));
+  }
+  if (s->nconns >= s->cfg->max_connections) {
+    log_msg(LOG_WARN, "event=connection_refused peer=%s reason=max_connections", peer);
+    evutil_closesocket(fd);
+    return;
+  }
+  conn *c = calloc(1, sizeof(*c));
+  SSL *ssl = SSL_new(s->ctx);
+  if (c == NULL || ssl == NULL) {
+    free(c);
+    SSL_free(ssl);
+    evutil_closesocket(fd);
+    return;
+  }
+  c->srv = s;
+  memcpy(c->peer, peer, sizeof(c->peer));
+  snprintf(c->principal, sizeof(c->principal), "-");
+  c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+  if (c->bev == NULL) {
+    free(c);
+    evutil_closesocket(fd);
+    return;
+  }
+  c->next = s->conns;
+  if (s->conns != NULL) {
+    s->conns->prev = c;
+  }
+  s->conns = c;
+  s->nconns++;
+  struct timeval hs = {s->cfg->handshake_timeout_ms / 1000,
+                       (s->cfg->handshake_timeout_ms % 1000) * 1000};
+  bufferevent_set_timeouts(c->bev, &hs, &hs);
+  /* Never buffer more than one maximal frame plus a TLS record of the next. */
+  bufferevent_setwatermark(c->bev, EV_READ, 0, KMS_FRAME_HDR_LEN + s->cfg->max_frame + 16384);
+  bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+const char *
+conn_principal(const conn *c)
+{
+  return c->principal;
+}
+
+const char *
+conn_peer(const conn *c)
+{
+  return c->peer;
+}
+
+void
+conn_inflight_begin(conn *c)
+{
+  c->inflight++;
+}
+
+void
+conn_inflight_end(conn *c)
+{
+  c->inflight--;
+  if (c->bev == NULL) {
+    conn_free_if_done(c);
+    return;
+  }
+  if (c->paused && c->inflight < c->srv->cfg->max_inflight) {
+    c->paused = 0;
+    bufferevent_enable(c->bev, EV_READ);
+    process_input(c);
+  }
+}
+
+static void
+wipe_and_free(const void *data, size_t len, void *extra)
+{
+  OPENSSL_cleanse((void *)data, len);
+  free((void *)data);
+}
+
+void
+conn_send(conn *c, uint8_t *frame, size_t len)
+{
+  if (c == NULL || c->bev == NULL ||
+      evbuffer_add_reference(bufferevent_get_output(c->bev), frame, len, wipe_and_free,
+                             NULL) != 0) {
+    wipe_and_free(frame, len, NULL);
+  }
+}
+
+void
+conn_close_after_send(conn *c)
+{
+  if (c->bev == NULL) {
+    return;
+  }
+  c->closing = 1;
+  bufferevent_disable(c->bev, EV_READ);
+  if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    conn_close(c);
+  }
+}
+
+/* ---- Server ------------------------------------------------------------------ */
+
+int
+server_start(server **out, struct event_base *base, const struct kmsd_config *cfg,
+             struct rpc *rpc, char *bound, size_t bound_len, char *err, size_t err_len)
+{
+  *out = NULL;
+  server *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    return KMS_ERR_ALLOC;
+  }
+  s->base = base;
+  s->cfg = cfg;
+  s->rpc = rpc;
+  s->ctx = make_tls_ctx(cfg, err, err_len);
+  if (s->ctx == NULL) {
+    free(s);
+    return KMS_ERR_TLS;
+  }
+  struct sockaddr_storage ss;
+  int sslen = sizeof(ss);
+  char addr[128];
+  snprintf(addr, sizeof(addr), "%s:%u", cfg->listen_host, cfg->listen_port);
+  memset(&ss, 0, sizeof(ss));
+  /* libevent refuses port 0 in "host:port": parse the host alone, set the port. */
+  if (evutil_parse_sockaddr_port(cfg->listen_host, (struct sockaddr *)&ss, &sslen) != 0) {
+    snprintf(err, err_len, "listen: cannot parse address %s", addr);
+    server_free(s);
+    return KMS_ERR_CONFIG;
+  }
+  if (ss.ss_family == AF_INET6) {
+    ((struct sockaddr_in6 *)&ss)->sin6_port = htons(cfg->listen_port);
+  } else {
+    ((struct sockaddr_in *)&ss)->sin_port = htons(cfg->listen_port);
+  }
+  s->listener = evconnlistener_new_bind(base, on_accept, s,
+                                        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                            LEV_OPT_CLOSE_ON_EXEC,
+                                        512, (struct sockaddr *)&ss, sslen);
+  if (s->listener == NULL) {
+    snprintf(err, err_len, "listen: cannot bind %s", addr);
+    server_free(s);
+    return KMS_ERR_IO;
+  }
+  struct sockaddr_storage got;
+  socklen_t gotlen = sizeof(got);
+  getsockname(evconnlistener_get_fd(s->listener), (struct sockaddr *)&got, &gotlen);
+  uint16_t port = got.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&got)->sin6_port)
+                                            : ntohs(((struct sockaddr_in *)&got)->sin_port);
+  snprintf(bound, bound_len, "%s:%u", cfg->listen_host, port);
+  *out = s;
+  return KMS_OK;
+}
+
+void
+server_stop_accepting(server *s)
+{
+  if (s->listener != NULL) {
+    evconnlistener_free(s->listener);
+    s->listener = NULL;
+  }
+}
+
+void
+server_close_all(server *s)
+{
+  while (s->conns != NULL) {
+    conn_close(s->conns);
+  }
+}
+
+unsigned
+server_connections(const server *s)
+{
+  return s->nconns;
+}
+
+void
+server_free(server *s)
+{
+  if (s == NULL) {
+    return;
+  }
+  server_stop_accepting(s);
+  server_close_all(s);
+  SSL_CTX_free(s->ctx);
+  free(s);
+}

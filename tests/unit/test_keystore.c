@@ -1,0 +1,859 @@
+/* Unit tests for the keystore (SQLite backend): durability settings, schema, tenants, rotation, use counters. */
+#include <check.h>
+#include <dirent.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "keystore.h"
+#include "kms_err.h"
+
+/* Each test gets a fresh directory; the fixture runs in the test's own process. */
+static char dir[PATH_MAX / 2];
+static char dbpath[PATH_MAX];
+static char url[PATH_MAX + 16];
+
+static void setup(void) {
+  const char *base = getenv("TMPDIR");
+
+  snprintf(dir, sizeof(dir), "%s/test_keystore.XXXXXX", base != NULL ? base : "/tmp");
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(dbpath, sizeof(dbpath), "%s/kms.db", dir);
+  snprintf(url, sizeof(url), "sqlite:%s", dbpath);
+}
+
+static void teardown(void) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  char p[PATH_MAX * 2];
+
+  if (d == NULL) {
+    return;
+  }
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+      continue;
+    }
+    snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+    unlink(p);
+  }
+  closedir(d);
+  rmdir(dir);
+}
+
+static keystore *open_ok(void) {
+  keystore *ks = NULL;
+  char err[256] = "";
+  int r = keystore_open(&ks, url, err, sizeof(err));
+
+  ck_assert_msg(r == KMS_OK, "keystore_open: %d %s", r, err);
+  ck_assert_ptr_nonnull(ks);
+  return ks;
+}
+
+/* A KEK whose every field is distinctive, so a round trip that drops one fails. */
+static struct ks_kek make_kek(const char *tenant, uint32_t version, uint8_t fill) {
+  struct ks_kek k;
+  size_t i;
+
+  memset(&k, 0, sizeof(k));
+  ck_assert_uint_lt(strlen(tenant), sizeof(k.tenant_id));
+  memcpy(k.tenant_id, tenant, strlen(tenant) + 1);
+  k.version = version;
+  k.state = KS_KEK_ACTIVE;
+  k.wrap_mech = 0x210Bu + fill;
+  k.root_version = 7u + fill;
+  k.token_len = 40 + (size_t)(fill % 8);
+  for (i = 0; i < k.token_len; i++) {
+    k.token[i] = (uint8_t)(fill * 31 + i);
+  }
+  k.created_ms = 1700000000123LL + fill;
+  return k;
+}
+
+static void assert_kek_eq(const struct ks_kek *a, const struct ks_kek *b) {
+  ck_assert_str_eq(a->tenant_id, b->tenant_id);
+  ck_assert_uint_eq(a->version, b->version);
+  ck_assert_int_eq(a->state, b->state);
+  ck_assert_uint_eq(a->wrap_mech, b->wrap_mech);
+  ck_assert_uint_eq(a->root_version, b->root_version);
+  ck_assert_uint_eq(a->token_len, b->token_len);
+  ck_assert_mem_eq(a->token, b->token, a->token_len);
+  ck_assert_int_eq(a->created_ms, b->created_ms);
+  ck_assert_uint_eq(a->uses, b->uses);
+}
+
+/* Direct access for inspecting (and tampering with) the file behind the keystore's back. */
+static sqlite3 *raw_open(void) {
+  sqlite3 *db = NULL;
+
+  ck_assert_int_eq(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  return db;
+}
+
+static int64_t raw_int(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int64_t v;
+
+  ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+                sqlite3_errmsg(db));
+  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+  v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+static void raw_exec(sqlite3 *db, const char *sql) {
+  int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+  ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, sqlite3_errmsg(db));
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+START_TEST(open_creates_schema_v1_in_wal_mode) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1);
+  sqlite3 *db;
+  sqlite3_stmt *st = NULL;
+  struct stat sb;
+  char wal[PATH_MAX + 8];
+  int v = -1;
+
+  ck_assert_int_eq(stat(dbpath, &sb), 0);
+  ck_assert_int_eq(keystore_schema_version(ks, &v), KMS_OK);
+  ck_assert_int_eq(v, 1);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  snprintf(wal, sizeof(wal), "%s-wal", dbpath);
+  ck_assert_msg(stat(wal, &sb) == 0, "no -wal file after a write");
+
+  db = raw_open();
+  ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+  ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "wal");
+  sqlite3_finalize(st);
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
+  ck_assert_int_eq(raw_int(db, "SELECT version FROM schema_version"), 1);
+  ck_assert_int_ge(raw_int(db, "SELECT applied_ms FROM schema_version"), 1600000000000LL);
+  sqlite3_close(db);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(schema_ties_versions_to_tenants) {
+  /* foreign_keys=ON (set per handle) only helps if the schema declares the reference. */
+  keystore *ks = open_ok();
+  sqlite3 *db;
+
+  keystore_close(ks);
+  db = raw_open();
+  ck_assert_int_eq(
+      raw_int(db, "SELECT count(*) FROM pragma_foreign_key_list('kek_versions')"
+                  " WHERE \"table\" = 'tenants' AND \"from\" = 'tenant_id'"),
+      1);
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(files_are_created_mode_0600_whatever_the_umask) {
+  mode_t old = umask(0);
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1);
+  struct stat sb;
+  char p[PATH_MAX + 8];
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  ck_assert_int_eq(stat(dbpath, &sb), 0);
+  ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+  snprintf(p, sizeof(p), "%s-wal", dbpath);
+  ck_assert_int_eq(stat(p, &sb), 0);
+  ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+  snprintf(p, sizeof(p), "%s-shm", dbpath);
+  ck_assert_int_eq(stat(p, &sb), 0);
+  ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+  keystore_close(ks);
+  umask(old);
+}
+END_TEST
+
+START_TEST(no_temporary_files_are_left_behind) {
+  keystore *ks = open_ok();
+  DIR *d;
+  struct dirent *e;
+
+  d = opendir(dir);
+  ck_assert_ptr_nonnull(d);
+  while ((e = readdir(d)) != NULL) {
+    ck_assert_msg(strstr(e->d_name, ".tmp-") == NULL, "left behind: %s", e->d_name);
+  }
+  closedir(d);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(reopen_keeps_data) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 3), got;
+  int v = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  keystore_close(ks);
+  ks = open_ok();
+  ck_assert_int_eq(keystore_schema_version(ks, &v), KMS_OK);
+  ck_assert_int_eq(v, 1);
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  assert_kek_eq(&got, &k);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(tenant_create_round_trips_every_field) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 5), got;
+  struct ks_tenant t;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_str_eq(t.tenant_id, "acme");
+  ck_assert_int_eq(t.state, KS_TENANT_ACTIVE);
+  ck_assert_uint_eq(t.current_version, 1);
+  ck_assert_int_eq(t.created_ms, k.created_ms);
+
+  memset(&got, 0xAA, sizeof(got));
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  assert_kek_eq(&got, &k);
+  ck_assert_uint_eq(got.uses, 0);
+
+  memset(&got, 0xAA, sizeof(got));
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  assert_kek_eq(&got, &k);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(tenant_create_with_max_size_token) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  size_t i;
+
+  k.token_len = HSM_KEY_TOKEN_MAX;
+  for (i = 0; i < k.token_len; i++) {
+    k.token[i] = (uint8_t)(255 - i);
+  }
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  assert_kek_eq(&got, &k);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(created_ms_zero_means_now) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  struct ks_tenant t;
+  int64_t before = now_ms(), after;
+
+  k.created_ms = 0;
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  after = now_ms();
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  ck_assert_int_ge(got.created_ms, before);
+  ck_assert_int_le(got.created_ms, after);
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_int_eq(t.created_ms, got.created_ms);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(duplicate_create_is_refused_and_changes_nothing) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), k2 = make_kek("acme", 1, 2), got;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k2), KMS_ERR_ALREADY_EXISTS);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  assert_kek_eq(&got, &k);
+  /* The handle is not left inside a transaction: a later write goes through. */
+  k2 = make_kek("other", 1, 2);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k2), KMS_OK);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(unknown_tenant_or_version_is_not_found) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  struct ks_tenant t;
+  uint64_t total = 99;
+
+  ck_assert_int_eq(keystore_tenant_get(ks, "nobody", &t), KMS_ERR_NOT_FOUND);
+  ck_assert_str_eq(t.tenant_id, "");
+  ck_assert_int_eq(keystore_kek_current(ks, "nobody", &got), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_kek_get(ks, "nobody", 1, &got), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "nobody", 1, 1, 10, &total),
+                   KMS_ERR_NOT_FOUND);
+  ck_assert_uint_eq(total, 0);
+  k.version = 2;
+  k.tenant_id[0] = 'n';
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k), KMS_ERR_NOT_FOUND);
+
+  k = make_kek("acme", 1, 1);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  memset(&got, 0xAA, sizeof(got));
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 2, &got), KMS_ERR_NOT_FOUND);
+  ck_assert_uint_eq(got.token_len, 0); /* outputs are zeroed on failure */
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 0, &got), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", UINT32_MAX, &got), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 2, 1, 10, &total), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_kek_get(ks, "acm", 1, &got), KMS_ERR_NOT_FOUND);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(add_version_rotates) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2),
+                k3 = make_kek("acme", 3, 3), got;
+  struct ks_tenant t;
+  sqlite3 *db;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_OK);
+
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_uint_eq(t.current_version, 2);
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  assert_kek_eq(&got, &k2);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_DECRYPT_ONLY);
+  ck_assert_mem_eq(got.token, k1.token, k1.token_len); /* the old token stays readable */
+
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k3), KMS_OK);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 2, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_DECRYPT_ONLY);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_DECRYPT_ONLY);
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  assert_kek_eq(&got, &k3);
+
+  /* Exactly one active version, and the demotions were time-stamped. */
+  db = raw_open();
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM kek_versions WHERE state = 1"), 1);
+  ck_assert_int_gt(raw_int(db, "SELECT state_changed_ms FROM kek_versions WHERE version = 1"),
+                   k1.created_ms);
+  ck_assert_int_eq(raw_int(db, "SELECT state_changed_ms FROM kek_versions WHERE version = 3"),
+                   k3.created_ms);
+  sqlite3_close(db);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(add_version_leaves_other_tenants_alone) {
+  keystore *ks = open_ok();
+  struct ks_kek a = make_kek("acme", 1, 1), b = make_kek("bravo", 1, 2), a2 = make_kek("acme", 2, 3),
+                got;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &a), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &b), KMS_OK);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &a2), KMS_OK);
+  ck_assert_int_eq(keystore_kek_current(ks, "bravo", &got), KMS_OK);
+  assert_kek_eq(&got, &b);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(add_version_with_wrong_number_changes_nothing) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), bad = make_kek("acme", 3, 3), got;
+  struct ks_tenant t;
+  sqlite3 *db;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &bad), KMS_ERR_INVALID_ARGUMENT);
+  bad.version = 1;
+  ck_assert_int_eq(keystore_kek_add_version(ks, &bad), KMS_ERR_ALREADY_EXISTS);
+
+  /* A rotation that lost the race to another one. */
+  bad = make_kek("acme", 2, 2);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &bad), KMS_OK);
+  bad = make_kek("acme", 2, 4);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &bad), KMS_ERR_ALREADY_EXISTS);
+
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_uint_eq(t.current_version, 2);
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  ck_assert_mem_eq(got.token, make_kek("acme", 2, 2).token, got.token_len);
+  ck_assert_int_eq(got.state, KS_KEK_ACTIVE);
+  db = raw_open();
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM kek_versions"), 2);
+  sqlite3_close(db);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(add_version_failing_midway_rolls_back_the_demotion) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), got;
+  struct ks_tenant t;
+  sqlite3 *db;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  /* Make the insert fail after the demotion of v1 has run inside the transaction. */
+  db = raw_open();
+  raw_exec(db, "CREATE TRIGGER no_v2 BEFORE INSERT ON kek_versions WHEN NEW.version = 2"
+               " BEGIN SELECT RAISE(ABORT, 'test'); END");
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_ERR_INTERNAL);
+
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_ACTIVE);
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_uint_eq(t.current_version, 1);
+  /* The write lock was released: another connection can write at once. */
+  sqlite3_busy_timeout(db, 0);
+  raw_exec(db, "DROP TRIGGER no_v2");
+  sqlite3_close(db);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_OK);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(reserve_uses_accumulates_up_to_the_limit) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  uint64_t total = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 40, 100, &total), KMS_OK);
+  ck_assert_uint_eq(total, 40);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 50, 100, &total), KMS_OK);
+  ck_assert_uint_eq(total, 90);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 11, 100, &total), KMS_ERR_KEY_LIMIT);
+  ck_assert_uint_eq(total, 0);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, 90);
+  /* Exactly reaching the limit is allowed; one more is not. */
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 10, 100, &total), KMS_OK);
+  ck_assert_uint_eq(total, 100);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 1, 100, &total), KMS_ERR_KEY_LIMIT);
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, 100);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 0, 100, NULL), KMS_OK);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(reserve_uses_survives_huge_numbers) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  uint64_t total = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 5, UINT64_MAX, &total), KMS_OK);
+  ck_assert_uint_eq(total, 5);
+  /* uses + n would overflow 64 bits: refused, not wrapped. */
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, (uint64_t)INT64_MAX, UINT64_MAX,
+                                             &total),
+                   KMS_ERR_KEY_LIMIT);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, UINT64_MAX, UINT64_MAX, &total),
+                   KMS_ERR_KEY_LIMIT);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 11, 10, &total), KMS_ERR_KEY_LIMIT);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, 5);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(reserve_uses_counts_per_version) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), got;
+  uint64_t total = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 7, 100, &total), KMS_OK);
+  k2.uses = 12345; /* ignored: a new version has reserved nothing */
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_OK);
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, 0);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 2, 3, 100, &total), KMS_OK);
+  ck_assert_uint_eq(total, 3);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, 7);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(two_handles_see_each_others_writes) {
+  keystore *a = open_ok(), *b = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), got;
+  uint64_t total = 0;
+
+  ck_assert_int_eq(keystore_kek_current(b, "acme", &got), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_tenant_create(a, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_current(b, "acme", &got), KMS_OK);
+  assert_kek_eq(&got, &k1);
+  ck_assert_int_eq(keystore_kek_add_version(b, &k2), KMS_OK);
+  ck_assert_int_eq(keystore_kek_current(a, "acme", &got), KMS_OK);
+  assert_kek_eq(&got, &k2);
+  ck_assert_int_eq(keystore_kek_reserve_uses(a, "acme", 2, 4, 100, &total), KMS_OK);
+  ck_assert_int_eq(keystore_kek_reserve_uses(b, "acme", 2, 4, 100, &total), KMS_OK);
+  ck_assert_uint_eq(total, 8);
+  /* The rotation from b is seen by a's duplicate check too. */
+  ck_assert_int_eq(keystore_kek_add_version(a, &k2), KMS_ERR_ALREADY_EXISTS);
+  keystore_close(a);
+  keystore_close(b);
+}
+END_TEST
+
+#define RESERVERS 4
+#define RESERVATIONS 25
+
+static void *reserve_thread(void *arg) {
+  keystore *ks = NULL;
+  uintptr_t failures = 0;
+  uint64_t total;
+  int i;
+
+  (void)arg;
+  if (keystore_open(&ks, url, NULL, 0) != KMS_OK) {
+    return (void *)(uintptr_t)RESERVATIONS;
+  }
+  for (i = 0; i < RESERVATIONS; i++) {
+    if (keystore_kek_reserve_uses(ks, "acme", 1, 1, 1000, &total) != KMS_OK) {
+      failures++;
+    }
+  }
+  keystore_close(ks);
+  return (void *)failures;
+}
+
+START_TEST(concurrent_reservations_from_many_handles_are_all_counted) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  pthread_t th[RESERVERS];
+  void *res;
+  int i;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  for (i = 0; i < RESERVERS; i++) {
+    ck_assert_int_eq(pthread_create(&th[i], NULL, reserve_thread, NULL), 0);
+  }
+  for (i = 0; i < RESERVERS; i++) {
+    ck_assert_int_eq(pthread_join(th[i], &res), 0);
+    ck_assert_uint_eq((uintptr_t)res, 0);
+  }
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, RESERVERS * RESERVATIONS);
+  keystore_close(ks);
+}
+END_TEST
+
+#define OPENERS 6
+#define OPEN_ROUNDS 25
+
+/*
+ * Several processes creating the same keystore at once must all succeed (the
+ * switch to WAL on a new file races) and apply each migration exactly once.
+ * The race is narrow, so run it on many fresh files.
+ */
+START_TEST(concurrent_first_opens_all_succeed_and_migrate_once) {
+  char round_url[sizeof(url) + 16], round_path[sizeof(dbpath) + 16];
+  pid_t kids[OPENERS];
+  sqlite3 *db;
+  int i, round, status;
+
+  for (round = 0; round < OPEN_ROUNDS; round++) {
+    snprintf(round_path, sizeof(round_path), "%s/race%d.db", dir, round);
+    snprintf(round_url, sizeof(round_url), "sqlite:%s", round_path);
+    for (i = 0; i < OPENERS; i++) {
+      kids[i] = fork();
+      ck_assert_int_ge(kids[i], 0);
+      if (kids[i] == 0) {
+        keystore *ks = NULL;
+        int r = keystore_open(&ks, round_url, NULL, 0);
+        keystore_close(ks);
+        _exit(r == KMS_OK ? 0 : 1);
+      }
+    }
+    for (i = 0; i < OPENERS; i++) {
+      ck_assert_int_eq(waitpid(kids[i], &status, 0), kids[i]);
+      ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                    "an opener failed in round %d", round);
+    }
+    ck_assert_int_eq(sqlite3_open_v2(round_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
+    sqlite3_close(db);
+  }
+}
+END_TEST
+
+START_TEST(newer_schema_version_is_refused) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1);
+  char err[256] = "";
+  sqlite3 *db;
+  int r;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  keystore_close(ks);
+  db = raw_open();
+  raw_exec(db, "INSERT INTO schema_version (version, applied_ms) VALUES (999, 1)");
+  sqlite3_close(db);
+
+  ks = (keystore *)&r; /* must be reset to NULL on failure */
+  r = keystore_open(&ks, url, err, sizeof(err));
+  ck_assert_int_eq(r, KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_ptr_null(ks);
+  ck_assert_msg(strstr(err, "999") != NULL, "error does not name the version: %s", err);
+  db = raw_open();
+  ck_assert_int_eq(raw_int(db, "SELECT max(version) FROM schema_version"), 999);
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM tenants"), 1);
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(bad_urls_are_refused) {
+  static const char *const bad[] = {
+      "postgres://user:hunter2@db/kms", "kms.db", ":/x", "", "sqlite:", "sqlite:///",
+      "sqlite::memory:", "sqlite://host/x.db", "SQLITE:/x.db",
+  };
+  keystore *ks = NULL;
+  char err[256];
+  size_t i;
+  int r;
+
+  for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    err[0] = '\0';
+    r = keystore_open(&ks, bad[i], err, sizeof(err));
+    ck_assert_msg(r != KMS_OK, "accepted %s", bad[i]);
+    ck_assert_ptr_null(ks);
+    ck_assert_msg(err[0] != '\0', "no message for %s", bad[i]);
+    ck_assert_msg(strstr(err, "hunter2") == NULL, "password echoed: %s", err);
+  }
+  ck_assert_int_eq(keystore_open(&ks, "postgres://db/kms", err, sizeof(err)), KMS_ERR_CONFIG);
+  ck_assert_int_eq(keystore_open(&ks, "nothing-here", err, sizeof(err)), KMS_ERR_CONFIG);
+  ck_assert_int_eq(keystore_open(&ks, NULL, err, sizeof(err)), KMS_ERR_CONFIG);
+  ck_assert_int_eq(keystore_open(NULL, url, err, sizeof(err)), KMS_ERR_INVALID_ARGUMENT);
+  /* No message buffer is fine too. */
+  ck_assert_int_eq(keystore_open(&ks, "ftp:/x", NULL, 0), KMS_ERR_CONFIG);
+}
+END_TEST
+
+START_TEST(sqlite_url_forms_are_accepted) {
+  keystore *ks = NULL;
+  char u[PATH_MAX + 32];
+  char err[256] = "";
+
+  snprintf(u, sizeof(u), "sqlite://%s", dbpath);
+  ck_assert_msg(keystore_open(&ks, u, err, sizeof(err)) == KMS_OK, "%s", err);
+  keystore_close(ks);
+  keystore_close(NULL);
+}
+END_TEST
+
+START_TEST(missing_directory_is_an_io_error) {
+  keystore *ks = NULL;
+  char u[PATH_MAX + 32];
+  char err[256] = "";
+
+  snprintf(u, sizeof(u), "sqlite:%s/no/such/dir/kms.db", dir);
+  ck_assert_int_eq(keystore_open(&ks, u, err, sizeof(err)), KMS_ERR_IO);
+  ck_assert_ptr_null(ks);
+  ck_assert_str_ne(err, "");
+}
+END_TEST
+
+START_TEST(non_database_file_is_refused) {
+  keystore *ks = NULL;
+  char err[256] = "";
+  FILE *f = fopen(dbpath, "w");
+
+  ck_assert_ptr_nonnull(f);
+  fputs("this is not an SQLite database, just some text long enough to have a header.....\n",
+        f);
+  fclose(f);
+  ck_assert_int_ne(keystore_open(&ks, url, err, sizeof(err)), KMS_OK);
+  ck_assert_ptr_null(ks);
+  ck_assert_str_ne(err, "");
+}
+END_TEST
+
+START_TEST(tenant_id_length_is_checked) {
+  keystore *ks = open_ok();
+  char id[KS_TENANT_ID_MAX + 2];
+  struct ks_kek k, got;
+  struct ks_tenant t;
+  uint64_t total;
+
+  memset(id, 'x', KS_TENANT_ID_MAX);
+  id[KS_TENANT_ID_MAX] = '\0';
+  k = make_kek(id, 1, 1);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  ck_assert_int_eq(keystore_kek_current(ks, id, &got), KMS_OK);
+  assert_kek_eq(&got, &k);
+  ck_assert_int_eq(keystore_tenant_get(ks, id, &t), KMS_OK);
+  ck_assert_str_eq(t.tenant_id, id);
+
+  id[KS_TENANT_ID_MAX] = 'x';
+  id[KS_TENANT_ID_MAX + 1] = '\0';
+  ck_assert_int_eq(keystore_tenant_get(ks, id, &t), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_kek_current(ks, id, &got), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_kek_get(ks, id, 1, &got), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, id, 1, 1, 10, &total),
+                   KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_tenant_get(ks, "", &t), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_tenant_get(ks, NULL, &t), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_kek_current(ks, NULL, &got), KMS_ERR_INVALID_ARGUMENT);
+
+  /* A kek whose id fills the array without a terminator. */
+  memset(k.tenant_id, 'y', sizeof(k.tenant_id));
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  k.tenant_id[0] = '\0';
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(malformed_keks_are_refused) {
+  keystore *ks = open_ok();
+  struct ks_kek k;
+  sqlite3 *db;
+
+  k = make_kek("acme", 1, 1);
+  k.token_len = HSM_KEY_TOKEN_MAX + 1;
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  k.token_len = 0;
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  k = make_kek("acme", 2, 1);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  k = make_kek("acme", 1, 1);
+  k.state = KS_KEK_DESTROYED;
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  k.state = KS_KEK_ACTIVE;
+  k.created_ms = -1;
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_tenant_create(ks, NULL), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_tenant_create(NULL, &k), KMS_ERR_INVALID_ARGUMENT);
+  k = make_kek("acme", 0, 1);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k), KMS_ERR_INVALID_ARGUMENT);
+
+  db = raw_open();
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM tenants"), 0);
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM kek_versions"), 0);
+  sqlite3_close(db);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(damaged_rows_are_reported_not_trusted) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  sqlite3 *db;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  db = raw_open();
+  raw_exec(db, "UPDATE kek_versions SET key_token = zeroblob(200)");
+  sqlite3_close(db);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_ERR_INTERNAL);
+  ck_assert_uint_eq(got.token_len, 0);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(busy_database_is_unavailable_and_changes_nothing) {
+  keystore *ks = open_ok();
+  struct ks_kek k = make_kek("acme", 1, 1), got;
+  sqlite3 *db = raw_open();
+
+  /* Another writer holds the lock past our 5 s busy timeout. */
+  raw_exec(db, "BEGIN IMMEDIATE");
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_ERR_UNAVAILABLE);
+  raw_exec(db, "ROLLBACK");
+  ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_ERR_NOT_FOUND);
+  ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  sqlite3_close(db);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(schema_version_needs_arguments) {
+  keystore *ks = open_ok();
+  int v = 5;
+
+  ck_assert_int_eq(keystore_schema_version(NULL, &v), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(v, 0);
+  ck_assert_int_eq(keystore_schema_version(ks, NULL), KMS_ERR_INVALID_ARGUMENT);
+  keystore_close(ks);
+}
+END_TEST
+
+static Suite *keystore_suite(void) {
+  Suite *s = suite_create("keystore");
+  TCase *tc = tcase_create("sqlite");
+  TCase *slow = tcase_create("sqlite-slow");
+
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, open_creates_schema_v1_in_wal_mode);
+  tcase_add_test(tc, schema_ties_versions_to_tenants);
+  tcase_add_test(tc, files_are_created_mode_0600_whatever_the_umask);
+  tcase_add_test(tc, no_temporary_files_are_left_behind);
+  tcase_add_test(tc, reopen_keeps_data);
+  tcase_add_test(tc, tenant_create_round_trips_every_field);
+  tcase_add_test(tc, tenant_create_with_max_size_token);
+  tcase_add_test(tc, created_ms_zero_means_now);
+  tcase_add_test(tc, duplicate_create_is_refused_and_changes_nothing);
+  tcase_add_test(tc, unknown_tenant_or_version_is_not_found);
+  tcase_add_test(tc, add_version_rotates);
+  tcase_add_test(tc, add_version_leaves_other_tenants_alone);
+  tcase_add_test(tc, add_version_with_wrong_number_changes_nothing);
+  tcase_add_test(tc, add_version_failing_midway_rolls_back_the_demotion);
+  tcase_add_test(tc, reserve_uses_accumulates_up_to_the_limit);
+  tcase_add_test(tc, reserve_uses_survives_huge_numbers);
+  tcase_add_test(tc, reserve_uses_counts_per_version);
+  tcase_add_test(tc, two_handles_see_each_others_writes);
+  tcase_add_test(tc, concurrent_reservations_from_many_handles_are_all_counted);
+  tcase_add_test(tc, concurrent_first_opens_all_succeed_and_migrate_once);
+  tcase_add_test(tc, newer_schema_version_is_refused);
+  tcase_add_test(tc, bad_urls_are_refused);
+  tcase_add_test(tc, sqlite_url_forms_are_accepted);
+  tcase_add_test(tc, missing_directory_is_an_io_error);
+  tcase_add_test(tc, non_database_file_is_refused);
+  tcase_add_test(tc, tenant_id_length_is_checked);
+  tcase_add_test(tc, malformed_keks_are_refused);
+  tcase_add_test(tc, damaged_rows_are_reported_not_trusted);
+  tcase_add_test(tc, schema_version_needs_arguments);
+  suite_add_tcase(s, tc);
+
+  /* Waits out the 5 s busy timeout. */
+  tcase_add_checked_fixture(slow, setup, teardown);
+  tcase_set_timeout(slow, 60);
+  tcase_add_test(slow, busy_database_is_unavailable_and_changes_nothing);
+  suite_add_tcase(s, slow);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(keystore_suite());
+  int failed;
+
+  srunner_run_all(sr, CK_ENV);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
