@@ -64,7 +64,9 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
   struct daemon *d = arg;
   d->drain_ticks++;
-  if (workers_pending(d->rpc.pool) == 0 || d->drain_ticks > DRAIN_SECONDS * 10) {
+  /* Done when no request is in flight and every answer has left. */
+  int idle = workers_pending(d->rpc.pool) == 0 && server_output_pending(d->srv) == 0;
+  if (idle || d->drain_ticks > DRAIN_SECONDS * 10) {
     event_base_loopbreak(d->base);
   }
 }

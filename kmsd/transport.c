@@ -189,13 +189,40 @@ on_read(struct bufferevent *bev, void *arg)
   process_input(arg);
 }
 
+/*
+ * A connection stops being read while it has too many requests in flight or
+ * too many response bytes its peer hasn't taken: a client that sends but
+ * never reads can't make kmsd buffer without bound (responses may hold
+ * plaintext data keys, and memory is finite).
+ */
+#define CONN_OUTPUT_MAX (256u * 1024u)
+
+static int
+must_pause(const conn *c)
+{
+  return c->inflight >= c->srv->cfg->max_inflight ||
+         evbuffer_get_length(bufferevent_get_output(c->bev)) > CONN_OUTPUT_MAX;
+}
+
+static void
+maybe_resume(conn *c)
+{
+  if (c->paused && !c->closing && !must_pause(c)) {
+    c->paused = 0;
+    bufferevent_enable(c->bev, EV_READ);
+    process_input(c);
+  }
+}
+
 static void
 on_write(struct bufferevent *bev, void *arg)
 {
   conn *c = arg;
   if (c->closing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
     conn_close(c);
+    return;
   }
+  maybe_resume(c);
 }
 
 /* Hands every complete frame in the input buffer to the RPC layer. */
@@ -204,7 +231,7 @@ process_input(conn *c)
 {
   const struct kmsd_config *cfg = c->srv->cfg;
   while (c->bev != NULL && !c->closing) {
-    if (c->inflight >= cfg->max_inflight) {
+    if (must_pause(c)) {
       if (!c->paused) {
         bufferevent_disable(c->bev, EV_READ);
         c->paused = 1;
@@ -330,11 +357,7 @@ conn_inflight_end(conn *c)
     conn_free_if_done(c);
     return;
   }
-  if (c->paused && c->inflight < c->srv->cfg->max_inflight) {
-    c->paused = 0;
-    bufferevent_enable(c->bev, EV_READ);
-    process_input(c);
-  }
+  maybe_resume(c);
 }
 
 static void
@@ -436,6 +459,16 @@ server_close_all(server *s)
   while (s->conns != NULL) {
     conn_close(s->conns);
   }
+}
+
+size_t
+server_output_pending(const server *s)
+{
+  size_t n = 0;
+  for (const conn *c = s->conns; c != NULL; c = c->next) {
+    n += evbuffer_get_length(bufferevent_get_output(c->bev));
+  }
+  return n;
 }
 
 unsigned

@@ -28,6 +28,9 @@ void server_stop_accepting(server *s);
 /* server_close_all closes every connection now. */
 void server_close_all(server *s);
 
+/* server_output_pending returns the response bytes not yet handed to the kernel. */
+size_t server_output_pending(const server *s);
+
 /* server_connections returns the number of open connections. */
 unsigned server_connections(const server *s);
 

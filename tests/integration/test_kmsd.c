@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include "harness.h"
 #include "hsm.h"
@@ -485,6 +487,46 @@ START_TEST(test_pipelined_requests_all_answered_with_their_ids)
 }
 END_TEST
 
+START_TEST(test_client_that_never_reads_cannot_stall_others)
+{
+  create_tenant("acme");
+  SSL *ssl = harness_raw_connect("clients", "storage");
+  ck_assert_ptr_nonnull(ssl);
+  struct timeval tv = {2, 0};
+  setsockopt(SSL_get_fd(ssl), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  Tkms__Request req;
+  Tkms__GenerateDataKeyRequest g;
+  tkms__request__init(&req);
+  tkms__generate_data_key_request__init(&g);
+  /* Invalid requests are answered on the loop at once: the fastest way to make
+   * kmsd produce responses this client never reads. */
+  g.tenant_id = "not valid";
+  req.op_case = TKMS__REQUEST__OP_GENERATE_DATA_KEY;
+  req.generate_data_key = &g;
+  uint8_t buf[64 * 64];
+  /* Push requests without reading a single response, until kmsd stops reading. */
+  int sent = 0;
+  enum { BATCHES = 16000 }; /* ~1M requests, ~100 MB of answers: far beyond socket buffers */
+  for (int batch = 0; batch < BATCHES; batch++) {
+    size_t off = 0;
+    for (int i = 0; i < 64; i++) {
+      req.request_id = (uint64_t)(batch * 64 + i + 1);
+      off += pack_frame(&req, buf + off, sizeof(buf) - off);
+    }
+    if (SSL_write(ssl, buf, (int)off) <= 0) {
+      break; /* send timeout: kmsd applies back-pressure */
+    }
+    sent += 64;
+  }
+  ck_assert_int_gt(sent, 0);
+  /* kmsd stopped reading once its output for this peer piled up. */
+  ck_assert_int_lt(sent, BATCHES * 64);
+  assert_still_serving();
+  harness_raw_close(ssl);
+  assert_still_serving();
+}
+END_TEST
+
 /* ---- What is stored --------------------------------------------------------- */
 
 START_TEST(test_root_key_is_sensitive_and_not_extractable)
@@ -601,6 +643,7 @@ kmsd_suite(void)
   tcase_add_test(t, test_unknown_method_is_unimplemented_and_connection_stays);
   tcase_add_test(t, test_invalid_fields_are_invalid_argument_and_change_nothing);
   tcase_add_test(t, test_pipelined_requests_all_answered_with_their_ids);
+  tcase_add_test(t, test_client_that_never_reads_cannot_stall_others);
   suite_add_tcase(s, t);
 
   t = tcase_create("storage");
