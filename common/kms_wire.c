@@ -1,6 +1,7 @@
 /* Field-by-field validation of RPC messages after protobuf_c unpacking. */
 #include "kms_wire.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "kms_err.h"
@@ -86,6 +87,119 @@ check_tenant(const char *tenant_id, const char **why)
   return KMS_OK;
 }
 
+/* An optional tenant id (empty: every tenant) in list filters. */
+static int
+check_tenant_filter(const char *tenant_id, const char **why)
+{
+  if (tenant_id == NULL || tenant_id[0] == '\0') {
+    return KMS_OK;
+  }
+  return check_tenant(tenant_id, why);
+}
+
+static int
+check_wrapped(const ProtobufCBinaryData *w, const char **why)
+{
+  if (w->len == 0 || w->len > KMS_WRAPPED_KEY_MAX) {
+    *why = "wrapped_key: missing or too long";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return KMS_OK;
+}
+
+/* Key lifecycle requests (field numbers 20-39). */
+static int
+lifecycle_request_check(const Tkms__Request *req, const char **why)
+{
+  switch (req->op_case) {
+  case TKMS__REQUEST__OP_ROTATE_KEY:
+    return check_tenant(req->rotate_key->tenant_id, why);
+  case TKMS__REQUEST__OP_LIST_KEYS:
+    return check_tenant(req->list_keys->tenant_id, why);
+  case TKMS__REQUEST__OP_DISABLE_KEY:
+    return check_tenant(req->disable_key->tenant_id, why);
+  case TKMS__REQUEST__OP_ENABLE_KEY:
+    return check_tenant(req->enable_key->tenant_id, why);
+  case TKMS__REQUEST__OP_SCHEDULE_DESTRUCTION: {
+    const Tkms__ScheduleDestructionRequest *d = req->schedule_destruction;
+    if (check_tenant(d->tenant_id, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (d->waiting_days > KMS_LIFECYCLE_DAYS_MAX || (d->no_waiting && d->waiting_days != 0)) {
+      *why = "waiting_days: out of range, or given together with no_waiting";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  }
+  case TKMS__REQUEST__OP_CANCEL_DESTRUCTION:
+    return check_tenant(req->cancel_destruction->tenant_id, why);
+  case TKMS__REQUEST__OP_APPROVE:
+    if (req->approve->request_id == 0 || req->approve->request_id > INT64_MAX) {
+      *why = "request_id of the approval request: must be 1..2^63-1";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  case TKMS__REQUEST__OP_LIST_REQUESTS:
+    return check_tenant_filter(req->list_requests->tenant_id, why);
+  case TKMS__REQUEST__OP_RE_ENCRYPT: {
+    const Tkms__ReEncryptRequest *e = req->re_encrypt;
+    if (check_tenant(e->tenant_id, why) != KMS_OK ||
+        !kms_wire_context_ok(e->n_context, e->context, why) ||
+        check_wrapped(&e->wrapped_key, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  }
+  case TKMS__REQUEST__OP_RE_ENCRYPT_BATCH: {
+    const Tkms__ReEncryptBatchRequest *b = req->re_encrypt_batch;
+    if (check_tenant(b->tenant_id, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (b->n_items == 0 || b->n_items > KMS_REENCRYPT_BATCH_MAX) {
+      *why = "items: 1-1024 required";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    for (size_t i = 0; i < b->n_items; i++) {
+      const Tkms__ReEncryptItem *it = b->items[i];
+      if (it == NULL || !kms_wire_context_ok(it->n_context, it->context, why) ||
+          check_wrapped(&it->wrapped_key, why) != KMS_OK) {
+        if (it == NULL) {
+          *why = "items: empty item";
+        }
+        return KMS_ERR_INVALID_ARGUMENT;
+      }
+    }
+    return KMS_OK;
+  }
+  case TKMS__REQUEST__OP_LIST_TENANTS: {
+    const Tkms__ListTenantsRequest *l = req->list_tenants;
+    if (l->limit > KMS_LIST_TENANTS_MAX) {
+      *why = "limit: at most 1000";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (l->after != NULL && l->after[0] != '\0' && !kms_wire_tenant_id_ok(l->after)) {
+      *why = "after: not a tenant id";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  }
+  case TKMS__REQUEST__OP_LIST_RECEIPTS:
+    return check_tenant_filter(req->list_receipts->tenant_id, why);
+  case TKMS__REQUEST__OP_SET_ROTATION_PERIOD:
+    if (check_tenant(req->set_rotation_period->tenant_id, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (req->set_rotation_period->rotation_period_days > KMS_LIFECYCLE_DAYS_MAX) {
+      *why = "rotation_period_days: at most 3650";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  default:
+    *why = "unknown method";
+    return KMS_ERR_UNIMPLEMENTED;
+  }
+}
+
 int
 kms_wire_request_check(const Tkms__Request *req, const char **why)
 {
@@ -123,6 +237,20 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
     }
     return KMS_OK;
   }
+  case TKMS__REQUEST__OP_ROTATE_KEY:
+  case TKMS__REQUEST__OP_LIST_KEYS:
+  case TKMS__REQUEST__OP_DISABLE_KEY:
+  case TKMS__REQUEST__OP_ENABLE_KEY:
+  case TKMS__REQUEST__OP_SCHEDULE_DESTRUCTION:
+  case TKMS__REQUEST__OP_CANCEL_DESTRUCTION:
+  case TKMS__REQUEST__OP_APPROVE:
+  case TKMS__REQUEST__OP_LIST_REQUESTS:
+  case TKMS__REQUEST__OP_RE_ENCRYPT:
+  case TKMS__REQUEST__OP_RE_ENCRYPT_BATCH:
+  case TKMS__REQUEST__OP_LIST_TENANTS:
+  case TKMS__REQUEST__OP_LIST_RECEIPTS:
+  case TKMS__REQUEST__OP_SET_ROTATION_PERIOD:
+    return lifecycle_request_check(req, why);
   default:
     *why = "unknown method";
     return KMS_ERR_UNIMPLEMENTED;
@@ -154,6 +282,33 @@ kms_wire_response_check(const Tkms__Response *resp, Tkms__Request__OpCase op)
     return resp->decrypt->plaintext.len == KMS_DATA_KEY_LEN ? KMS_OK : KMS_ERR_PROTOCOL;
   case TKMS__RESPONSE__RESULT_CREATE_TENANT:
   case TKMS__RESPONSE__RESULT_HEALTH:
+    return KMS_OK;
+  case TKMS__RESPONSE__RESULT_RE_ENCRYPT: {
+    const Tkms__ReEncryptResponse *e = resp->re_encrypt;
+    return e->wrapped_key.len != 0 && e->wrapped_key.len <= KMS_WRAPPED_KEY_MAX
+               ? KMS_OK
+               : KMS_ERR_PROTOCOL;
+  }
+  case TKMS__RESPONSE__RESULT_RE_ENCRYPT_BATCH: {
+    const Tkms__ReEncryptBatchResponse *b = resp->re_encrypt_batch;
+    for (size_t i = 0; i < b->n_results; i++) {
+      if (b->results[i] == NULL || b->results[i]->wrapped_key.len > KMS_WRAPPED_KEY_MAX) {
+        return KMS_ERR_PROTOCOL;
+      }
+    }
+    return KMS_OK;
+  }
+  case TKMS__RESPONSE__RESULT_ROTATE_KEY:
+  case TKMS__RESPONSE__RESULT_LIST_KEYS:
+  case TKMS__RESPONSE__RESULT_DISABLE_KEY:
+  case TKMS__RESPONSE__RESULT_ENABLE_KEY:
+  case TKMS__RESPONSE__RESULT_SCHEDULE_DESTRUCTION:
+  case TKMS__RESPONSE__RESULT_CANCEL_DESTRUCTION:
+  case TKMS__RESPONSE__RESULT_APPROVE:
+  case TKMS__RESPONSE__RESULT_LIST_REQUESTS:
+  case TKMS__RESPONSE__RESULT_LIST_TENANTS:
+  case TKMS__RESPONSE__RESULT_LIST_RECEIPTS:
+  case TKMS__RESPONSE__RESULT_SET_ROTATION_PERIOD:
     return KMS_OK;
   default:
     return KMS_ERR_PROTOCOL;

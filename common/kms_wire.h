@@ -13,6 +13,10 @@
 #define KMS_CONTEXT_VALUE_MAX 256
 #define KMS_WRAPPED_KEY_MAX 256
 #define KMS_DATA_KEY_LEN 32
+/* Key lifecycle (docs/LIFECYCLE.md). */
+#define KMS_REENCRYPT_BATCH_MAX 1024 /* items in one ReEncryptBatch */
+#define KMS_LIFECYCLE_DAYS_MAX 3650  /* waiting and rotation periods, in days */
+#define KMS_LIST_TENANTS_MAX 1000    /* tenants in one ListTenants page */
 
 /*
  * kms_wire_tenant_id_ok: 1 if |s| is a valid tenant id: 1-64 bytes of

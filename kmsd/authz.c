@@ -1,39 +1,59 @@
-/* Interim role check: officers create tenants, services use data keys, default deny. */
+/* The enforcement point: holds the policy in force and asks it about each request. */
 #include "authz.h"
 
-#include <string.h>
-
 #include "kms_err.h"
+#include "kms_wire.h"
+#include "log.h"
+#include "policy.h"
 
-static int
-listed(const char list[][CONFIG_PRINCIPAL_LEN], size_t n, const char *principal)
+static policy *current; /* loop thread only (authz.h) */
+
+int
+authz_load(const char *path, char *err, size_t err_len)
 {
-  for (size_t i = 0; i < n; i++) {
-    if (strcmp(list[i], principal) == 0) {
-      return 1;
-    }
+  policy *p = NULL;
+  int r = policy_load(&p, path, err, err_len);
+  if (r != KMS_OK) {
+    return r;
   }
-  return 0;
+  policy_free(current);
+  current = p;
+  log_msg(LOG_INFO, "event=policy_loaded path=%s files=%zu rules=%zu sha256=%s", path,
+          policy_file_count(p), policy_rule_count(p), policy_digest(p));
+  return KMS_OK;
 }
 
 int
-authz_check(const struct kmsd_config *cfg, const char *principal,
-            const Tkms__Request *req)
+authz_op_known(const char *operation)
 {
-  if (principal == NULL || principal[0] == '\0') {
+  return policy_op_known(operation);
+}
+
+int
+authz_check(const struct authz_request *req, const char **out_rule)
+{
+  struct policy_kv kv[KMS_CONTEXT_MAX_ENTRIES];
+  struct policy_decision d;
+  *out_rule = "-";
+  /* kms_wire already capped the context; more entries would be a bug: deny. */
+  if (req->n_context > KMS_CONTEXT_MAX_ENTRIES) {
     return KMS_ERR_PERMISSION_DENIED;
   }
-  switch (req->op_case) {
-  case TKMS__REQUEST__OP_HEALTH:
-    return KMS_OK;
-  case TKMS__REQUEST__OP_CREATE_TENANT:
-    return listed(cfg->officers, cfg->n_officers, principal) ? KMS_OK
-                                                            : KMS_ERR_PERMISSION_DENIED;
-  case TKMS__REQUEST__OP_GENERATE_DATA_KEY:
-  case TKMS__REQUEST__OP_DECRYPT:
-    return listed(cfg->services, cfg->n_services, principal) ? KMS_OK
-                                                            : KMS_ERR_PERMISSION_DENIED;
-  default:
-    return KMS_ERR_PERMISSION_DENIED;
+  for (size_t i = 0; i < req->n_context; i++) {
+    kv[i].key = req->context[i]->key;
+    kv[i].value = req->context[i]->value;
   }
+  struct policy_request pr = {req->principal, req->operation, req->tenant, kv, req->n_context};
+  policy_evaluate(current, &pr, &d);
+  if (d.rule_id != NULL) {
+    *out_rule = d.rule_id;
+  }
+  return d.allowed ? KMS_OK : KMS_ERR_PERMISSION_DENIED;
+}
+
+void
+authz_shutdown(void)
+{
+  policy_free(current);
+  current = NULL;
 }

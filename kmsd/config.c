@@ -50,21 +50,6 @@ parse_listen(struct kmsd_config *c, const char *value, char *why, size_t why_len
 }
 
 static int
-add_principal(char list[][CONFIG_PRINCIPAL_LEN], size_t *n, const char *value,
-              char *why, size_t why_len)
-{
-  if (*n >= CONFIG_PRINCIPALS_MAX) {
-    snprintf(why, why_len, "more than %d entries", CONFIG_PRINCIPALS_MAX);
-    return KMS_ERR_CONFIG;
-  }
-  int r = set_str(list[*n], CONFIG_PRINCIPAL_LEN, value, why, why_len);
-  if (r == KMS_OK) {
-    (*n)++;
-  }
-  return r;
-}
-
-static int
 on_entry(void *arg, const char *key, const char *value, char *why, size_t why_len)
 {
   struct kmsd_config *c = arg;
@@ -94,6 +79,22 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
   }
   if (strcmp(key, "keystore") == 0) {
     return set_str(c->keystore, sizeof(c->keystore), value, why, why_len);
+  }
+  if (strcmp(key, "audit_dir") == 0) {
+    return set_str(c->audit_dir, sizeof(c->audit_dir), value, why, why_len);
+  }
+  if (strcmp(key, "node_name") == 0) {
+    return set_str(c->node_name, sizeof(c->node_name), value, why, why_len);
+  }
+  if (strcmp(key, "audit_rotate_bytes") == 0) {
+    r = set_uint(&v, value, 4096, 1ULL << 40, why, why_len);
+    c->audit_rotate_bytes = v;
+    return r;
+  }
+  if (strcmp(key, "audit_checkpoint_seconds") == 0) {
+    r = set_uint(&v, value, 1, 60, why, why_len);
+    c->audit_checkpoint_s = (unsigned)v;
+    return r;
   }
   if (strcmp(key, "workers") == 0) {
     r = set_uint(&v, value, 1, 64, why, why_len);
@@ -135,6 +136,50 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
     c->idle_timeout_ms = (unsigned)v;
     return r;
   }
+  if (strcmp(key, "hsm_latency_us") == 0) {
+    r = set_uint(&v, value, 0, 1000000, why, why_len);
+    c->hsm_latency_us = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "kek_state_ttl_ms") == 0) {
+    r = set_uint(&v, value, 0, 3600000, why, why_len);
+    c->kek_state_ttl_ms = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "approvals_required") == 0) {
+    r = set_uint(&v, value, 2, 8, why, why_len);
+    c->approvals_required = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "approval_window_s") == 0) {
+    r = set_uint(&v, value, 1, 30 * 86400, why, why_len);
+    c->approval_window_s = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "destruction_wait_days") == 0) {
+    /* The lower bound of 7 is checked after the file: the test knob may come later. */
+    r = set_uint(&v, value, 0, CONFIG_DESTRUCTION_WAIT_MAX_DAYS, why, why_len);
+    c->destruction_wait_days = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "allow_short_waiting_periods") == 0) {
+    if (strcmp(value, "true") != 0 && strcmp(value, "false") != 0) {
+      snprintf(why, why_len, "expected true or false");
+      return KMS_ERR_CONFIG;
+    }
+    c->allow_short_waiting_periods = strcmp(value, "true") == 0;
+    return KMS_OK;
+  }
+  if (strcmp(key, "rotation_period_days") == 0) {
+    r = set_uint(&v, value, 0, 3650, why, why_len);
+    c->rotation_period_days = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "lifecycle_interval_s") == 0) {
+    r = set_uint(&v, value, 1, 3600, why, why_len);
+    c->lifecycle_interval_s = (unsigned)v;
+    return r;
+  }
   if (strcmp(key, "log_level") == 0) {
     c->log_level = log_parse_level(value);
     if (c->log_level < 0) {
@@ -143,11 +188,17 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
     }
     return KMS_OK;
   }
-  if (strcmp(key, "officer") == 0) {
-    return add_principal(c->officers, &c->n_officers, value, why, why_len);
+  if (strcmp(key, "policy") == 0) {
+    return set_str(c->policy, sizeof(c->policy), value, why, why_len);
   }
-  if (strcmp(key, "service") == 0) {
-    return add_principal(c->services, &c->n_services, value, why, why_len);
+  if (strcmp(key, "tls_crl") == 0) {
+    return set_str(c->tls_crl, sizeof(c->tls_crl), value, why, why_len);
+  }
+  /* Say where the interim role lists went rather than just "unknown key". */
+  if (strcmp(key, "officer") == 0 || strcmp(key, "service") == 0) {
+    snprintf(why, why_len, "removed: grants are in the policy files (policy = PATH, "
+                           "docs/POLICY.md)");
+    return KMS_ERR_CONFIG;
   }
   snprintf(why, why_len, "unknown key");
   return KMS_ERR_CONFIG;
@@ -169,10 +220,27 @@ config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len
   out->handshake_timeout_ms = 10000;
   out->idle_timeout_ms = 300000;
   out->log_level = LOG_INFO;
+  snprintf(out->node_name, sizeof(out->node_name), "kmsd");
+  out->audit_rotate_bytes = 64ULL << 20;
+  out->audit_checkpoint_s = 60;
+  out->approvals_required = 2;
+  out->approval_window_s = 86400;
+  out->destruction_wait_days = CONFIG_DESTRUCTION_WAIT_MAX_DAYS;
+  out->rotation_period_days = 90;
+  out->lifecycle_interval_s = 60;
+  out->kek_state_ttl_ms = 1000;
 
   int r = kms_conf_parse(path, on_entry, out, err, err_len);
   if (r != KMS_OK) {
     return r;
+  }
+  if (out->destruction_wait_days < CONFIG_DESTRUCTION_WAIT_MIN_DAYS &&
+      !out->allow_short_waiting_periods) {
+    snprintf(err, err_len,
+             "%s: destruction_wait_days: at least %d (below only with "
+             "allow_short_waiting_periods = true, a test knob)",
+             path, CONFIG_DESTRUCTION_WAIT_MIN_DAYS);
+    return KMS_ERR_CONFIG;
   }
   const struct {
     const char *key;
@@ -181,6 +249,7 @@ config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len
       {"tls_cert", out->tls_cert},   {"tls_key", out->tls_key},
       {"tls_ca", out->tls_ca},       {"pkcs11_module", out->pkcs11_module},
       {"pin_file", out->pin_file},   {"keystore", out->keystore},
+      {"policy", out->policy},       {"audit_dir", out->audit_dir},
   };
   for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
     if (required[i].val[0] == '\0') {

@@ -6,8 +6,6 @@
 #include <stdint.h>
 
 #define CONFIG_PATH_MAX 512
-#define CONFIG_PRINCIPALS_MAX 32
-#define CONFIG_PRINCIPAL_LEN 256
 
 struct kmsd_config {
   char listen_host[64];
@@ -28,14 +26,33 @@ struct kmsd_config {
   unsigned handshake_timeout_ms;
   unsigned idle_timeout_ms;
   int log_level;
-  /* Interim authorisation (until the policy engine): who may do what. */
-  char officers[CONFIG_PRINCIPALS_MAX][CONFIG_PRINCIPAL_LEN];
-  size_t n_officers;
-  char services[CONFIG_PRINCIPALS_MAX][CONFIG_PRINCIPAL_LEN];
-  size_t n_services;
+  /* Audit log (docs/AUDIT.md): directory (required), this node's name (the log's origin). */
+  char audit_dir[CONFIG_PATH_MAX];
+  char node_name[64];
+  uint64_t audit_rotate_bytes;  /* next log file past this size */
+  unsigned audit_checkpoint_s;  /* signed checkpoint at least this often while records arrive */
+  /* Benchmarking only: sleep this long before every HSM call a worker makes, to
+   * emulate a network HSM (docs/PERFORMANCE.md). 0 in production. */
+  unsigned hsm_latency_us;
+  /* How long cached KEK state (current version, key state) may be used before
+   * the keystore is read again; changes made by this process apply at once. */
+  unsigned kek_state_ttl_ms;
+  /* Access policy: a JSON file or a directory of them (docs/POLICY.md); required. */
+  char policy[CONFIG_PATH_MAX];
+  /* CRL(s) of the client CA, PEM; empty: no revocation check. Reloaded on SIGHUP. */
+  char tls_crl[CONFIG_PATH_MAX];
+  /* Key lifecycle (docs/LIFECYCLE.md). */
+  unsigned approvals_required;      /* distinct officers for dual control, requester included */
+  unsigned approval_window_s;       /* a request not approved within this expires */
+  unsigned destruction_wait_days;   /* default waiting period before crypto-shredding */
+  int allow_short_waiting_periods;  /* TEST KNOB: waiting periods below 7 days, down to 0 */
+  unsigned rotation_period_days;    /* default automatic rotation period; 0: off */
+  unsigned lifecycle_interval_s;    /* timer: expiries, due destructions, rotations */
 };
 
 /* Defaults and limits, documented in docs/OPERATIONS.md. */
+#define CONFIG_DESTRUCTION_WAIT_MIN_DAYS 7 /* NIST-style waiting period, unless the test knob */
+#define CONFIG_DESTRUCTION_WAIT_MAX_DAYS 30
 #define CONFIG_KEK_MAX_USES_DEFAULT (1ULL << 30)
 #define CONFIG_KEK_MAX_USES_CEILING (1ULL << 31) /* NIST SP 800-38D: < 2^32 random IVs */
 

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
 
 #include "kms_err.h"
 
@@ -1108,5 +1110,417 @@ int hsm_ping(hsm_session *s) {
   }
   r = KMS_OK;
 out:
+  return r;
+}
+
+/* ---- Audit: checkpoint signing key and the context HMAC key ----------------- */
+
+/* DER OIDs for CKA_EC_PARAMS: prime256v1, and id-Ed25519 (RFC 8410). */
+static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+/* PKCS#11 3.0 also names the curve by PrintableString "edwards25519"; older modules want that. */
+static const uint8_t str_ed25519[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's',
+                                      '2',  '5',  '5', '1', '9'};
+/* DER SPKI header of an uncompressed P-256 point. */
+static const uint8_t p256_spki_prefix[] = {0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+                                           0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                           0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
+
+static int find_class_id(hsm *h, CK_OBJECT_CLASS cls, const char *id, CK_OBJECT_HANDLE found[2],
+                         CK_ULONG *out_n, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_ID, (void *)id, strlen(id)},
+  };
+  bool active = false;
+
+  *out_n = 0;
+  rv = h->p11->C_FindObjectsInit(h->owner, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_FindObjectsInit", rv);
+    goto out;
+  }
+  active = true;
+  rv = h->p11->C_FindObjects(h->owner, found, 2, out_n);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_FindObjects", rv);
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  if (active) {
+    rv = h->p11->C_FindObjectsFinal(h->owner);
+    if (rv != CKR_OK && r == KMS_OK) {
+      r = ckr_fail(err, err_len, "C_FindObjectsFinal", rv);
+    }
+  }
+  return r;
+}
+
+/* find_one: 0 or 1 object of |cls| with |id|; two is an error (ambiguous, maybe planted). */
+static int find_one(hsm *h, CK_OBJECT_CLASS cls, const char *id, CK_OBJECT_HANDLE *out,
+                    char *err, size_t err_len) {
+  int r;
+  CK_OBJECT_HANDLE found[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+  CK_ULONG n = 0;
+
+  *out = CK_INVALID_HANDLE;
+  if ((r = find_class_id(h, cls, id, found, &n, err, err_len)) != KMS_OK) {
+    return r;
+  }
+  if (n > 1) {
+    set_err(err, err_len, "more than one object with CKA_ID %s: ambiguous, refusing", id);
+    return KMS_ERR_FAILED_PRECONDITION;
+  }
+  *out = n == 1 ? found[0] : CK_INVALID_HANDLE;
+  return KMS_OK;
+}
+
+static bool has_mech(hsm *h, CK_MECHANISM_TYPE mech, CK_FLAGS need) {
+  CK_MECHANISM_INFO info;
+
+  memset(&info, 0, sizeof(info));
+  return h->p11->C_GetMechanismInfo(h->slot, mech, &info) == CKR_OK &&
+         (info.flags & need) == need;
+}
+
+static int gen_signing_pair(hsm *h, const char *id, int type, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv = CKR_OK;
+  CK_MECHANISM mech = {type == HSM_SIG_ED25519 ? CKM_EC_EDWARDS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN,
+                       NULL, 0};
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+  const uint8_t *params[2];
+  size_t params_len[2];
+  int n_params;
+
+  if (type == HSM_SIG_ED25519) {
+    params[0] = oid_ed25519;
+    params_len[0] = sizeof(oid_ed25519);
+    params[1] = str_ed25519;
+    params_len[1] = sizeof(str_ed25519);
+    n_params = 2;
+  } else {
+    params[0] = oid_p256;
+    params_len[0] = sizeof(oid_p256);
+    n_params = 1;
+  }
+  for (int i = 0; i < n_params; i++) {
+    CK_ATTRIBUTE pub_tmpl[] = {
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_VERIFY, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},
+        {CKA_EC_PARAMS, (void *)params[i], params_len[i]},
+        {CKA_ID, (void *)id, strlen(id)},
+        {CKA_LABEL, (void *)id, strlen(id)},
+    };
+    /* Sign only, never leaves the HSM, and nobody may later relax that. */
+    CK_ATTRIBUTE priv_tmpl[] = {
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_MODIFIABLE, &no, sizeof(no)},
+        {CKA_ID, (void *)id, strlen(id)},
+        {CKA_LABEL, (void *)id, strlen(id)},
+    };
+    rv = h->p11->C_GenerateKeyPair(h->owner, &mech, pub_tmpl, sizeof(pub_tmpl) / sizeof(pub_tmpl[0]),
+                                   priv_tmpl, sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), &pub, &priv);
+    if (rv == CKR_OK) {
+      break;
+    }
+  }
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_GenerateKeyPair", rv);
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  return r;
+}
+
+/* ec_point_raw strips the DER OCTET STRING some modules wrap CKA_EC_POINT in. */
+static int ec_point_raw(const uint8_t *p, size_t len, size_t want, const uint8_t **out) {
+  if (len == want) {
+    *out = p;
+    return KMS_OK;
+  }
+  if (len == want + 2 && p[0] == 0x04 && p[1] == want) {
+    *out = p + 2;
+    return KMS_OK;
+  }
+  return KMS_ERR_HSM;
+}
+
+int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_key *out,
+                         char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
+  CK_KEY_TYPE kt = 0;
+  CK_BBOOL sens = CK_FALSE, extr = CK_TRUE, sign = CK_FALSE;
+  uint8_t point[2 + 65 + 8];
+  const uint8_t *raw = NULL;
+  bool locked = false;
+  int type;
+
+  set_err(err, err_len, "%s", "");
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof(*out));
+  if (h == NULL || id == NULL || id[0] == '\0') {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  if (pthread_mutex_lock(&h->owner_mu) != 0) {
+    goto out;
+  }
+  locked = true;
+  if ((r = find_one(h, CKO_PRIVATE_KEY, id, &priv, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if (priv == CK_INVALID_HANDLE) {
+    bool ed = has_mech(h, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR) &&
+              has_mech(h, CKM_EDDSA, CKF_SIGN);
+    bool ec = has_mech(h, CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR) &&
+              has_mech(h, CKM_ECDSA, CKF_SIGN);
+    type = prefer != HSM_SIG_AUTO ? prefer : ed ? HSM_SIG_ED25519 : HSM_SIG_ECDSA_P256;
+    if ((type == HSM_SIG_ED25519 && !ed) || (type == HSM_SIG_ECDSA_P256 && !ec)) {
+      set_err(err, err_len, "PKCS#11 token offers neither Ed25519 (CKM_EDDSA) nor ECDSA P-256 "
+                            "for the audit signing key");
+      r = KMS_ERR_HSM;
+      goto out;
+    }
+    if ((r = gen_signing_pair(h, id, type, err, err_len)) != KMS_OK ||
+        (r = find_one(h, CKO_PRIVATE_KEY, id, &priv, err, err_len)) != KMS_OK) {
+      goto out;
+    }
+  }
+  if ((r = find_one(h, CKO_PUBLIC_KEY, id, &pub, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if (priv == CK_INVALID_HANDLE || pub == CK_INVALID_HANDLE) {
+    set_err(err, err_len, "audit signing key %s: private or public half missing", id);
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  {
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_SENSITIVE, &sens, sizeof(sens)},
+        {CKA_EXTRACTABLE, &extr, sizeof(extr)},
+        {CKA_SIGN, &sign, sizeof(sign)},
+    };
+    rv = h->p11->C_GetAttributeValue(h->owner, priv, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_GetAttributeValue", rv);
+      goto out;
+    }
+  }
+  if ((kt != CKK_EC_EDWARDS && kt != CKK_EC) || !sens || extr || !sign) {
+    set_err(err, err_len, "audit signing key %s is not a sensitive, non-extractable EC signing "
+                          "key; refusing to use it", id);
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  type = kt == CKK_EC_EDWARDS ? HSM_SIG_ED25519 : HSM_SIG_ECDSA_P256;
+  {
+    CK_ATTRIBUTE a = {CKA_EC_POINT, point, sizeof(point)};
+    rv = h->p11->C_GetAttributeValue(h->owner, pub, &a, 1);
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_GetAttributeValue(CKA_EC_POINT)", rv);
+      goto out;
+    }
+    if (ec_point_raw(point, a.ulValueLen, type == HSM_SIG_ED25519 ? 32 : 65, &raw) != KMS_OK ||
+        (type == HSM_SIG_ECDSA_P256 && raw[0] != 0x04)) {
+      set_err(err, err_len, "audit signing key %s: unexpected public key encoding", id);
+      r = KMS_ERR_HSM;
+      goto out;
+    }
+  }
+  if (type == HSM_SIG_ED25519) {
+    memcpy(out->pub, raw, 32);
+    out->pub_len = 32;
+  } else {
+    memcpy(out->pub, p256_spki_prefix, sizeof(p256_spki_prefix));
+    memcpy(out->pub + sizeof(p256_spki_prefix), raw, 65);
+    out->pub_len = sizeof(p256_spki_prefix) + 65;
+  }
+  out->priv = (hsm_key)priv;
+  out->type = type;
+  r = KMS_OK;
+out:
+  if (locked) {
+    pthread_mutex_unlock(&h->owner_mu);
+  }
+  if (r != KMS_OK) {
+    memset(out, 0, sizeof(*out));
+  }
+  return r;
+}
+
+int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg, size_t len,
+             uint8_t *sig, size_t *sig_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_MECHANISM m = {CKM_EDDSA, NULL, 0};
+  uint8_t digest[32], rs[64];
+  CK_ULONG rs_len = sizeof(rs);
+  ECDSA_SIG *es = NULL;
+  BIGNUM *br = NULL, *bs = NULL;
+  uint8_t *p = sig;
+  int der_len;
+
+  if (sig_len != NULL) {
+    *sig_len = 0;
+  }
+  if (s == NULL || k == NULL || (msg == NULL && len > 0) || sig == NULL || sig_len == NULL ||
+      (k->type != HSM_SIG_ED25519 && k->type != HSM_SIG_ECDSA_P256)) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  if (k->type == HSM_SIG_ED25519) {
+    rv = s->h->p11->C_SignInit(s->sh, &m, (CK_OBJECT_HANDLE)k->priv);
+    if (rv != CKR_OK) {
+      r = ckr_to_err(rv);
+      goto out;
+    }
+    rs_len = sizeof(rs);
+    rv = s->h->p11->C_Sign(s->sh, (CK_BYTE_PTR)msg, len, rs, &rs_len);
+    if (rv != CKR_OK || rs_len != 64) {
+      r = rv != CKR_OK ? ckr_to_err(rv) : KMS_ERR_HSM;
+      goto out;
+    }
+    memcpy(sig, rs, 64);
+    *sig_len = 64;
+    r = KMS_OK;
+    goto out;
+  }
+  /* CKM_ECDSA signs a digest we compute; it answers r||s, verifiers want DER. */
+  if (EVP_Digest(msg, len, digest, NULL, EVP_sha256(), NULL) != 1) {
+    goto out;
+  }
+  m.mechanism = CKM_ECDSA;
+  rv = s->h->p11->C_SignInit(s->sh, &m, (CK_OBJECT_HANDLE)k->priv);
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  rv = s->h->p11->C_Sign(s->sh, digest, sizeof(digest), rs, &rs_len);
+  if (rv != CKR_OK || rs_len != 64) {
+    r = rv != CKR_OK ? ckr_to_err(rv) : KMS_ERR_HSM;
+    goto out;
+  }
+  if ((es = ECDSA_SIG_new()) == NULL || (br = BN_bin2bn(rs, 32, NULL)) == NULL ||
+      (bs = BN_bin2bn(rs + 32, 32, NULL)) == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  if (ECDSA_SIG_set0(es, br, bs) != 1) {
+    goto out;
+  }
+  br = bs = NULL; /* owned by |es| now */
+  der_len = i2d_ECDSA_SIG(es, NULL);
+  if (der_len <= 0 || der_len > HSM_SIG_MAX || i2d_ECDSA_SIG(es, &p) != der_len) {
+    goto out;
+  }
+  *sig_len = (size_t)der_len;
+  r = KMS_OK;
+out:
+  ECDSA_SIG_free(es);
+  BN_free(br);
+  BN_free(bs);
+  return r;
+}
+
+int hsm_hmac_derive(hsm *h, const char *id, const char *label, uint8_t out[32], char *err,
+                    size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+  CK_MECHANISM mac = {CKM_SHA256_HMAC, NULL, 0};
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+  CK_ULONG len = 32, out_len = 32;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_BBOOL sens = CK_FALSE, extr = CK_TRUE;
+  bool locked = false;
+
+  set_err(err, err_len, "%s", "");
+  if (h == NULL || id == NULL || id[0] == '\0' || label == NULL || out == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  memset(out, 0, 32);
+  if (pthread_mutex_lock(&h->owner_mu) != 0) {
+    goto out;
+  }
+  locked = true;
+  if ((r = find_one(h, CKO_SECRET_KEY, id, &key, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if (key == CK_INVALID_HANDLE) {
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},   {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)}, {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_VERIFY, &no, sizeof(no)},      {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},     {CKA_WRAP, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},      {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_MODIFIABLE, &no, sizeof(no)},  {CKA_ID, (void *)id, strlen(id)},
+        {CKA_LABEL, (void *)id, strlen(id)},
+    };
+    rv = h->p11->C_GenerateKey(h->owner, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &key);
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_GenerateKey(generic secret)", rv);
+      goto out;
+    }
+  }
+  {
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_SENSITIVE, &sens, sizeof(sens)},
+        {CKA_EXTRACTABLE, &extr, sizeof(extr)},
+    };
+    rv = h->p11->C_GetAttributeValue(h->owner, key, tmpl, 2);
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_GetAttributeValue", rv);
+      goto out;
+    }
+    if (!sens || extr) {
+      set_err(err, err_len, "HMAC key %s is readable (not sensitive or extractable); refusing", id);
+      r = KMS_ERR_FAILED_PRECONDITION;
+      goto out;
+    }
+  }
+  rv = h->p11->C_SignInit(h->owner, &mac, key);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_SignInit(CKM_SHA256_HMAC)", rv);
+    goto out;
+  }
+  rv = h->p11->C_Sign(h->owner, (CK_BYTE_PTR)label, strlen(label), out, &out_len);
+  if (rv != CKR_OK || out_len != 32) {
+    r = rv != CKR_OK ? ckr_fail(err, err_len, "C_Sign(CKM_SHA256_HMAC)", rv) : KMS_ERR_HSM;
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  if (locked) {
+    pthread_mutex_unlock(&h->owner_mu);
+  }
+  if (r != KMS_OK && out != NULL) {
+    OPENSSL_cleanse(out, 32);
+  }
   return r;
 }

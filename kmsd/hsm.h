@@ -94,4 +94,49 @@ int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractab
 /* hsm_ping checks that the token still answers (C_GetSessionInfo). */
 int hsm_ping(hsm_session *s);
 
+/*
+ * Audit checkpoint signing key (docs/AUDIT.md): an asymmetric key pair made
+ * once as token objects with CKA_ID |id|, private half sensitive, not
+ * extractable, sign only. Ed25519 (CKM_EDDSA) when the module offers it,
+ * else ECDSA P-256 (CKM_ECDSA); a key that already exists keeps its type.
+ */
+#define HSM_SIG_AUTO 0
+#define HSM_SIG_ED25519 1    /* signed-note type 0x01 */
+#define HSM_SIG_ECDSA_P256 2 /* signed-note type 0x02 */
+#define HSM_SIG_PUB_MAX 128
+#define HSM_SIG_MAX 80
+
+struct hsm_signing_key {
+  hsm_key priv;
+  int type;                      /* HSM_SIG_ED25519 or HSM_SIG_ECDSA_P256 */
+  uint8_t pub[HSM_SIG_PUB_MAX];  /* Ed25519: 32 raw bytes; P-256: DER SubjectPublicKeyInfo */
+  size_t pub_len;
+};
+
+/*
+ * hsm_signing_key_open finds the key pair with CKA_ID |id| or creates it
+ * (type |prefer|: HSM_SIG_AUTO picks by capability), checks the private key
+ * is sensitive, not extractable and able to sign, and reads the public key.
+ */
+int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_key *out,
+                         char *err, size_t err_len);
+
+/*
+ * hsm_sign signs |msg| with |k| on session |s|. Ed25519: the 64-byte RFC 8032
+ * signature of |msg|. ECDSA: SHA-256(msg) is signed in the HSM and the r||s
+ * answer is returned DER-encoded (ECDSA-Sig-Value), as verifiers expect.
+ * |sig| holds HSM_SIG_MAX bytes; the length goes to |*sig_len|.
+ */
+int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg, size_t len,
+             uint8_t *sig, size_t *sig_len);
+
+/*
+ * hsm_hmac_derive finds or creates a 256-bit generic secret token object with
+ * CKA_ID |id| (sensitive, not extractable, sign only) and writes
+ * HMAC-SHA256(that key, |label|) to |out|. The same token always yields the
+ * same 32 bytes, so a key derived from it needs no storage of its own.
+ */
+int hsm_hmac_derive(hsm *h, const char *id, const char *label, uint8_t out[32], char *err,
+                    size_t err_len);
+
 #endif

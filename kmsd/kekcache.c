@@ -18,6 +18,14 @@ struct kekcache_entry {
   int removed; /* dropped while pinned: freed on last release, key leaked to hsm_close */
   uint64_t hash;
   kekcache_entry *next_in_bucket;
+  /* KEK state as last read from the keystore (kekcache_set_state). */
+  int state;
+  int tenant_state;
+  int current;          /* was the tenant's newest version at that read */
+  int64_t state_ms;     /* monotonic time of that read */
+  uint64_t state_epoch; /* the cache's epoch then; any other epoch means stale */
+  uint64_t tenant_hash;
+  kekcache_entry *next_in_tenant; /* chain in the by-tenant index */
   kekcache_entry *lru_prev, *lru_next; /* head = most recently used */
 };
 
@@ -27,12 +35,14 @@ struct kekcache {
   size_t size;
   size_t nbuckets; /* power of two */
   kekcache_entry **buckets;
+  kekcache_entry **tbuckets; /* every entry again, by tenant alone */
   kekcache_entry *lru_head, *lru_tail;
   uint64_t seed;
+  uint64_t epoch; /* starts at 1; kekcache_forget_state moves it on */
 };
 
 static uint64_t
-hash_key(uint64_t seed, const char *tenant_id, uint32_t version)
+hash_tenant(uint64_t seed, const char *tenant_id)
 {
   /* FNV-1a with a per-process seed: tenant ids are chosen by officers, the
    * seed keeps bucket placement unpredictable anyway. */
@@ -41,6 +51,13 @@ hash_key(uint64_t seed, const char *tenant_id, uint32_t version)
     h ^= *p;
     h *= 1099511628211ULL;
   }
+  return h;
+}
+
+static uint64_t
+hash_key(uint64_t seed, const char *tenant_id, uint32_t version)
+{
+  uint64_t h = hash_tenant(seed, tenant_id);
   for (int i = 0; i < 4; i++) {
     h ^= (version >> (8 * i)) & 0xff;
     h *= 1099511628211ULL;
@@ -64,10 +81,14 @@ kekcache_new(size_t capacity)
     c->nbuckets <<= 1;
   }
   c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
-  if (c->buckets == NULL) {
+  c->tbuckets = calloc(c->nbuckets, sizeof(*c->tbuckets));
+  if (c->buckets == NULL || c->tbuckets == NULL) {
+    free(c->buckets);
+    free(c->tbuckets);
     free(c);
     return NULL;
   }
+  c->epoch = 1;
   if (RAND_bytes((unsigned char *)&c->seed, sizeof(c->seed)) != 1) {
     c->seed = (uint64_t)(uintptr_t)c;
   }
@@ -88,6 +109,7 @@ kekcache_free(kekcache *c)
     e = n;
   }
   free(c->buckets);
+  free(c->tbuckets);
   pthread_mutex_destroy(&c->mu);
   free(c);
 }
@@ -131,6 +153,13 @@ bucket_unlink(kekcache *c, kekcache_entry *e)
   }
   if (*pp == e) {
     *pp = e->next_in_bucket;
+  }
+  pp = &c->tbuckets[e->tenant_hash & (c->nbuckets - 1)];
+  while (*pp != NULL && *pp != e) {
+    pp = &(*pp)->next_in_tenant;
+  }
+  if (*pp == e) {
+    *pp = e->next_in_tenant;
   }
 }
 
@@ -194,6 +223,10 @@ kekcache_put(kekcache *c, const char *tenant_id, uint32_t version, hsm_key key,
   size_t b = h & (c->nbuckets - 1);
   e->next_in_bucket = c->buckets[b];
   c->buckets[b] = e;
+  e->tenant_hash = hash_tenant(c->seed, tenant_id);
+  b = e->tenant_hash & (c->nbuckets - 1);
+  e->next_in_tenant = c->tbuckets[b];
+  c->tbuckets[b] = e;
   lru_push_front(c, e);
   c->size++;
   /* Evict up to two: one for this insert and one to pay back an earlier
@@ -287,4 +320,104 @@ kekcache_size(kekcache *c)
   size_t n = c->size;
   pthread_mutex_unlock(&c->mu);
   return n;
+}
+
+/* ---- Cached KEK state --------------------------------------------------------- */
+
+static int
+state_fresh(const kekcache *c, const kekcache_entry *e, int64_t now_ms, int64_t ttl_ms)
+{
+  return e->state_epoch == c->epoch && now_ms >= e->state_ms && now_ms - e->state_ms < ttl_ms;
+}
+
+kekcache_entry *
+kekcache_get_current(kekcache *c, const char *tenant_id, int64_t now_ms, int64_t ttl_ms,
+                     int *out_state, int *out_tenant_state)
+{
+  uint64_t th = hash_tenant(c->seed, tenant_id);
+  kekcache_entry *found = NULL;
+  pthread_mutex_lock(&c->mu);
+  for (kekcache_entry *e = c->tbuckets[th & (c->nbuckets - 1)]; e != NULL;
+       e = e->next_in_tenant) {
+    if (e->tenant_hash == th && e->current && state_fresh(c, e, now_ms, ttl_ms) &&
+        strcmp(e->tenant_id, tenant_id) == 0) {
+      found = e;
+      *out_state = e->state;
+      *out_tenant_state = e->tenant_state;
+      found->refs++;
+      lru_unlink(c, found);
+      lru_push_front(c, found);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+  return found;
+}
+
+int
+kekcache_state(kekcache *c, const kekcache_entry *e, int64_t now_ms, int64_t ttl_ms,
+               int *out_state, int *out_tenant_state)
+{
+  pthread_mutex_lock(&c->mu);
+  int fresh = state_fresh(c, e, now_ms, ttl_ms);
+  if (fresh) {
+    *out_state = e->state;
+    *out_tenant_state = e->tenant_state;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return fresh;
+}
+
+uint32_t
+kekcache_entry_version(const kekcache_entry *e)
+{
+  return e->version;
+}
+
+uint64_t
+kekcache_epoch(kekcache *c)
+{
+  pthread_mutex_lock(&c->mu);
+  uint64_t ep = c->epoch;
+  pthread_mutex_unlock(&c->mu);
+  return ep;
+}
+
+void
+kekcache_set_state(kekcache *c, kekcache_entry *e, int state, int tenant_state, int current,
+                   int64_t now_ms, uint64_t read_epoch)
+{
+  pthread_mutex_lock(&c->mu);
+  if (read_epoch != c->epoch) {
+    goto out; /* state changed here since the read began: it may be stale already */
+  }
+  if (current) {
+    for (kekcache_entry *o = c->tbuckets[e->tenant_hash & (c->nbuckets - 1)]; o != NULL;
+         o = o->next_in_tenant) {
+      if (o == e || !o->current || o->tenant_hash != e->tenant_hash ||
+          strcmp(o->tenant_id, e->tenant_id) != 0) {
+        continue;
+      }
+      if (o->version > e->version && state_fresh(c, o, now_ms, INT64_MAX)) {
+        current = 0; /* a later read saw a newer version: versions only grow */
+      } else {
+        o->current = 0;
+      }
+    }
+    e->current = current;
+  }
+  e->state = state;
+  e->tenant_state = tenant_state;
+  e->state_ms = now_ms;
+  e->state_epoch = c->epoch;
+out:
+  pthread_mutex_unlock(&c->mu);
+}
+
+void
+kekcache_forget_state(kekcache *c)
+{
+  pthread_mutex_lock(&c->mu);
+  c->epoch++;
+  pthread_mutex_unlock(&c->mu);
 }

@@ -64,4 +64,52 @@ void kekcache_grant_uses(kekcache *c, kekcache_entry *e, uint64_t n);
 /* kekcache_size returns the number of entries. */
 size_t kekcache_size(kekcache *c);
 
+/*
+ * Cached KEK state. Reading the keystore for every request (a SQLite read
+ * transaction: two fcntl locks and a B-tree lookup) cost a sixth of kmsd's
+ * CPU, so each entry also remembers the version's state, its tenant's state
+ * and whether it was the tenant's newest version, as read from the keystore.
+ * The staleness rule (docs/PERFORMANCE.md):
+ *   - a state is used for at most |ttl_ms| after it was read (changes made by
+ *     another process sharing the keystore show within that time);
+ *   - kekcache_forget_state makes every cached state stale at once: call it
+ *     after this process changed any key state (rotation, disable, destroy).
+ * Times are monotonic milliseconds.
+ */
+
+/*
+ * kekcache_get_current returns the pinned entry last read as |tenant_id|'s
+ * newest version, with the version's and the tenant's state, if that read is
+ * fresh; else NULL.
+ */
+kekcache_entry *kekcache_get_current(kekcache *c, const char *tenant_id, int64_t now_ms,
+                                     int64_t ttl_ms, int *out_state, int *out_tenant_state);
+
+/* kekcache_state returns 1 and the states of pinned |e| if fresh, else 0. */
+int kekcache_state(kekcache *c, const kekcache_entry *e, int64_t now_ms, int64_t ttl_ms,
+                   int *out_state, int *out_tenant_state);
+
+/* kekcache_entry_version returns the KEK version of |e|. */
+uint32_t kekcache_entry_version(const kekcache_entry *e);
+
+/*
+ * kekcache_epoch returns the current epoch. Take it before reading the
+ * keystore and hand it to kekcache_set_state, so a read that raced with
+ * kekcache_forget_state is not cached.
+ */
+uint64_t kekcache_epoch(kekcache *c);
+
+/*
+ * kekcache_set_state records the states of pinned |e| (version, tenant) as
+ * read from the keystore at |now_ms| (begun in epoch |read_epoch|); with
+ * |current| nonzero, also that it was the tenant's newest version (unless an
+ * entry of the same tenant already has a newer one). Ignored if the epoch
+ * moved on meanwhile.
+ */
+void kekcache_set_state(kekcache *c, kekcache_entry *e, int state, int tenant_state,
+                        int current, int64_t now_ms, uint64_t read_epoch);
+
+/* kekcache_forget_state makes every cached state stale (handles stay loaded). */
+void kekcache_forget_state(kekcache *c);
+
 #endif

@@ -16,6 +16,8 @@ struct keyops {
   kekcache *cache;
   uint64_t max_uses;      /* encryptions per KEK version before forced rotation */
   uint64_t reserve_block; /* uses reserved in the keystore per round trip */
+  int64_t state_ttl_ms;   /* cached KEK state lifetime (kekcache.h); 0: always read */
+  unsigned hsm_latency_us; /* benchmark knob: sleep before data-key HSM calls */
 };
 
 struct keyops_result {
@@ -43,7 +45,25 @@ int keyops_decrypt(const struct keyops *k, struct worker_ctx *w,
                    struct keyops_result *res, const char *tenant_id, size_t n_ctx,
                    Tkms__ContextEntry *const *ctx, const uint8_t *blob, size_t blob_len);
 
+/*
+ * keyops_reencrypt moves a wrapped data key to KEK version |target| (0: the
+ * current one) of the same tenant; the plaintext key never leaves kmsd. The
+ * new blob is in res->blob, its version in res->kek_version, the old version
+ * in *out_source; res->plaintext stays NULL.
+ */
+int keyops_reencrypt(const struct keyops *k, struct worker_ctx *w, struct keyops_result *res,
+                     const char *tenant_id, size_t n_ctx, Tkms__ContextEntry *const *ctx,
+                     const uint8_t *blob, size_t blob_len, uint32_t target,
+                     uint32_t *out_source);
+
 int keyops_health(const struct keyops *k, struct worker_ctx *w, struct keyops_result *res);
+
+/*
+ * keyops_forget_state makes every cached KEK state stale, so the next request
+ * of any tenant reads the keystore. Call it once this process has changed
+ * the state of any key or tenant (rotation, disable, enable, destruction).
+ */
+void keyops_forget_state(const struct keyops *k);
 
 /* keyops_result_clear wipes and frees what |res| holds. */
 void keyops_result_clear(struct keyops_result *res);

@@ -242,3 +242,252 @@ int keystore_kek_reserve_uses(keystore *ks, const char *tenant_id, uint32_t vers
   }
   return r;
 }
+
+/* ---- Key lifecycle -------------------------------------------------------------- */
+
+/* A principal is 1..KS_PRINCIPAL_MAX bytes; identity.c has checked its characters. */
+static int valid_principal(const char *by) {
+  size_t n;
+
+  if (by == NULL) {
+    return 0;
+  }
+  n = strnlen(by, KS_PRINCIPAL_MAX + 1);
+  return n >= 1 && n <= KS_PRINCIPAL_MAX;
+}
+
+/* An optional tenant filter: NULL or "" means every tenant. */
+static int valid_tenant_filter(const char *tenant_id) {
+  return tenant_id == NULL || tenant_id[0] == '\0' || valid_tenant_id(tenant_id);
+}
+
+/* LIST_OUT_INIT zeroes list outputs on entry (so a failure leaves nothing to free); 0 if NULL. */
+#define LIST_OUT_INIT(out, out_n)                                                       \
+  ((out) != NULL && (out_n) != NULL ? (*(out) = NULL, *(out_n) = 0, 1) : 0)
+
+int keystore_tenant_list(keystore *ks, const char *after, size_t limit,
+                         struct ks_tenant **out, size_t *out_n) {
+  if (!LIST_OUT_INIT(out, out_n)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks == NULL || limit == 0 || !valid_tenant_filter(after)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->tenant_list(ks, after != NULL ? after : "", limit, out, out_n);
+}
+
+int keystore_kek_list(keystore *ks, const char *tenant_id, struct ks_version_info **out,
+                      size_t *out_n) {
+  if (!LIST_OUT_INIT(out, out_n)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks == NULL || !valid_tenant_id(tenant_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->kek_list(ks, tenant_id, out, out_n);
+}
+
+int keystore_event_list(keystore *ks, const char *tenant_id, size_t limit,
+                        struct ks_event **out, size_t *out_n) {
+  if (!LIST_OUT_INIT(out, out_n)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks == NULL || !valid_tenant_id(tenant_id) || limit == 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->event_list(ks, tenant_id, limit, out, out_n);
+}
+
+int keystore_event_add(keystore *ks, const char *tenant_id, uint32_t version,
+                       const char *event, const char *by, const char *detail) {
+  if (ks == NULL || !valid_tenant_id(tenant_id) || event == NULL || event[0] == '\0' ||
+      !valid_principal(by)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->event_add(ks, tenant_id, version, event, by, detail != NULL ? detail : "");
+}
+
+int keystore_kek_rotate(keystore *ks, const struct ks_kek *kek, const char *by,
+                        const char *reason) {
+  if (ks == NULL || !valid_new_kek(kek) || !valid_principal(by)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->kek_rotate(ks, kek, by, reason != NULL ? reason : "");
+}
+
+int keystore_change_state(keystore *ks, const struct ks_change *c, int *out_state) {
+  int dummy = 0;
+
+  if (out_state == NULL) {
+    out_state = &dummy;
+  }
+  *out_state = 0;
+  if (ks == NULL || c == NULL || !valid_tenant_id(c->tenant_id) || c->from_states == 0 ||
+      c->to_state < 0 || c->to_state > KS_KEK_DESTROYED || !valid_principal(c->by) ||
+      c->event == NULL || c->event[0] == '\0') {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  /* Destruction has its own path (keystore_destroy): it must delete the tokens. */
+  if ((c->version != 0 && c->to_state == KS_KEK_DESTROYED) ||
+      (c->version == 0 && c->to_state == KS_TENANT_DESTROYED)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->change_state(ks, c, out_state);
+}
+
+int keystore_tenant_set_rotation(keystore *ks, const char *tenant_id, uint32_t days,
+                                 const char *by) {
+  if (ks == NULL || !valid_tenant_id(tenant_id) || !valid_principal(by)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->tenant_set_rotation(ks, tenant_id, days, by);
+}
+
+int keystore_rotation_due(keystore *ks, int64_t now_ms, uint32_t default_days,
+                          struct ks_kek *out, size_t cap, size_t *out_n) {
+  if (out_n == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_n = 0;
+  if (ks == NULL || out == NULL || cap == 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->rotation_due(ks, now_ms, default_days, out, cap, out_n);
+}
+
+int keystore_request_create(keystore *ks, struct ks_request *req) {
+  if (ks == NULL || req == NULL || !valid_tenant_id(req->tenant_id) ||
+      !valid_principal(req->requested_by) || req->action < KS_ACTION_DISABLE_TENANT ||
+      req->action > KS_ACTION_DESTROY_VERSION ||
+      (req->action == KS_ACTION_DESTROY_VERSION) != (req->version != 0) ||
+      req->approvals_required < 2 || req->approvals_required > KS_APPROVERS_MAX ||
+      req->expires_ms <= req->requested_ms) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->request_create(ks, req);
+}
+
+int keystore_request_get(keystore *ks, uint64_t id, struct ks_request *out) {
+  int r;
+
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof(*out));
+  if (ks == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (id == 0 || id > INT64_MAX) {
+    return KMS_ERR_NOT_FOUND;
+  }
+  r = ks->ops->request_get(ks, id, out);
+  if (r != KMS_OK) {
+    memset(out, 0, sizeof(*out));
+  }
+  return r;
+}
+
+int keystore_request_list(keystore *ks, const char *tenant_id, int include_closed,
+                          struct ks_request **out, size_t *out_n) {
+  if (!LIST_OUT_INIT(out, out_n)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks == NULL || !valid_tenant_filter(tenant_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->request_list(ks, tenant_id != NULL ? tenant_id : "", include_closed, out,
+                               out_n);
+}
+
+int keystore_request_approve(keystore *ks, uint64_t id, const char *approver, int64_t now_ms,
+                             struct ks_request *out, int *out_executed, int *out_refusal) {
+  if (out == NULL || out_executed == NULL || out_refusal == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof(*out));
+  *out_executed = 0;
+  *out_refusal = KS_APPROVE_OK;
+  if (ks == NULL || !valid_principal(approver)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (id == 0 || id > INT64_MAX) {
+    return KMS_ERR_NOT_FOUND;
+  }
+  return ks->ops->request_approve(ks, id, approver, now_ms, out, out_executed, out_refusal);
+}
+
+int keystore_request_cancel(keystore *ks, const char *tenant_id, uint32_t version,
+                            int action, const char *by, size_t *out_n) {
+  size_t dummy = 0;
+
+  if (out_n == NULL) {
+    out_n = &dummy;
+  }
+  *out_n = 0;
+  if (ks == NULL || !valid_tenant_id(tenant_id) || !valid_principal(by) ||
+      action < KS_ACTION_DISABLE_TENANT || action > KS_ACTION_DESTROY_VERSION) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->request_cancel(ks, tenant_id, version, action, by, out_n);
+}
+
+int keystore_requests_expire(keystore *ks, int64_t now_ms, size_t *out_n) {
+  size_t dummy = 0;
+
+  if (out_n == NULL) {
+    out_n = &dummy;
+  }
+  *out_n = 0;
+  if (ks == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->requests_expire(ks, now_ms, out_n);
+}
+
+int keystore_destruction_due(keystore *ks, int64_t now_ms, struct ks_due *out, size_t cap,
+                             size_t *out_n) {
+  if (out_n == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_n = 0;
+  if (ks == NULL || out == NULL || cap == 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->destruction_due(ks, now_ms, out, cap, out_n);
+}
+
+int keystore_destroy(keystore *ks, const char *tenant_id, uint32_t version, int64_t now_ms,
+                     struct ks_receipt *out) {
+  int r;
+
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof(*out));
+  if (ks == NULL || !valid_tenant_id(tenant_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  r = ks->ops->destroy(ks, tenant_id, version, now_ms, out);
+  if (r != KMS_OK) {
+    memset(out, 0, sizeof(*out));
+  }
+  return r;
+}
+
+int keystore_shred_sync(keystore *ks) {
+  if (ks == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->shred_sync(ks);
+}
+
+int keystore_receipt_list(keystore *ks, const char *tenant_id, struct ks_receipt **out,
+                          size_t *out_n) {
+  if (!LIST_OUT_INIT(out, out_n)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks == NULL || !valid_tenant_filter(tenant_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->receipt_list(ks, tenant_id != NULL ? tenant_id : "", out, out_n);
+}

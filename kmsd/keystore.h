@@ -1,4 +1,4 @@
-/* The keystore: durable tenants and KEK versions, behind a backend-neutral interface. */
+/* The keystore: durable tenants, KEK versions and their lifecycle, behind a backend-neutral interface. */
 #ifndef KMSD_KEYSTORE_H
 #define KMSD_KEYSTORE_H
 
@@ -31,14 +31,27 @@ enum ks_kek_state {
 
 enum ks_tenant_state {
   KS_TENANT_ACTIVE = 1,
-  KS_TENANT_DISABLED = 2,
+  KS_TENANT_DISABLED = 2,              /* suspended: nothing works until enabled */
+  KS_TENANT_PENDING_DESTRUCTION = 3,   /* nothing works; cancellable until due */
+  KS_TENANT_DESTROYED = 4,             /* every key token deleted */
 };
+
+/* A set of states, for "change only if now in one of these". */
+#define KS_STATE_BIT(s) (1u << (unsigned)(s))
+
+#define KS_PRINCIPAL_MAX 255 /* as identity.h: IDENTITY_MAX - 1 */
 
 struct ks_tenant {
   char tenant_id[KS_TENANT_ID_MAX + 1];
   int state;                /* enum ks_tenant_state */
   uint32_t current_version; /* newest KEK version */
   int64_t created_ms;       /* UTC, milliseconds since the epoch */
+  /* Lifecycle (schema 2): who changed the state last, and when. */
+  int64_t state_changed_ms;
+  char state_changed_by[KS_PRINCIPAL_MAX + 1];
+  uint32_t rotation_period_days;   /* 0: kmsd's default */
+  int64_t destroy_after_ms;        /* pending destruction: when it falls due */
+  int64_t current_created_ms;      /* creation of the newest version (rotation schedule) */
 };
 
 struct ks_kek {
@@ -51,6 +64,7 @@ struct ks_kek {
   size_t token_len;
   int64_t created_ms;
   uint64_t uses; /* encryptions reserved so far (see ks_kek_reserve_uses) */
+  int tenant_state; /* read with the version (enum ks_tenant_state); ignored on writes */
 };
 
 typedef struct keystore keystore;
@@ -98,6 +112,219 @@ int keystore_kek_add_version(keystore *ks, const struct ks_kek *kek);
 int keystore_kek_reserve_uses(keystore *ks, const char *tenant_id, uint32_t version,
                               uint64_t n, uint64_t limit, uint64_t *out_total);
 
+/* ---- Key lifecycle (schema 2; kmsd/lifecycle.c, docs/LIFECYCLE.md) ---------------- */
+
+/* One KEK version as officers see it (no key token). */
+struct ks_version_info {
+  uint32_t version;
+  int state; /* enum ks_kek_state */
+  uint32_t root_version;
+  int64_t created_ms;
+  int64_t state_changed_ms;
+  char state_changed_by[KS_PRINCIPAL_MAX + 1];
+  uint64_t uses;
+  int64_t destroy_after_ms;
+};
+
+/* One entry of a tenant's history: every state change, request and approval. */
+struct ks_event {
+  int64_t at_ms;
+  uint32_t version; /* 0: the tenant as a whole */
+  char event[32];
+  char by[KS_PRINCIPAL_MAX + 1];
+  char detail[160];
+};
+
+/*
+ * A state change. |version| 0 names the tenant. It applies only if the target
+ * is now in one of |from_states| (KS_STATE_BIT mask); else
+ * KMS_ERR_FAILED_PRECONDITION and *out_state says the state it is in.
+ * |to_state| 0 restores the state from before pending destruction. A version
+ * is active only while it is the tenant's current one: asking for active on
+ * an older version gives decrypt-only. Moving to pending destruction records
+ * |destroy_after_ms| and |request_id|. The change and its event (|event|,
+ * |by|, |detail|) are one transaction.
+ */
+struct ks_change {
+  const char *tenant_id;
+  uint32_t version;
+  unsigned from_states;
+  int to_state;
+  int64_t destroy_after_ms;
+  uint64_t request_id;
+  const char *by;
+  const char *event;
+  const char *detail; /* may be NULL */
+};
+
+enum ks_action {
+  KS_ACTION_DISABLE_TENANT = 1,
+  KS_ACTION_DESTROY_TENANT = 2,
+  KS_ACTION_DESTROY_VERSION = 3,
+};
+
+enum ks_request_state {
+  KS_REQUEST_PENDING = 1,
+  KS_REQUEST_EXECUTED = 2,
+  KS_REQUEST_EXPIRED = 3,
+  KS_REQUEST_CANCELLED = 4,
+};
+
+#define KS_APPROVERS_MAX 8 /* approvals_required is at most this */
+
+/* A dual-control request: an action that takes effect after enough approvals. */
+struct ks_request {
+  uint64_t id;
+  int action; /* enum ks_action */
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  uint32_t version;
+  uint32_t waiting_days;
+  char requested_by[KS_PRINCIPAL_MAX + 1];
+  int64_t requested_ms;
+  int64_t expires_ms;
+  uint32_t approvals_required; /* distinct officers, the requester included */
+  int state;                   /* enum ks_request_state */
+  int64_t closed_ms;
+  char approved_by[KS_APPROVERS_MAX][KS_PRINCIPAL_MAX + 1]; /* the requester first */
+  size_t n_approved;
+};
+
+/* Why keystore_request_approve refused (with KMS_ERR_FAILED_PRECONDITION). */
+enum ks_approve_refusal {
+  KS_APPROVE_OK = 0,
+  KS_APPROVE_SELF = 1,      /* the requester cannot approve */
+  KS_APPROVE_TWICE = 2,     /* this officer approved already */
+  KS_APPROVE_EXPIRED = 3,   /* the window closed (the request is now expired) */
+  KS_APPROVE_CLOSED = 4,    /* executed or cancelled */
+  KS_APPROVE_TARGET = 5,    /* the target's state no longer allows the action */
+};
+
+/* What a destruction deleted, and on whose word. */
+struct ks_receipt {
+  uint64_t id;
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  uint32_t version;      /* 0: the whole tenant */
+  char versions[512];    /* the versions whose tokens were deleted, "1,2,3" */
+  uint64_t request_id;
+  char requested_by[KS_PRINCIPAL_MAX + 1];
+  char approved_by[KS_APPROVERS_MAX][KS_PRINCIPAL_MAX + 1];
+  size_t n_approved;
+  int64_t requested_ms;
+  int64_t approved_ms;
+  int64_t destroyed_ms;
+};
+
+/* A target whose destruction fell due. */
+struct ks_due {
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  uint32_t version; /* 0: the whole tenant */
+};
+
+/*
+ * Lists are allocated by the keystore (malloc) and freed by the caller with
+ * free(). An empty list is *out NULL, *out_n 0.
+ */
+
+/* keystore_tenant_list lists tenants with ids greater than |after| ("" or NULL: from the start). */
+int keystore_tenant_list(keystore *ks, const char *after, size_t limit,
+                         struct ks_tenant **out, size_t *out_n);
+
+/* keystore_kek_list lists the tenant's versions, oldest first. */
+int keystore_kek_list(keystore *ks, const char *tenant_id, struct ks_version_info **out,
+                      size_t *out_n);
+
+/* keystore_event_list returns the newest |limit| events of the tenant, oldest first. */
+int keystore_event_list(keystore *ks, const char *tenant_id, size_t limit,
+                        struct ks_event **out, size_t *out_n);
+
+/* keystore_event_add records an event that changes no state (e.g. a refused approval). */
+int keystore_event_add(keystore *ks, const char *tenant_id, uint32_t version,
+                       const char *event, const char *by, const char *detail);
+
+/*
+ * keystore_kek_rotate records |kek| as the next version like
+ * keystore_kek_add_version, if the tenant is active, with a "rotated" event by
+ * |by| (|reason| as detail). KMS_ERR_FAILED_PRECONDITION if the tenant is not
+ * active.
+ */
+int keystore_kek_rotate(keystore *ks, const struct ks_kek *kek, const char *by,
+                        const char *reason);
+
+/* keystore_change_state applies |c| (see struct ks_change). */
+int keystore_change_state(keystore *ks, const struct ks_change *c, int *out_state);
+
+/* keystore_tenant_set_rotation sets the tenant's rotation period (0: kmsd's default). */
+int keystore_tenant_set_rotation(keystore *ks, const char *tenant_id, uint32_t days,
+                                 const char *by);
+
+/*
+ * keystore_rotation_due lists up to |cap| active tenants whose current
+ * version is older than their rotation period (the tenant's own, else
+ * |default_days|; 0 means never), as their current KEKs.
+ */
+int keystore_rotation_due(keystore *ks, int64_t now_ms, uint32_t default_days,
+                          struct ks_kek *out, size_t cap, size_t *out_n);
+
+/*
+ * keystore_request_create records |req| (state pending, the requester's own
+ * approval included) and sets req->id. KMS_ERR_ALREADY_EXISTS if a pending
+ * request for the same action and target exists; its id is then in req->id.
+ */
+int keystore_request_create(keystore *ks, struct ks_request *req);
+
+int keystore_request_get(keystore *ks, uint64_t id, struct ks_request *out);
+
+/* keystore_request_list lists requests (pending only unless |include_closed|), oldest first. */
+int keystore_request_list(keystore *ks, const char *tenant_id, int include_closed,
+                          struct ks_request **out, size_t *out_n);
+
+/*
+ * keystore_request_approve records |approver|'s approval of request |id| and,
+ * if that makes enough, executes the action in the same transaction:
+ * disable_tenant disables the tenant; destroy_* moves the target to pending
+ * destruction, due |waiting_days| after |now_ms|. *out is the request as it
+ * is afterwards; *out_executed is 1 if the action took effect.
+ * KMS_ERR_FAILED_PRECONDITION with *out_refusal saying why (nothing changes,
+ * except that a request past its window is marked expired).
+ */
+int keystore_request_approve(keystore *ks, uint64_t id, const char *approver, int64_t now_ms,
+                             struct ks_request *out, int *out_executed, int *out_refusal);
+
+/*
+ * keystore_request_cancel closes the pending requests of |action| on the
+ * target (version 0: the tenant) as cancelled by |by|; *out_n says how many.
+ */
+int keystore_request_cancel(keystore *ks, const char *tenant_id, uint32_t version,
+                            int action, const char *by, size_t *out_n);
+
+/* keystore_requests_expire marks pending requests past their window expired. */
+int keystore_requests_expire(keystore *ks, int64_t now_ms, size_t *out_n);
+
+/* keystore_destruction_due lists up to |cap| targets whose waiting period ended. */
+int keystore_destruction_due(keystore *ks, int64_t now_ms, struct ks_due *out, size_t cap,
+                             size_t *out_n);
+
+/*
+ * keystore_destroy crypto-shreds a target that is pending destruction and
+ * due: deletes the key tokens (the tenant's every version, or the one
+ * version), marks them destroyed, and records and returns the receipt, in
+ * one transaction. KMS_ERR_FAILED_PRECONDITION if not pending or not due.
+ */
+int keystore_destroy(keystore *ks, const char *tenant_id, uint32_t version, int64_t now_ms,
+                     struct ks_receipt *out);
+
+/*
+ * keystore_shred_sync makes deletions final in the files: for SQLite, a
+ * truncating WAL checkpoint so no old page with a deleted token lingers in the
+ * -wal file (secure_delete already zeroes the database pages).
+ * KMS_ERR_UNAVAILABLE if other readers kept it from completing (retry later).
+ */
+int keystore_shred_sync(keystore *ks);
+
+/* keystore_receipt_list lists destruction receipts, oldest first (tenant NULL/"": all). */
+int keystore_receipt_list(keystore *ks, const char *tenant_id, struct ks_receipt **out,
+                          size_t *out_n);
+
 /* The backend interface (one per storage engine). */
 struct keystore_ops {
   const char *scheme; /* URL scheme, e.g. "sqlite" */
@@ -112,6 +339,38 @@ struct keystore_ops {
   int (*kek_add_version)(keystore *ks, const struct ks_kek *kek);
   int (*kek_reserve_uses)(keystore *ks, const char *tenant_id, uint32_t version,
                           uint64_t n, uint64_t limit, uint64_t *out_total);
+  /* Key lifecycle (schema 2). */
+  int (*tenant_list)(keystore *ks, const char *after, size_t limit, struct ks_tenant **out,
+                     size_t *out_n);
+  int (*kek_list)(keystore *ks, const char *tenant_id, struct ks_version_info **out,
+                  size_t *out_n);
+  int (*event_list)(keystore *ks, const char *tenant_id, size_t limit, struct ks_event **out,
+                    size_t *out_n);
+  int (*event_add)(keystore *ks, const char *tenant_id, uint32_t version, const char *event,
+                   const char *by, const char *detail);
+  int (*kek_rotate)(keystore *ks, const struct ks_kek *kek, const char *by,
+                    const char *reason);
+  int (*change_state)(keystore *ks, const struct ks_change *c, int *out_state);
+  int (*tenant_set_rotation)(keystore *ks, const char *tenant_id, uint32_t days,
+                             const char *by);
+  int (*rotation_due)(keystore *ks, int64_t now_ms, uint32_t default_days, struct ks_kek *out,
+                      size_t cap, size_t *out_n);
+  int (*request_create)(keystore *ks, struct ks_request *req);
+  int (*request_get)(keystore *ks, uint64_t id, struct ks_request *out);
+  int (*request_list)(keystore *ks, const char *tenant_id, int include_closed,
+                      struct ks_request **out, size_t *out_n);
+  int (*request_approve)(keystore *ks, uint64_t id, const char *approver, int64_t now_ms,
+                         struct ks_request *out, int *out_executed, int *out_refusal);
+  int (*request_cancel)(keystore *ks, const char *tenant_id, uint32_t version, int action,
+                        const char *by, size_t *out_n);
+  int (*requests_expire)(keystore *ks, int64_t now_ms, size_t *out_n);
+  int (*destruction_due)(keystore *ks, int64_t now_ms, struct ks_due *out, size_t cap,
+                         size_t *out_n);
+  int (*destroy)(keystore *ks, const char *tenant_id, uint32_t version, int64_t now_ms,
+                 struct ks_receipt *out);
+  int (*shred_sync)(keystore *ks);
+  int (*receipt_list)(keystore *ks, const char *tenant_id, struct ks_receipt **out,
+                      size_t *out_n);
 };
 
 /* Every backend's handle starts with this, so keystore.c can dispatch. */

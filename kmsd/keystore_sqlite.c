@@ -57,6 +57,67 @@ static const char *const migrations[] = {
     "  state_changed_ms INTEGER NOT NULL,"
     "  PRIMARY KEY (tenant_id, version)"
     ") STRICT, WITHOUT ROWID;",
+    /*
+     * 2: key lifecycle (docs/LIFECYCLE.md): who changed a state and when, the
+     * state to restore when a destruction is cancelled, destruction deadlines,
+     * per-tenant rotation periods, dual-control requests and approvals,
+     * destruction receipts and the history of every change.
+     */
+    "ALTER TABLE tenants ADD COLUMN state_changed_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN state_changed_by TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE tenants ADD COLUMN prior_state INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN destroy_after_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN destroy_request_id INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN rotation_period_days INTEGER NOT NULL DEFAULT 0"
+    "  CHECK (rotation_period_days >= 0);"
+    "UPDATE tenants SET state_changed_ms = created_ms;"
+    "ALTER TABLE kek_versions ADD COLUMN state_changed_by TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE kek_versions ADD COLUMN prior_state INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE kek_versions ADD COLUMN destroy_after_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE kek_versions ADD COLUMN destroy_request_id INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX kek_versions_by_state ON kek_versions (state, destroy_after_ms);"
+    "CREATE TABLE approval_requests ("
+    "  id INTEGER PRIMARY KEY,"
+    "  action INTEGER NOT NULL,"
+    "  tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id),"
+    "  version INTEGER NOT NULL CHECK (version >= 0),"
+    "  waiting_days INTEGER NOT NULL CHECK (waiting_days >= 0),"
+    "  requested_by TEXT NOT NULL,"
+    "  requested_ms INTEGER NOT NULL,"
+    "  expires_ms INTEGER NOT NULL,"
+    "  approvals_required INTEGER NOT NULL CHECK (approvals_required >= 2),"
+    "  state INTEGER NOT NULL,"
+    "  closed_ms INTEGER NOT NULL DEFAULT 0"
+    ") STRICT;"
+    "CREATE INDEX approval_requests_by_state ON approval_requests (state, tenant_id);"
+    "CREATE TABLE approvals ("
+    "  request_id INTEGER NOT NULL REFERENCES approval_requests(id),"
+    "  approver TEXT NOT NULL,"
+    "  approved_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (request_id, approver)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE destruction_receipts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id),"
+    "  version INTEGER NOT NULL,"
+    "  versions TEXT NOT NULL,"
+    "  request_id INTEGER NOT NULL,"
+    "  requested_by TEXT NOT NULL,"
+    "  approved_by TEXT NOT NULL,"
+    "  requested_ms INTEGER NOT NULL,"
+    "  approved_ms INTEGER NOT NULL,"
+    "  destroyed_ms INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE TABLE key_events ("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  actor TEXT NOT NULL,"
+    "  detail TEXT NOT NULL,"
+    "  at_ms INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX key_events_by_tenant ON key_events (tenant_id, id);",
 };
 
 #define SCHEMA_VERSION_LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -79,33 +140,42 @@ enum stmt_id {
   ST_COUNT_
 };
 
-/* The columns read_kek takes, in order, starting at its |col|. */
-#define KEK_COLUMNS "version, state, wrap_mech, root_version, key_token, created_ms, uses"
+/* The columns read_kek takes, in order (k: kek_versions, t: its tenant). */
+#define KEK_COLUMNS                                                                      \
+  "k.version, k.state, k.wrap_mech, k.root_version, k.key_token, k.created_ms, k.uses,"   \
+  " t.state"
+
+/* The columns read_tenant takes, in order, starting at its |col| (t: tenants, k: current). */
+#define TENANT_COLUMNS                                                                   \
+  "t.state, t.current_version, t.created_ms, t.state_changed_ms, t.state_changed_by,"    \
+  " t.rotation_period_days, t.destroy_after_ms, coalesce(k.created_ms, 0)"
+#define TENANT_FROM                                                                      \
+  " FROM tenants t LEFT JOIN kek_versions k"                                             \
+  " ON k.tenant_id = t.tenant_id AND k.version = t.current_version"
 
 static const char *const stmt_sql[ST_COUNT_] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_SCHEMA_VERSION] = "SELECT max(version) FROM schema_version",
-    [ST_TENANT_INSERT] = "INSERT INTO tenants (tenant_id, state, current_version, created_ms)"
-                         " VALUES (?1, ?2, 1, ?3)",
-    [ST_TENANT_GET] = "SELECT state, current_version, created_ms FROM tenants"
-                      " WHERE tenant_id = ?1",
+    [ST_TENANT_INSERT] = "INSERT INTO tenants (tenant_id, state, current_version, created_ms,"
+                         " state_changed_ms) VALUES (?1, ?2, 1, ?3, ?3)",
+    [ST_TENANT_GET] = "SELECT " TENANT_COLUMNS TENANT_FROM " WHERE t.tenant_id = ?1",
     [ST_TENANT_SET_CURRENT] = "UPDATE tenants SET current_version = ?2 WHERE tenant_id = ?1",
     [ST_KEK_INSERT] = "INSERT INTO kek_versions (tenant_id, version, state, wrap_mech,"
                       " root_version, key_token, created_ms, uses, state_changed_ms)"
                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?7)",
-    [ST_KEK_GET] = "SELECT " KEK_COLUMNS " FROM kek_versions"
-                   " WHERE tenant_id = ?1 AND version = ?2",
+    [ST_KEK_GET] = "SELECT " KEK_COLUMNS " FROM kek_versions k JOIN tenants t"
+                   " ON t.tenant_id = k.tenant_id"
+                   " WHERE k.tenant_id = ?1 AND k.version = ?2",
     /* One statement, so the tenant row and the version row come from one snapshot. */
-    [ST_KEK_CURRENT] = "SELECT k.version, k.state, k.wrap_mech, k.root_version, k.key_token,"
-                       " k.created_ms, k.uses"
+    [ST_KEK_CURRENT] = "SELECT " KEK_COLUMNS
                        " FROM tenants t JOIN kek_versions k"
                        " ON k.tenant_id = t.tenant_id AND k.version = t.current_version"
                        " WHERE t.tenant_id = ?1",
     [ST_KEK_EXISTS] = "SELECT 1 FROM kek_versions WHERE tenant_id = ?1 AND version = ?2",
-    [ST_KEK_DEMOTE] = "UPDATE kek_versions SET state = ?2, state_changed_ms = ?3"
-                      " WHERE tenant_id = ?1 AND state = ?4",
+    [ST_KEK_DEMOTE] = "UPDATE kek_versions SET state = ?2, state_changed_ms = ?3,"
+                      " state_changed_by = ?5 WHERE tenant_id = ?1 AND state = ?4",
     /*
      * The check and the increment are one statement, so two handles cannot both
      * pass the check. Written as uses <= limit - n (the caller ensures n <=
@@ -270,7 +340,8 @@ static int read_kek(sqlite3_stmt *st, const char *tenant_id, struct ks_kek *out)
       (r = col_u32(st, 2, &out->wrap_mech)) != KMS_OK ||
       (r = col_u32(st, 3, &out->root_version)) != KMS_OK ||
       (r = col_i64(st, 5, 0, INT64_MAX, &created)) != KMS_OK ||
-      (r = col_i64(st, 6, 0, INT64_MAX, &uses)) != KMS_OK) {
+      (r = col_i64(st, 6, 0, INT64_MAX, &uses)) != KMS_OK ||
+      (r = col_state(st, 7, &out->tenant_state)) != KMS_OK) {
     goto out;
   }
   r = KMS_ERR_INTERNAL;
@@ -279,7 +350,12 @@ static int read_kek(sqlite3_stmt *st, const char *tenant_id, struct ks_kek *out)
   }
   token = sqlite3_column_blob(st, 4);
   token_len = sqlite3_column_bytes(st, 4);
-  if (token == NULL || token_len <= 0 || token_len > HSM_KEY_TOKEN_MAX) {
+  /* A destroyed version's token was deleted (crypto-shredding): nothing to load. */
+  if (out->state == KS_KEK_DESTROYED && token_len == 0) {
+    token = "";
+  }
+  if (token == NULL || token_len < 0 || token_len > HSM_KEY_TOKEN_MAX ||
+      (token_len == 0 && out->state != KS_KEK_DESTROYED)) {
     goto out;
   }
   /* The caller checked the id's length against the same array size. */
@@ -733,10 +809,51 @@ out:
   return r;
 }
 
+/* col_text copies a TEXT column into |dst| (capacity |cap|); too long is a damaged row. */
+static int col_text(sqlite3_stmt *st, int col, char *dst, size_t cap) {
+  const unsigned char *t;
+  int n;
+
+  if (sqlite3_column_type(st, col) != SQLITE_TEXT) {
+    return KMS_ERR_INTERNAL;
+  }
+  t = sqlite3_column_text(st, col);
+  n = sqlite3_column_bytes(st, col);
+  if (t == NULL || n < 0 || (size_t)n >= cap) {
+    return KMS_ERR_INTERNAL;
+  }
+  memcpy(dst, t, (size_t)n);
+  dst[n] = '\0';
+  return KMS_OK;
+}
+
+/* read_tenant fills |out| (but its id) from the TENANT_COLUMNS starting at |col|. */
+static int read_tenant(sqlite3_stmt *st, int col, struct ks_tenant *out) {
+  int64_t created, changed, period, destroy_after, current_created;
+  int r = KMS_ERR_INTERNAL;
+
+  if ((r = col_state(st, col, &out->state)) != KMS_OK ||
+      (r = col_u32(st, col + 1, &out->current_version)) != KMS_OK ||
+      (r = col_i64(st, col + 2, 0, INT64_MAX, &created)) != KMS_OK ||
+      (r = col_i64(st, col + 3, 0, INT64_MAX, &changed)) != KMS_OK ||
+      (r = col_text(st, col + 4, out->state_changed_by, sizeof(out->state_changed_by))) !=
+          KMS_OK ||
+      (r = col_i64(st, col + 5, 0, UINT32_MAX, &period)) != KMS_OK ||
+      (r = col_i64(st, col + 6, 0, INT64_MAX, &destroy_after)) != KMS_OK ||
+      (r = col_i64(st, col + 7, 0, INT64_MAX, &current_created)) != KMS_OK) {
+    return r;
+  }
+  out->created_ms = created;
+  out->state_changed_ms = changed;
+  out->rotation_period_days = (uint32_t)period;
+  out->destroy_after_ms = destroy_after;
+  out->current_created_ms = current_created;
+  return KMS_OK;
+}
+
 static int sqlite_tenant_get(keystore *base, const char *tenant_id, struct ks_tenant *out) {
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = ks->st[ST_TENANT_GET];
-  int64_t created;
   int rc, r = KMS_ERR_INTERNAL;
 
   if (sqlite3_bind_text(st, 1, tenant_id, -1, SQLITE_STATIC) != SQLITE_OK) {
@@ -747,13 +864,10 @@ static int sqlite_tenant_get(keystore *base, const char *tenant_id, struct ks_te
     r = rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
     goto out;
   }
-  if ((r = col_state(st, 0, &out->state)) != KMS_OK ||
-      (r = col_u32(st, 1, &out->current_version)) != KMS_OK ||
-      (r = col_i64(st, 2, 0, INT64_MAX, &created)) != KMS_OK) {
+  if ((r = read_tenant(st, 0, out)) != KMS_OK) {
     goto out;
   }
   snprintf(out->tenant_id, sizeof(out->tenant_id), "%s", tenant_id);
-  out->created_ms = created;
   r = KMS_OK;
 out:
   stmt_done(st);
@@ -792,7 +906,16 @@ static int sqlite_kek_current(keystore *base, const char *tenant_id, struct ks_k
   return kek_select(ks_sqlite(base), ST_KEK_CURRENT, tenant_id, 0, out);
 }
 
-static int sqlite_kek_add_version(keystore *base, const struct ks_kek *kek) {
+static int add_event(struct keystore_sqlite *ks, const char *tenant_id, uint32_t version,
+                     const char *event, const char *by, const char *detail, int64_t at);
+
+/*
+ * add_version is keystore_kek_add_version and keystore_kek_rotate: the new
+ * version, the demotion of the active one and the event, in one transaction.
+ * With |need_active| the tenant must be active.
+ */
+static int add_version(keystore *base, const struct ks_kek *kek, const char *by,
+                       const char *reason, int need_active) {
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = NULL;
   struct ks_tenant tenant;
@@ -806,6 +929,10 @@ static int sqlite_kek_add_version(keystore *base, const struct ks_kek *kek) {
   /* Read under the write lock: no other rotation can slip in before our commit. */
   memset(&tenant, 0, sizeof(tenant));
   if ((r = sqlite_tenant_get(base, kek->tenant_id, &tenant)) != KMS_OK) {
+    goto out;
+  }
+  if (need_active && tenant.state != KS_TENANT_ACTIVE) {
+    r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
   }
   if ((uint64_t)kek->version != (uint64_t)tenant.current_version + 1) {
@@ -822,7 +949,8 @@ static int sqlite_kek_add_version(keystore *base, const struct ks_kek *kek) {
   if (sqlite3_bind_text(st, 1, kek->tenant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
       sqlite3_bind_int(st, 2, KS_KEK_DECRYPT_ONLY) != SQLITE_OK ||
       sqlite3_bind_int64(st, 3, now) != SQLITE_OK ||
-      sqlite3_bind_int(st, 4, KS_KEK_ACTIVE) != SQLITE_OK) {
+      sqlite3_bind_int(st, 4, KS_KEK_ACTIVE) != SQLITE_OK ||
+      sqlite3_bind_text(st, 5, by, -1, SQLITE_STATIC) != SQLITE_OK) {
     stmt_done(st);
     r = KMS_ERR_INTERNAL;
     goto out;
@@ -847,12 +975,25 @@ static int sqlite_kek_add_version(keystore *base, const struct ks_kek *kek) {
     r = KMS_ERR_INTERNAL;
     goto out;
   }
+  if ((r = add_event(ks, kek->tenant_id, kek->version, "rotated", by, reason, now)) != KMS_OK) {
+    goto out;
+  }
   r = tx_commit(ks);
 out:
   if (r != KMS_OK) {
     tx_rollback(ks);
   }
   return r;
+}
+
+static int sqlite_kek_add_version(keystore *base, const struct ks_kek *kek) {
+  /* Only the use budget rotates this way (kmsd/keyops.c), on kmsd's own authority. */
+  return add_version(base, kek, "kmsd", "use limit reached", 0);
+}
+
+static int sqlite_kek_rotate(keystore *base, const struct ks_kek *kek, const char *by,
+                             const char *reason) {
+  return add_version(base, kek, by, reason, 1);
 }
 
 static int sqlite_kek_reserve_uses(keystore *base, const char *tenant_id, uint32_t version,
@@ -911,6 +1052,1129 @@ out:
   return r;
 }
 
+/* ---- Key lifecycle (schema 2) ---------------------------------------------------- */
+
+/*
+ * Lifecycle statements run on officer requests and on kmsd's timer, rarely
+ * next to data-key traffic, so they are prepared per call rather than kept.
+ */
+
+#define DAY_MS INT64_C(86400000)
+
+/*
+ * bind_fmt binds ?1, ?2, ... from |fmt|: 't' a string (const char *), 'i' an
+ * int64_t. The strings must outlive the statement's step.
+ */
+static int bind_fmt(sqlite3_stmt *st, const char *fmt, va_list ap) {
+  int i, rc = SQLITE_OK;
+
+  for (i = 0; fmt[i] != '\0' && rc == SQLITE_OK; i++) {
+    if (fmt[i] == 't') {
+      rc = sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC);
+    } else if (fmt[i] == 'i') {
+      rc = sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+    } else {
+      return KMS_ERR_INTERNAL;
+    }
+  }
+  return rc == SQLITE_OK ? KMS_OK : KMS_ERR_INTERNAL;
+}
+
+/* query prepares |sql| and binds it; the caller steps and finalizes *out. */
+static int query(struct keystore_sqlite *ks, sqlite3_stmt **out, const char *sql,
+                 const char *fmt, ...) {
+  va_list ap;
+  int rc, r;
+
+  *out = NULL;
+  rc = sqlite3_prepare_v2(ks->db, sql, -1, out, NULL);
+  if (rc != SQLITE_OK) {
+    return map_rc(rc);
+  }
+  va_start(ap, fmt);
+  r = bind_fmt(*out, fmt, ap);
+  va_end(ap);
+  if (r != KMS_OK) {
+    sqlite3_finalize(*out);
+    *out = NULL;
+  }
+  return r;
+}
+
+/* run prepares, binds and runs a statement that returns no rows; *out_changes if not NULL. */
+static int run(struct keystore_sqlite *ks, int *out_changes, const char *sql, const char *fmt,
+               ...) {
+  sqlite3_stmt *st = NULL;
+  va_list ap;
+  int rc, r;
+
+  rc = sqlite3_prepare_v2(ks->db, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    return map_rc(rc);
+  }
+  va_start(ap, fmt);
+  r = bind_fmt(st, fmt, ap);
+  va_end(ap);
+  if (r == KMS_OK) {
+    rc = sqlite3_step(st);
+    r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+    if (rc == SQLITE_ROW) {
+      r = KMS_ERR_INTERNAL;
+    }
+  }
+  if (r == KMS_OK && out_changes != NULL) {
+    *out_changes = sqlite3_changes(ks->db);
+  }
+  sqlite3_finalize(st);
+  return r;
+}
+
+static int add_event(struct keystore_sqlite *ks, const char *tenant_id, uint32_t version,
+                     const char *event, const char *by, const char *detail, int64_t at) {
+  return run(ks, NULL,
+             "INSERT INTO key_events (tenant_id, version, event, actor, detail, at_ms)"
+             " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             "tittti", tenant_id, (int64_t)version, event, by,
+             detail != NULL ? detail : "", at);
+}
+
+/* grow makes room for one more element in a malloc'd list. */
+static int grow(void **list, size_t *cap, size_t n, size_t elem) {
+  void *p;
+  size_t ncap;
+
+  if (n < *cap) {
+    return KMS_OK;
+  }
+  ncap = *cap == 0 ? 8 : *cap * 2;
+  if (ncap > SIZE_MAX / elem) {
+    return KMS_ERR_ALLOC;
+  }
+  p = realloc(*list, ncap * elem);
+  if (p == NULL) {
+    return KMS_ERR_ALLOC;
+  }
+  *list = p;
+  *cap = ncap;
+  return KMS_OK;
+}
+
+static int tenant_exists(struct keystore_sqlite *ks, const char *tenant_id) {
+  sqlite3_stmt *st = NULL;
+  int rc, r;
+
+  r = query(ks, &st, "SELECT 1 FROM tenants WHERE tenant_id = ?1", "t", tenant_id);
+  if (r != KMS_OK) {
+    return r;
+  }
+  rc = sqlite3_step(st);
+  r = rc == SQLITE_ROW ? KMS_OK : rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
+  sqlite3_finalize(st);
+  return r;
+}
+
+static int sqlite_tenant_list(keystore *base, const char *after, size_t limit,
+                              struct ks_tenant **out, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_tenant *list = NULL;
+  size_t n = 0, cap = 0;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT t.tenant_id, " TENANT_COLUMNS TENANT_FROM
+            " WHERE t.tenant_id > ?1 ORDER BY t.tenant_id LIMIT ?2",
+            "ti", after, (int64_t)(limit > INT64_MAX ? INT64_MAX : limit));
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((r = grow((void **)&list, &cap, n, sizeof(*list))) != KMS_OK) {
+      goto out;
+    }
+    memset(&list[n], 0, sizeof(list[n]));
+    if ((r = col_text(st, 0, list[n].tenant_id, sizeof(list[n].tenant_id))) != KMS_OK ||
+        (r = read_tenant(st, 1, &list[n])) != KMS_OK) {
+      goto out;
+    }
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(list);
+    return r;
+  }
+  *out = list;
+  *out_n = n;
+  return KMS_OK;
+}
+
+static int sqlite_kek_list(keystore *base, const char *tenant_id, struct ks_version_info **out,
+                           size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_version_info *list = NULL, *v;
+  size_t n = 0, cap = 0;
+  int64_t created, changed, uses, destroy_after;
+  int rc, r;
+
+  if ((r = tenant_exists(ks, tenant_id)) != KMS_OK) {
+    goto out;
+  }
+  r = query(ks, &st,
+            "SELECT version, state, root_version, created_ms, state_changed_ms,"
+            " state_changed_by, uses, destroy_after_ms FROM kek_versions"
+            " WHERE tenant_id = ?1 ORDER BY version",
+            "t", tenant_id);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((r = grow((void **)&list, &cap, n, sizeof(*list))) != KMS_OK) {
+      goto out;
+    }
+    v = &list[n];
+    memset(v, 0, sizeof(*v));
+    if ((r = col_u32(st, 0, &v->version)) != KMS_OK ||
+        (r = col_state(st, 1, &v->state)) != KMS_OK ||
+        (r = col_u32(st, 2, &v->root_version)) != KMS_OK ||
+        (r = col_i64(st, 3, 0, INT64_MAX, &created)) != KMS_OK ||
+        (r = col_i64(st, 4, 0, INT64_MAX, &changed)) != KMS_OK ||
+        (r = col_text(st, 5, v->state_changed_by, sizeof(v->state_changed_by))) != KMS_OK ||
+        (r = col_i64(st, 6, 0, INT64_MAX, &uses)) != KMS_OK ||
+        (r = col_i64(st, 7, 0, INT64_MAX, &destroy_after)) != KMS_OK) {
+      goto out;
+    }
+    v->created_ms = created;
+    v->state_changed_ms = changed;
+    v->uses = (uint64_t)uses;
+    v->destroy_after_ms = destroy_after;
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(list);
+    return r;
+  }
+  *out = list;
+  *out_n = n;
+  return KMS_OK;
+}
+
+static int sqlite_event_list(keystore *base, const char *tenant_id, size_t limit,
+                             struct ks_event **out, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_event *list = NULL, *e;
+  size_t n = 0, cap = 0;
+  int64_t at;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT at_ms, version, event, actor, detail FROM ("
+            " SELECT id, at_ms, version, event, actor, detail FROM key_events"
+            " WHERE tenant_id = ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+            "ti", tenant_id, (int64_t)(limit > INT64_MAX ? INT64_MAX : limit));
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((r = grow((void **)&list, &cap, n, sizeof(*list))) != KMS_OK) {
+      goto out;
+    }
+    e = &list[n];
+    memset(e, 0, sizeof(*e));
+    if ((r = col_i64(st, 0, 0, INT64_MAX, &at)) != KMS_OK ||
+        (r = col_u32(st, 1, &e->version)) != KMS_OK ||
+        (r = col_text(st, 2, e->event, sizeof(e->event))) != KMS_OK ||
+        (r = col_text(st, 3, e->by, sizeof(e->by))) != KMS_OK ||
+        (r = col_text(st, 4, e->detail, sizeof(e->detail))) != KMS_OK) {
+      goto out;
+    }
+    e->at_ms = at;
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(list);
+    return r;
+  }
+  *out = list;
+  *out_n = n;
+  return KMS_OK;
+}
+
+static int sqlite_event_add(keystore *base, const char *tenant_id, uint32_t version,
+                            const char *event, const char *by, const char *detail) {
+  return add_event(ks_sqlite(base), tenant_id, version, event, by, detail, now_ms());
+}
+
+/* change_locked is keystore_change_state inside the caller's transaction. */
+static int change_locked(struct keystore_sqlite *ks, const struct ks_change *c, int64_t now,
+                         int *out_state) {
+  sqlite3_stmt *st = NULL;
+  int64_t state = 0, prior = 0, current = 0;
+  int to, rc, changes = 0, r = KMS_ERR_INTERNAL;
+
+  if (c->version == 0) {
+    r = query(ks, &st, "SELECT state, prior_state, current_version FROM tenants"
+                       " WHERE tenant_id = ?1", "t", c->tenant_id);
+  } else {
+    r = query(ks, &st,
+              "SELECT k.state, k.prior_state, t.current_version FROM kek_versions k"
+              " JOIN tenants t ON t.tenant_id = k.tenant_id"
+              " WHERE k.tenant_id = ?1 AND k.version = ?2",
+              "ti", c->tenant_id, (int64_t)c->version);
+  }
+  if (r != KMS_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    r = rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
+    goto out;
+  }
+  if ((r = col_i64(st, 0, 1, 31, &state)) != KMS_OK ||
+      (r = col_i64(st, 1, 0, 31, &prior)) != KMS_OK ||
+      (r = col_i64(st, 2, 1, UINT32_MAX, &current)) != KMS_OK) {
+    goto out;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  *out_state = (int)state;
+  if ((c->from_states & KS_STATE_BIT(state)) == 0) {
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  to = c->to_state;
+  if (to == 0) {
+    to = prior != 0 ? (int)prior : KS_KEK_ACTIVE; /* KS_KEK_ACTIVE == KS_TENANT_ACTIVE */
+  }
+  /* Only the newest version may encrypt: an older one comes back decrypt-only. */
+  if (c->version != 0 && to == KS_KEK_ACTIVE && c->version != (uint64_t)current) {
+    to = KS_KEK_DECRYPT_ONLY;
+  }
+  {
+    int pending = c->version == 0 ? to == KS_TENANT_PENDING_DESTRUCTION
+                                  : to == KS_KEK_PENDING_DESTRUCTION;
+    int64_t new_prior = pending ? state : 0;
+    int64_t after = pending ? c->destroy_after_ms : 0;
+    int64_t req = pending ? (int64_t)c->request_id : 0;
+
+    if (c->version == 0) {
+      r = run(ks, &changes,
+              "UPDATE tenants SET state = ?2, state_changed_ms = ?3, state_changed_by = ?4,"
+              " prior_state = ?5, destroy_after_ms = ?6, destroy_request_id = ?7"
+              " WHERE tenant_id = ?1",
+              "tiitiii", c->tenant_id, (int64_t)to, now, c->by, new_prior, after, req);
+    } else {
+      r = run(ks, &changes,
+              "UPDATE kek_versions SET state = ?3, state_changed_ms = ?4, state_changed_by = ?5,"
+              " prior_state = ?6, destroy_after_ms = ?7, destroy_request_id = ?8"
+              " WHERE tenant_id = ?1 AND version = ?2",
+              "tiiitiii", c->tenant_id, (int64_t)c->version, (int64_t)to, now, c->by, new_prior,
+              after, req);
+    }
+  }
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if (changes != 1) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  if ((r = add_event(ks, c->tenant_id, c->version, c->event, c->by, c->detail, now)) !=
+      KMS_OK) {
+    goto out;
+  }
+  *out_state = to;
+  r = KMS_OK;
+out:
+  sqlite3_finalize(st);
+  return r;
+}
+
+static int sqlite_change_state(keystore *base, const struct ks_change *c, int *out_state) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  int r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  r = change_locked(ks, c, now_ms(), out_state);
+  if (r == KMS_OK) {
+    r = tx_commit(ks);
+  }
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  return r;
+}
+
+static int sqlite_tenant_set_rotation(keystore *base, const char *tenant_id, uint32_t days,
+                                      const char *by) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  char detail[64];
+  int changes = 0, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  r = run(ks, &changes, "UPDATE tenants SET rotation_period_days = ?2 WHERE tenant_id = ?1",
+          "ti", tenant_id, (int64_t)days);
+  if (r == KMS_OK && changes != 1) {
+    r = KMS_ERR_NOT_FOUND;
+  }
+  if (r == KMS_OK) {
+    if (days == 0) {
+      snprintf(detail, sizeof(detail), "rotation period: kmsd default");
+    } else {
+      snprintf(detail, sizeof(detail), "rotation period: %u days", days);
+    }
+    r = add_event(ks, tenant_id, 0, "rotation_period_set", by, detail, now_ms());
+  }
+  if (r == KMS_OK) {
+    r = tx_commit(ks);
+  }
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  return r;
+}
+
+static int sqlite_rotation_due(keystore *base, int64_t now, uint32_t default_days,
+                               struct ks_kek *out, size_t cap, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  char id[KS_TENANT_ID_MAX + 1];
+  size_t n = 0;
+  int rc = SQLITE_DONE, r;
+
+  /* Only an active tenant whose newest version is active and old enough. */
+  r = query(ks, &st,
+            "SELECT " KEK_COLUMNS ", t.tenant_id FROM tenants t JOIN kek_versions k"
+            " ON k.tenant_id = t.tenant_id AND k.version = t.current_version"
+            " WHERE t.state = 1 AND k.state = 1"
+            " AND (CASE WHEN t.rotation_period_days > 0 THEN t.rotation_period_days"
+            "      ELSE ?2 END) > 0"
+            " AND k.created_ms <= ?1 - (CASE WHEN t.rotation_period_days > 0"
+            "      THEN t.rotation_period_days ELSE ?2 END) * 86400000"
+            " ORDER BY k.created_ms LIMIT ?3",
+            "iii", now, (int64_t)default_days, (int64_t)(cap > INT64_MAX ? INT64_MAX : cap));
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while (n < cap && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    memset(&out[n], 0, sizeof(out[n]));
+    if ((r = col_text(st, 8, id, sizeof(id))) != KMS_OK ||
+        (r = read_kek(st, id, &out[n])) != KMS_OK) {
+      goto out;
+    }
+    n++;
+  }
+  r = rc == SQLITE_DONE || rc == SQLITE_ROW ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  *out_n = r == KMS_OK ? n : 0;
+  return r;
+}
+
+static const char *action_name(int action) {
+  switch (action) {
+  case KS_ACTION_DISABLE_TENANT:
+    return "disable_tenant";
+  case KS_ACTION_DESTROY_TENANT:
+    return "destroy_tenant";
+  case KS_ACTION_DESTROY_VERSION:
+    return "destroy_version";
+  default:
+    return "unknown";
+  }
+}
+
+#define REQUEST_COLUMNS                                                                  \
+  "id, action, tenant_id, version, waiting_days, requested_by, requested_ms, expires_ms," \
+  " approvals_required, state, closed_ms"
+
+/* read_request fills |out| from REQUEST_COLUMNS and then reads its approvals. */
+static int read_request(struct keystore_sqlite *ks, sqlite3_stmt *st, struct ks_request *out) {
+  sqlite3_stmt *ap = NULL;
+  int64_t id, action, version, days, req_ms, exp_ms, need, state, closed;
+  int rc, r;
+
+  memset(out, 0, sizeof(*out));
+  if ((r = col_i64(st, 0, 1, INT64_MAX, &id)) != KMS_OK ||
+      (r = col_i64(st, 1, KS_ACTION_DISABLE_TENANT, KS_ACTION_DESTROY_VERSION, &action)) !=
+          KMS_OK ||
+      (r = col_text(st, 2, out->tenant_id, sizeof(out->tenant_id))) != KMS_OK ||
+      (r = col_i64(st, 3, 0, UINT32_MAX, &version)) != KMS_OK ||
+      (r = col_i64(st, 4, 0, UINT32_MAX, &days)) != KMS_OK ||
+      (r = col_text(st, 5, out->requested_by, sizeof(out->requested_by))) != KMS_OK ||
+      (r = col_i64(st, 6, 0, INT64_MAX, &req_ms)) != KMS_OK ||
+      (r = col_i64(st, 7, 0, INT64_MAX, &exp_ms)) != KMS_OK ||
+      (r = col_i64(st, 8, 2, KS_APPROVERS_MAX, &need)) != KMS_OK ||
+      (r = col_i64(st, 9, KS_REQUEST_PENDING, KS_REQUEST_CANCELLED, &state)) != KMS_OK ||
+      (r = col_i64(st, 10, 0, INT64_MAX, &closed)) != KMS_OK) {
+    return r;
+  }
+  out->id = (uint64_t)id;
+  out->action = (int)action;
+  out->version = (uint32_t)version;
+  out->waiting_days = (uint32_t)days;
+  out->requested_ms = req_ms;
+  out->expires_ms = exp_ms;
+  out->approvals_required = (uint32_t)need;
+  out->state = (int)state;
+  out->closed_ms = closed;
+  /* The requester first, then in the order they approved. */
+  r = query(ks, &ap,
+            "SELECT approver FROM approvals WHERE request_id = ?1"
+            " ORDER BY approver = ?2 DESC, approved_ms, approver",
+            "it", id, out->requested_by);
+  if (r != KMS_OK) {
+    return r;
+  }
+  while ((rc = sqlite3_step(ap)) == SQLITE_ROW) {
+    if (out->n_approved >= KS_APPROVERS_MAX) {
+      r = KMS_ERR_INTERNAL;
+      goto out;
+    }
+    if ((r = col_text(ap, 0, out->approved_by[out->n_approved],
+                      sizeof(out->approved_by[0]))) != KMS_OK) {
+      goto out;
+    }
+    out->n_approved++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(ap);
+  return r;
+}
+
+static int request_load(struct keystore_sqlite *ks, uint64_t id, struct ks_request *out) {
+  sqlite3_stmt *st = NULL;
+  int rc, r;
+
+  r = query(ks, &st, "SELECT " REQUEST_COLUMNS " FROM approval_requests WHERE id = ?1", "i",
+            (int64_t)id);
+  if (r != KMS_OK) {
+    return r;
+  }
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    r = read_request(ks, st, out);
+  } else {
+    r = rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
+  }
+  sqlite3_finalize(st);
+  return r;
+}
+
+static int sqlite_request_get(keystore *base, uint64_t id, struct ks_request *out) {
+  return request_load(ks_sqlite(base), id, out);
+}
+
+static int sqlite_request_create(keystore *base, struct ks_request *req) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  char detail[96];
+  int64_t id = 0;
+  int rc, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if ((r = tenant_exists(ks, req->tenant_id)) != KMS_OK) {
+    goto out;
+  }
+  if (req->version != 0 && (r = kek_exists(ks, req->tenant_id, req->version)) != KMS_OK) {
+    goto out;
+  }
+  /* One open request per action and target: a second would only split the approvals. */
+  r = query(ks, &st,
+            "SELECT id FROM approval_requests WHERE state = 1 AND action = ?1"
+            " AND tenant_id = ?2 AND version = ?3 AND expires_ms > ?4",
+            "itii", (int64_t)req->action, req->tenant_id, (int64_t)req->version,
+            req->requested_ms);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    req->id = (uint64_t)sqlite3_column_int64(st, 0);
+    r = KMS_ERR_ALREADY_EXISTS;
+    goto out;
+  }
+  if (rc != SQLITE_DONE) {
+    r = map_rc(rc);
+    goto out;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  r = run(ks, NULL,
+          "INSERT INTO approval_requests (action, tenant_id, version, waiting_days,"
+          " requested_by, requested_ms, expires_ms, approvals_required, state)"
+          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1)",
+          "itiitiii", (int64_t)req->action, req->tenant_id, (int64_t)req->version,
+          (int64_t)req->waiting_days, req->requested_by, req->requested_ms, req->expires_ms,
+          (int64_t)req->approvals_required);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  id = sqlite3_last_insert_rowid(ks->db);
+  /* The requester is the first of the M officers. */
+  r = run(ks, NULL,
+          "INSERT INTO approvals (request_id, approver, approved_ms) VALUES (?1, ?2, ?3)", "iti",
+          id, req->requested_by, req->requested_ms);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  snprintf(detail, sizeof(detail), "request %lld: %s, %u of %u approvals", (long long)id,
+           action_name(req->action), 1u, req->approvals_required);
+  if ((r = add_event(ks, req->tenant_id, req->version, "approval_requested", req->requested_by,
+                     detail, req->requested_ms)) != KMS_OK) {
+    goto out;
+  }
+  if ((r = tx_commit(ks)) != KMS_OK) {
+    goto out;
+  }
+  req->id = (uint64_t)id;
+  req->state = KS_REQUEST_PENDING;
+  req->closed_ms = 0;
+  memset(req->approved_by, 0, sizeof(req->approved_by));
+  snprintf(req->approved_by[0], sizeof(req->approved_by[0]), "%s", req->requested_by);
+  req->n_approved = 1;
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  return r;
+}
+
+static int sqlite_request_list(keystore *base, const char *tenant_id, int include_closed,
+                               struct ks_request **out, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_request *list = NULL;
+  size_t n = 0, cap = 0;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT " REQUEST_COLUMNS " FROM approval_requests"
+            " WHERE (?1 = '' OR tenant_id = ?1) AND (?2 OR state = 1) ORDER BY id",
+            "ti", tenant_id, (int64_t)(include_closed != 0));
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((r = grow((void **)&list, &cap, n, sizeof(*list))) != KMS_OK ||
+        (r = read_request(ks, st, &list[n])) != KMS_OK) {
+      goto out;
+    }
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(list);
+    return r;
+  }
+  *out = list;
+  *out_n = n;
+  return KMS_OK;
+}
+
+/* close_request marks a pending request |state| and records why. */
+static int close_request(struct keystore_sqlite *ks, const struct ks_request *req, int state,
+                         const char *event, const char *by, int64_t now) {
+  char detail[64];
+  int changes = 0, r;
+
+  r = run(ks, &changes,
+          "UPDATE approval_requests SET state = ?2, closed_ms = ?3 WHERE id = ?1 AND state = 1",
+          "iii", (int64_t)req->id, (int64_t)state, now);
+  if (r != KMS_OK) {
+    return r;
+  }
+  if (changes != 1) {
+    return KMS_ERR_INTERNAL;
+  }
+  snprintf(detail, sizeof(detail), "request %llu: %s", (unsigned long long)req->id,
+           action_name(req->action));
+  return add_event(ks, req->tenant_id, req->version, event, by, detail, now);
+}
+
+static int sqlite_request_approve(keystore *base, uint64_t id, const char *approver,
+                                  int64_t now, struct ks_request *out, int *out_executed,
+                                  int *out_refusal) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  struct ks_request req;
+  struct ks_change c;
+  char detail[KS_PRINCIPAL_MAX + 64];
+  int state = 0, commit_refusal = 0, r;
+  size_t i;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if ((r = request_load(ks, id, &req)) != KMS_OK) {
+    goto out;
+  }
+  r = KMS_ERR_FAILED_PRECONDITION;
+  if (req.state == KS_REQUEST_EXPIRED) {
+    *out_refusal = KS_APPROVE_EXPIRED;
+    goto out;
+  }
+  if (req.state != KS_REQUEST_PENDING) {
+    *out_refusal = KS_APPROVE_CLOSED;
+    goto out;
+  }
+  if (now >= req.expires_ms) {
+    /* Record the expiry, so the request reads "expired" from now on. */
+    if ((r = close_request(ks, &req, KS_REQUEST_EXPIRED, "request_expired", "kmsd", now)) !=
+        KMS_OK) {
+      goto out;
+    }
+    commit_refusal = 1;
+    *out_refusal = KS_APPROVE_EXPIRED;
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  if (strcmp(req.requested_by, approver) == 0) {
+    *out_refusal = KS_APPROVE_SELF;
+    goto out;
+  }
+  for (i = 0; i < req.n_approved; i++) {
+    if (strcmp(req.approved_by[i], approver) == 0) {
+      *out_refusal = KS_APPROVE_TWICE;
+      goto out;
+    }
+  }
+  r = run(ks, NULL,
+          "INSERT INTO approvals (request_id, approver, approved_ms) VALUES (?1, ?2, ?3)", "iti",
+          (int64_t)id, approver, now);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  snprintf(detail, sizeof(detail), "request %llu: %s, %zu of %u approvals",
+           (unsigned long long)id, action_name(req.action), req.n_approved + 1,
+           req.approvals_required);
+  if ((r = add_event(ks, req.tenant_id, req.version, "approved", approver, detail, now)) !=
+      KMS_OK) {
+    goto out;
+  }
+  if (req.n_approved + 1 >= req.approvals_required) {
+    memset(&c, 0, sizeof(c));
+    c.tenant_id = req.tenant_id;
+    c.version = req.action == KS_ACTION_DESTROY_VERSION ? req.version : 0;
+    c.request_id = id;
+    c.by = approver;
+    snprintf(detail, sizeof(detail), "request %llu by %s", (unsigned long long)id,
+             req.requested_by);
+    c.detail = detail;
+    if (req.action == KS_ACTION_DISABLE_TENANT) {
+      c.from_states = KS_STATE_BIT(KS_TENANT_ACTIVE);
+      c.to_state = KS_TENANT_DISABLED;
+      c.event = "disabled";
+    } else {
+      c.from_states = req.action == KS_ACTION_DESTROY_TENANT
+                          ? KS_STATE_BIT(KS_TENANT_ACTIVE) | KS_STATE_BIT(KS_TENANT_DISABLED)
+                          : KS_STATE_BIT(KS_KEK_ACTIVE) | KS_STATE_BIT(KS_KEK_DECRYPT_ONLY) |
+                                KS_STATE_BIT(KS_KEK_DISABLED);
+      c.to_state = req.action == KS_ACTION_DESTROY_TENANT ? KS_TENANT_PENDING_DESTRUCTION
+                                                          : KS_KEK_PENDING_DESTRUCTION;
+      c.destroy_after_ms = now + (int64_t)req.waiting_days * DAY_MS;
+      c.event = "destruction_scheduled";
+    }
+    r = change_locked(ks, &c, now, &state);
+    if (r == KMS_ERR_FAILED_PRECONDITION) {
+      *out_refusal = KS_APPROVE_TARGET;
+      goto out;
+    }
+    if (r != KMS_OK) {
+      goto out;
+    }
+    if ((r = close_request(ks, &req, KS_REQUEST_EXECUTED, "request_executed", approver, now)) !=
+        KMS_OK) {
+      goto out;
+    }
+    *out_executed = 1;
+  }
+  r = tx_commit(ks);
+out:
+  if (commit_refusal) {
+    int cr = tx_commit(ks);
+    if (cr != KMS_OK) {
+      r = cr;
+    }
+  }
+  if (r != KMS_OK && !(commit_refusal && r == KMS_ERR_FAILED_PRECONDITION)) {
+    tx_rollback(ks);
+  }
+  if (r == KMS_OK || r == KMS_ERR_FAILED_PRECONDITION) {
+    /* The request as it stands now (after our commit or rollback). */
+    int lr = request_load(ks, id, out);
+    if (lr != KMS_OK) {
+      memset(out, 0, sizeof(*out));
+    }
+  }
+  if (r != KMS_OK) {
+    *out_executed = 0;
+  }
+  return r;
+}
+
+static int sqlite_request_cancel(keystore *base, const char *tenant_id, uint32_t version,
+                                 int action, const char *by, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  struct ks_request *list = NULL;
+  size_t n = 0, i, done = 0;
+  int64_t now = now_ms();
+  int r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if ((r = sqlite_request_list(base, tenant_id, 0, &list, &n)) != KMS_OK) {
+    goto out;
+  }
+  for (i = 0; i < n; i++) {
+    if (list[i].action != action || list[i].version != version) {
+      continue;
+    }
+    if ((r = close_request(ks, &list[i], KS_REQUEST_CANCELLED, "request_cancelled", by, now)) !=
+        KMS_OK) {
+      goto out;
+    }
+    done++;
+  }
+  r = tx_commit(ks);
+out:
+  free(list);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+    done = 0;
+  }
+  *out_n = done;
+  return r;
+}
+
+static int sqlite_requests_expire(keystore *base, int64_t now, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  struct ks_request *list = NULL;
+  size_t n = 0, i, done = 0;
+  int r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if ((r = sqlite_request_list(base, "", 0, &list, &n)) != KMS_OK) {
+    goto out;
+  }
+  for (i = 0; i < n; i++) {
+    if (list[i].expires_ms > now) {
+      continue;
+    }
+    if ((r = close_request(ks, &list[i], KS_REQUEST_EXPIRED, "request_expired", "kmsd", now)) !=
+        KMS_OK) {
+      goto out;
+    }
+    done++;
+  }
+  r = tx_commit(ks);
+out:
+  free(list);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+    done = 0;
+  }
+  *out_n = done;
+  return r;
+}
+
+static int sqlite_destruction_due(keystore *base, int64_t now, struct ks_due *out, size_t cap,
+                                  size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  size_t n = 0;
+  int rc = SQLITE_DONE, r;
+
+  r = query(ks, &st,
+            "SELECT tenant_id, 0 FROM tenants WHERE state = 3 AND destroy_after_ms <= ?1"
+            " UNION ALL"
+            " SELECT tenant_id, version FROM kek_versions WHERE state = 4"
+            " AND destroy_after_ms <= ?1 LIMIT ?2",
+            "ii", now, (int64_t)(cap > INT64_MAX ? INT64_MAX : cap));
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while (n < cap && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    memset(&out[n], 0, sizeof(out[n]));
+    if ((r = col_text(st, 0, out[n].tenant_id, sizeof(out[n].tenant_id))) != KMS_OK ||
+        (r = col_u32(st, 1, &out[n].version)) != KMS_OK) {
+      goto out;
+    }
+    n++;
+  }
+  r = rc == SQLITE_DONE || rc == SQLITE_ROW ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  *out_n = r == KMS_OK ? n : 0;
+  return r;
+}
+
+/* join_approvers writes the approvers but the requester, one a line, into |dst|. */
+static void join_approvers(const struct ks_request *req, char *dst, size_t cap) {
+  size_t i, used = 0;
+
+  dst[0] = '\0';
+  for (i = 0; i < req->n_approved; i++) {
+    int w;
+
+    if (strcmp(req->approved_by[i], req->requested_by) == 0) {
+      continue;
+    }
+    w = snprintf(dst + used, cap - used, "%s%s", used > 0 ? "\n" : "", req->approved_by[i]);
+    if (w < 0 || (size_t)w >= cap - used) {
+      break;
+    }
+    used += (size_t)w;
+  }
+}
+
+/* split_approvers is the reverse of join_approvers. */
+static void split_approvers(const char *s, struct ks_receipt *out) {
+  out->n_approved = 0;
+  while (*s != '\0' && out->n_approved < KS_APPROVERS_MAX) {
+    const char *nl = strchr(s, '\n');
+    size_t len = nl != NULL ? (size_t)(nl - s) : strlen(s);
+
+    if (len >= sizeof(out->approved_by[0])) {
+      len = sizeof(out->approved_by[0]) - 1;
+    }
+    memcpy(out->approved_by[out->n_approved], s, len);
+    out->approved_by[out->n_approved][len] = '\0';
+    out->n_approved++;
+    s += nl != NULL ? (size_t)(nl - s) + 1 : strlen(s);
+  }
+}
+
+static int sqlite_destroy(keystore *base, const char *tenant_id, uint32_t version, int64_t now,
+                          struct ks_receipt *out) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_request req;
+  char approvers[KS_APPROVERS_MAX * (KS_PRINCIPAL_MAX + 1)];
+  char detail[64];
+  int64_t state = 0, after = 0, req_id = 0, v;
+  size_t used = 0;
+  int rc, changes = 0, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if (version == 0) {
+    r = query(ks, &st,
+              "SELECT state, destroy_after_ms, destroy_request_id FROM tenants"
+              " WHERE tenant_id = ?1",
+              "t", tenant_id);
+  } else {
+    r = query(ks, &st,
+              "SELECT state, destroy_after_ms, destroy_request_id FROM kek_versions"
+              " WHERE tenant_id = ?1 AND version = ?2",
+              "ti", tenant_id, (int64_t)version);
+  }
+  if (r != KMS_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    r = rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
+    goto out;
+  }
+  if ((r = col_i64(st, 0, 1, 31, &state)) != KMS_OK ||
+      (r = col_i64(st, 1, 0, INT64_MAX, &after)) != KMS_OK ||
+      (r = col_i64(st, 2, 0, INT64_MAX, &req_id)) != KMS_OK) {
+    goto out;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  if (state != (version == 0 ? KS_TENANT_PENDING_DESTRUCTION : KS_KEK_PENDING_DESTRUCTION) ||
+      after > now) {
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  /* The versions about to lose their tokens, for the receipt. */
+  r = query(ks, &st,
+            "SELECT version FROM kek_versions WHERE tenant_id = ?1 AND state != 5"
+            " AND (?2 = 0 OR version = ?2) ORDER BY version",
+            "ti", tenant_id, (int64_t)version);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  out->versions[0] = '\0';
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int w;
+
+    if ((r = col_i64(st, 0, 1, UINT32_MAX, &v)) != KMS_OK) {
+      goto out;
+    }
+    w = snprintf(out->versions + used, sizeof(out->versions) - used, "%s%lld",
+                 used > 0 ? "," : "", (long long)v);
+    if (w < 0 || (size_t)w >= sizeof(out->versions) - used) {
+      /* Hundreds of versions: the receipt says so rather than failing the shred. */
+      snprintf(out->versions + (used < sizeof(out->versions) - 5 ? used : sizeof(out->versions) - 5),
+               5, ",...");
+      break;
+    }
+    used += (size_t)w;
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    r = map_rc(rc);
+    goto out;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  /* The shredding: the tokens go (secure_delete zeroes the freed bytes). */
+  r = run(ks, &changes,
+          "UPDATE kek_versions SET key_token = x'', state = 5, state_changed_ms = ?3,"
+          " state_changed_by = 'kmsd', prior_state = 0, destroy_after_ms = 0"
+          " WHERE tenant_id = ?1 AND (?2 = 0 OR version = ?2)",
+          "tii", tenant_id, (int64_t)version, now);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if (version == 0) {
+    r = run(ks, NULL,
+            "UPDATE tenants SET state = 4, state_changed_ms = ?2, state_changed_by = 'kmsd',"
+            " prior_state = 0, destroy_after_ms = 0 WHERE tenant_id = ?1",
+            "ti", tenant_id, now);
+    if (r != KMS_OK) {
+      goto out;
+    }
+  }
+  memset(&req, 0, sizeof(req));
+  if (req_id != 0 && (r = request_load(ks, (uint64_t)req_id, &req)) != KMS_OK) {
+    goto out;
+  }
+  join_approvers(&req, approvers, sizeof(approvers));
+  r = run(ks, NULL,
+          "INSERT INTO destruction_receipts (tenant_id, version, versions, request_id,"
+          " requested_by, approved_by, requested_ms, approved_ms, destroyed_ms)"
+          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+          "titittiii", tenant_id, (int64_t)version, out->versions, req_id, req.requested_by,
+          approvers, req.requested_ms, req.closed_ms, now);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  out->id = (uint64_t)sqlite3_last_insert_rowid(ks->db);
+  snprintf(detail, sizeof(detail), "receipt %llu, versions %.40s", (unsigned long long)out->id,
+           out->versions);
+  if ((r = add_event(ks, tenant_id, version, "destroyed", "kmsd", detail, now)) != KMS_OK) {
+    goto out;
+  }
+  if ((r = tx_commit(ks)) != KMS_OK) {
+    goto out;
+  }
+  snprintf(out->tenant_id, sizeof(out->tenant_id), "%s", tenant_id);
+  out->version = version;
+  out->request_id = (uint64_t)req_id;
+  snprintf(out->requested_by, sizeof(out->requested_by), "%s", req.requested_by);
+  split_approvers(approvers, out);
+  out->requested_ms = req.requested_ms;
+  out->approved_ms = req.closed_ms;
+  out->destroyed_ms = now;
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  return r;
+}
+
+static int sqlite_shred_sync(keystore *base) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  int log_frames = -1, ckpt_frames = -1, rc;
+
+  /*
+   * TRUNCATE waits (busy timeout) for readers to leave the WAL, copies every
+   * frame into the database (whose freed bytes secure_delete zeroed) and cuts
+   * the -wal file to zero bytes: no old page holding a deleted token remains.
+   */
+  rc = sqlite3_wal_checkpoint_v2(ks->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log_frames,
+                                 &ckpt_frames);
+  if (rc != SQLITE_OK) {
+    return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED ? KMS_ERR_UNAVAILABLE
+                                                                      : map_rc(rc);
+  }
+  return log_frames == ckpt_frames ? KMS_OK : KMS_ERR_UNAVAILABLE;
+}
+
+static int sqlite_receipt_list(keystore *base, const char *tenant_id, struct ks_receipt **out,
+                               size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_receipt *list = NULL, *e;
+  char approvers[KS_APPROVERS_MAX * (KS_PRINCIPAL_MAX + 1)];
+  size_t n = 0, cap = 0;
+  int64_t id, version, req_id, req_ms, app_ms, des_ms;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT id, tenant_id, version, versions, request_id, requested_by, approved_by,"
+            " requested_ms, approved_ms, destroyed_ms FROM destruction_receipts"
+            " WHERE ?1 = '' OR tenant_id = ?1 ORDER BY id",
+            "t", tenant_id);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((r = grow((void **)&list, &cap, n, sizeof(*list))) != KMS_OK) {
+      goto out;
+    }
+    e = &list[n];
+    memset(e, 0, sizeof(*e));
+    if ((r = col_i64(st, 0, 1, INT64_MAX, &id)) != KMS_OK ||
+        (r = col_text(st, 1, e->tenant_id, sizeof(e->tenant_id))) != KMS_OK ||
+        (r = col_i64(st, 2, 0, UINT32_MAX, &version)) != KMS_OK ||
+        (r = col_text(st, 3, e->versions, sizeof(e->versions))) != KMS_OK ||
+        (r = col_i64(st, 4, 0, INT64_MAX, &req_id)) != KMS_OK ||
+        (r = col_text(st, 5, e->requested_by, sizeof(e->requested_by))) != KMS_OK ||
+        (r = col_text(st, 6, approvers, sizeof(approvers))) != KMS_OK ||
+        (r = col_i64(st, 7, 0, INT64_MAX, &req_ms)) != KMS_OK ||
+        (r = col_i64(st, 8, 0, INT64_MAX, &app_ms)) != KMS_OK ||
+        (r = col_i64(st, 9, 0, INT64_MAX, &des_ms)) != KMS_OK) {
+      goto out;
+    }
+    e->id = (uint64_t)id;
+    e->version = (uint32_t)version;
+    e->request_id = (uint64_t)req_id;
+    split_approvers(approvers, e);
+    e->requested_ms = req_ms;
+    e->approved_ms = app_ms;
+    e->destroyed_ms = des_ms;
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(list);
+    return r;
+  }
+  *out = list;
+  *out_n = n;
+  return KMS_OK;
+}
+
 const struct keystore_ops keystore_sqlite_ops = {
     .scheme = "sqlite",
     .open = sqlite_open,
@@ -922,4 +2186,22 @@ const struct keystore_ops keystore_sqlite_ops = {
     .kek_current = sqlite_kek_current,
     .kek_add_version = sqlite_kek_add_version,
     .kek_reserve_uses = sqlite_kek_reserve_uses,
+    .tenant_list = sqlite_tenant_list,
+    .kek_list = sqlite_kek_list,
+    .event_list = sqlite_event_list,
+    .event_add = sqlite_event_add,
+    .kek_rotate = sqlite_kek_rotate,
+    .change_state = sqlite_change_state,
+    .tenant_set_rotation = sqlite_tenant_set_rotation,
+    .rotation_due = sqlite_rotation_due,
+    .request_create = sqlite_request_create,
+    .request_get = sqlite_request_get,
+    .request_list = sqlite_request_list,
+    .request_approve = sqlite_request_approve,
+    .request_cancel = sqlite_request_cancel,
+    .requests_expire = sqlite_requests_expire,
+    .destruction_due = sqlite_destruction_due,
+    .destroy = sqlite_destroy,
+    .shred_sync = sqlite_shred_sync,
+    .receipt_list = sqlite_receipt_list,
 };

@@ -12,11 +12,14 @@
 #include <event2/thread.h>
 #include <openssl/crypto.h>
 
+#include "audit.h"
+#include "authz.h"
 #include "config.h"
 #include "hsm.h"
 #include "kekcache.h"
 #include "keystore.h"
 #include "kms_err.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "rpc.h"
 #include "transport.h"
@@ -31,14 +34,29 @@ struct daemon {
   struct rpc rpc;
   struct event *drain_timer;
   int drain_ticks;
+  struct event *lifecycle_timer;
 };
+
+/*
+ * The key lifecycle timer (kmsd/lifecycle.c): approval expiries, destructions
+ * that fell due, automatic rotations. The work runs on a worker, never here.
+ */
+static void
+on_lifecycle_tick(evutil_socket_t fd, short what, void *arg)
+{
+  struct daemon *d = arg;
+  if (!d->rpc.draining) {
+    lifecycle_tick_submit(d->rpc.pool, d->rpc.cfg, d->rpc.ops.cache);
+  }
+}
 
 static void
 usage(FILE *f)
 {
   fprintf(f, "usage: kmsd --config FILE\n"
              "  Serves tenant key operations over mutual TLS (docs/OPERATIONS.md).\n"
-             "  SIGTERM/SIGINT: stop accepting, finish requests in flight, exit.\n");
+             "  SIGTERM/SIGINT: stop accepting, finish requests in flight, exit.\n"
+             "  SIGHUP: reload the policy, certificates and CRL.\n");
 }
 
 /* Core dumps and ptrace could expose key material: switch both off first. */
@@ -65,7 +83,8 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
   struct daemon *d = arg;
   d->drain_ticks++;
   /* Done when no request is in flight and every answer has left. */
-  int idle = workers_pending(d->rpc.pool) == 0 && server_output_pending(d->srv) == 0;
+  int idle = workers_pending(d->rpc.pool) == 0 && server_output_pending(d->srv) == 0 &&
+             (d->rpc.audit == NULL || audit_pending(d->rpc.audit) == 0);
   if (idle || d->drain_ticks > DRAIN_SECONDS * 10) {
     event_base_loopbreak(d->base);
   }
@@ -87,11 +106,24 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
   event_add(d->drain_timer, &tick);
 }
 
+/* SIGHUP: reload the policy and the TLS files; whatever fails to load keeps its old version. */
 static void
 on_hup(evutil_socket_t sig, short what, void *arg)
 {
-  log_msg(LOG_INFO, "event=sighup note=\"nothing to reload yet: policy reload arrives "
-                    "with the policy engine\"");
+  struct daemon *d = arg;
+  char err[512] = "";
+  log_msg(LOG_INFO, "event=sighup");
+  if (authz_load(d->rpc.cfg->policy, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=policy_reload_failed reason=\"%s\" note=\"previous policy stays "
+                       "in force\"", err);
+  }
+  if (server_reload_tls(d->srv, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=tls_reload_failed reason=\"%s\" note=\"previous certificate and "
+                       "CRL stay in force\"", err);
+  } else {
+    log_msg(LOG_INFO, "event=tls_reloaded crl=%s",
+            d->rpc.cfg->tls_crl[0] != '\0' ? d->rpc.cfg->tls_crl : "-");
+  }
 }
 
 int
@@ -140,6 +172,13 @@ main(int argc, char **argv)
   }
   log_set_level(cfg.log_level);
 
+  /* Policy before the HSM: a refused policy stops kmsd before it logs in anywhere. */
+  if (rpc_check_policy_vocabulary(err, sizeof(err)) != KMS_OK ||
+      authz_load(cfg.policy, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=policy reason=\"%s\"", err);
+    goto out;
+  }
+
   struct hsm_config hc = {cfg.pkcs11_module, cfg.token_label, cfg.pin_file, 1};
   if (hsm_open(&h, &hc, err, sizeof(err)) != KMS_OK) {
     log_msg(LOG_ERROR, "event=start_failed stage=hsm reason=\"%s\"", err);
@@ -155,8 +194,19 @@ main(int argc, char **argv)
     goto out;
   }
   d.rpc.cfg = &cfg;
+  {
+    /* Before any request can arrive: no answer without its record (docs/AUDIT.md). */
+    struct audit_config ac = {cfg.audit_dir, cfg.node_name, cfg.audit_rotate_bytes,
+                              cfg.audit_checkpoint_s * 1000u, HSM_SIG_AUTO, NULL};
+    if (audit_open(&d.rpc.audit, &ac, h, d.base, err, sizeof(err)) != KMS_OK) {
+      log_msg(LOG_ERROR, "event=start_failed stage=audit reason=\"%s\"", err);
+      goto out;
+    }
+  }
   d.rpc.ops.max_uses = cfg.kek_max_uses;
   d.rpc.ops.reserve_block = cfg.kek_max_uses >= 1u << 20 ? 1024 : 1;
+  d.rpc.ops.state_ttl_ms = cfg.kek_state_ttl_ms;
+  d.rpc.ops.hsm_latency_us = cfg.hsm_latency_us;
   d.rpc.ops.cache = kekcache_new(cfg.kek_cache_size);
   if (d.rpc.ops.cache == NULL) {
     goto out;
@@ -178,6 +228,12 @@ main(int argc, char **argv)
   event_add(sig_term, NULL);
   event_add(sig_int, NULL);
   event_add(sig_hup, NULL);
+  struct timeval lc_every = {(time_t)cfg.lifecycle_interval_s, 0};
+  d.lifecycle_timer = event_new(d.base, -1, EV_PERSIST, on_lifecycle_tick, &d);
+  if (d.lifecycle_timer == NULL || event_add(d.lifecycle_timer, &lc_every) != 0) {
+    log_msg(LOG_ERROR, "event=start_failed stage=lifecycle_timer");
+    goto out;
+  }
 
   log_msg(LOG_INFO, "event=ready listen=%s workers=%u kek_cache=%zu", bound, cfg.workers,
           cfg.kek_cache_size);
@@ -192,9 +248,13 @@ out:
     server_close_all(d.srv);
   }
   workers_stop(d.rpc.pool); /* joins threads; last done() callbacks see closed conns */
+  audit_close(d.rpc.audit); /* last records, final checkpoint, then the held answers */
   server_free(d.srv);
   if (d.drain_timer != NULL) {
     event_free(d.drain_timer);
+  }
+  if (d.lifecycle_timer != NULL) {
+    event_free(d.lifecycle_timer);
   }
   if (sig_term != NULL) {
     event_free(sig_term);
@@ -202,6 +262,7 @@ out:
     event_free(sig_hup);
   }
   kekcache_free(d.rpc.ops.cache);
+  authz_shutdown();
   keystore_close(ks);
   hsm_close(h);
   if (d.base != NULL) {

@@ -1,12 +1,15 @@
 /* The method table and the life of one request, from frame to response. */
 #include "rpc.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
 
+#include "audit.h"
 #include "authz.h"
+#include "lifecycle.h"
 #include "kms_err.h"
 #include "kms_frame.h"
 #include "kms_wire.h"
@@ -22,6 +25,8 @@ struct rpc_job {
   const struct rpc_method *method;
   int err;
   struct keyops_result res;
+  ProtobufCMessage *lc_msg; /* key lifecycle answers (kmsd/lifecycle.c), owned */
+  char audit_why[256];      /* Health: why the audit log is not written */
 };
 
 /* Runs on a worker; fills job->err and job->res. */
@@ -29,9 +34,23 @@ typedef int (*run_fn)(struct rpc_job *job, struct worker_ctx *w);
 /* Runs on the loop; sets the response's result from job->res (status OK only). */
 typedef void (*fill_fn)(struct rpc_job *job, Tkms__Response *resp, void *storage);
 
+/*
+ * What the policy sees of a request (docs/POLICY.md): the operation name
+ * (policy_ops[0], or policy_ops[1] when |variant| says so), the tenant and the
+ * context. Every method must name its operations: kmsd refuses to start if one
+ * is missing from the policy vocabulary (rpc_check_policy_vocabulary).
+ */
+typedef int (*variant_fn)(const Tkms__Request *req);
+typedef const char *(*tenant_fn)(const Tkms__Request *req);
+typedef size_t (*context_fn)(const Tkms__Request *req, Tkms__ContextEntry *const **out);
+
 struct rpc_method {
   Tkms__Request__OpCase op;
   const char *name;
+  const char *policy_ops[2];
+  variant_fn variant; /* NULL: always policy_ops[0] */
+  tenant_fn tenant;   /* NULL: the operation names no tenant */
+  context_fn context; /* NULL: no context */
   run_fn run;
   fill_fn fill;
 };
@@ -49,11 +68,15 @@ fill_health(struct rpc_job *job, Tkms__Response *resp, void *storage)
 {
   Tkms__HealthResponse *h = storage;
   tkms__health_response__init(h);
-  int serving = job->res.hsm_ok && job->res.keystore_ok && !job->rpc->draining;
+  bool audit_ok = job->rpc->audit == NULL ||
+                  audit_healthy(job->rpc->audit, job->audit_why, sizeof(job->audit_why));
+  int serving = job->res.hsm_ok && job->res.keystore_ok && audit_ok && !job->rpc->draining;
   h->status = serving ? "serving" : "not_serving";
   h->version = KMSD_VERSION;
   h->hsm_ok = job->res.hsm_ok;
   h->keystore_ok = job->res.keystore_ok;
+  h->audit_ok = audit_ok;
+  h->audit_reason = audit_ok ? "" : job->audit_why;
   resp->result_case = TKMS__RESPONSE__RESULT_HEALTH;
   resp->health = h;
 }
@@ -63,8 +86,14 @@ fill_health(struct rpc_job *job, Tkms__Response *resp, void *storage)
 static int
 run_create_tenant(struct rpc_job *job, struct worker_ctx *w)
 {
-  return keyops_create_tenant(&job->rpc->ops, w, &job->res,
-                              job->req->create_tenant->tenant_id);
+  int r = keyops_create_tenant(&job->rpc->ops, w, &job->res,
+                               job->req->create_tenant->tenant_id);
+  if (r == KMS_OK) {
+    /* The tenant's history starts with who created it (docs/LIFECYCLE.md). */
+    (void)keystore_event_add(w->ks, job->req->create_tenant->tenant_id, 1, "created",
+                             conn_principal(job->c), NULL);
+  }
+  return r;
 }
 
 static void
@@ -126,13 +155,391 @@ fill_decrypt(struct rpc_job *job, Tkms__Response *resp, void *storage)
   resp->decrypt = d;
 }
 
-/* Every callable operation. An op_case not listed here cannot be called. */
+/* ---- Policy accessors ------------------------------------------------------ */
+
+static const char *
+tenant_create(const Tkms__Request *req)
+{
+  return req->create_tenant->tenant_id;
+}
+
+static const char *
+tenant_generate(const Tkms__Request *req)
+{
+  return req->generate_data_key->tenant_id;
+}
+
+/* Asking for no plaintext is a distinct, lesser grant (storage services). */
+static int
+variant_generate(const Tkms__Request *req)
+{
+  return req->generate_data_key->without_plaintext;
+}
+
+static size_t
+context_generate(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->generate_data_key->context;
+  return req->generate_data_key->n_context;
+}
+
+static const char *
+tenant_decrypt(const Tkms__Request *req)
+{
+  return req->decrypt->tenant_id;
+}
+
+static size_t
+context_decrypt(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->decrypt->context;
+  return req->decrypt->n_context;
+}
+
+/* ---- Key lifecycle (kmsd/lifecycle.c; docs/LIFECYCLE.md) -------------------- */
+
+/*
+ * The worker builds the whole answer (job->lc_msg); fill only attaches it. The
+ * officer's principal is the "who" of every state change and approval.
+ */
+#define LC_ARGS(job) &(struct lifecycle){(job)->rpc->cfg, (job)->rpc->ops.cache}, w
+#define LC_WHY(job) (job)->res.message, sizeof((job)->res.message)
+#define LC_KEEP(job, out) ((job)->lc_msg = (out) != NULL ? &(out)->base : NULL)
+/* The KEK version the audit record names (0: none in particular). */
+#define LC_AUDIT_VERSION(job, v) ((job)->res.kek_version = (v))
+
+#define LC_FILL(fn, result, member, type)                                     \
+  static void fn(struct rpc_job *job, Tkms__Response *resp, void *storage)     \
+  {                                                                            \
+    resp->result_case = (result);                                              \
+    resp->member = (type *)job->lc_msg;                                        \
+  }
+
+static int
+run_rotate_key(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__RotateKeyResponse *out = NULL;
+  int r = lifecycle_rotate(LC_ARGS(job), conn_principal(job->c),
+                           job->req->rotate_key->tenant_id, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, out != NULL ? out->kek_version : 0);
+  return r;
+}
+LC_FILL(fill_rotate_key, TKMS__RESPONSE__RESULT_ROTATE_KEY, rotate_key, Tkms__RotateKeyResponse)
+
+static int
+run_list_keys(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ListKeysResponse *out = NULL;
+  int r = lifecycle_list_keys(LC_ARGS(job), job->req->list_keys->tenant_id, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_list_keys, TKMS__RESPONSE__RESULT_LIST_KEYS, list_keys, Tkms__ListKeysResponse)
+
+static int
+run_disable_key(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__DisableKeyRequest *d = job->req->disable_key;
+  Tkms__KeyChangeResponse *out = NULL;
+  int r = lifecycle_disable(LC_ARGS(job), conn_principal(job->c), d->tenant_id, d->version,
+                            LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, d->version);
+  return r;
+}
+LC_FILL(fill_disable_key, TKMS__RESPONSE__RESULT_DISABLE_KEY, disable_key,
+        Tkms__KeyChangeResponse)
+
+static int
+run_enable_key(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__EnableKeyRequest *e = job->req->enable_key;
+  Tkms__KeyChangeResponse *out = NULL;
+  int r = lifecycle_enable(LC_ARGS(job), conn_principal(job->c), e->tenant_id, e->version,
+                           LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, e->version);
+  return r;
+}
+LC_FILL(fill_enable_key, TKMS__RESPONSE__RESULT_ENABLE_KEY, enable_key, Tkms__KeyChangeResponse)
+
+static int
+run_schedule_destruction(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__ScheduleDestructionRequest *d = job->req->schedule_destruction;
+  Tkms__KeyChangeResponse *out = NULL;
+  int r = lifecycle_schedule_destruction(LC_ARGS(job), conn_principal(job->c), d->tenant_id,
+                                         d->version, d->waiting_days, d->no_waiting,
+                                         LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, d->version);
+  return r;
+}
+LC_FILL(fill_schedule_destruction, TKMS__RESPONSE__RESULT_SCHEDULE_DESTRUCTION,
+        schedule_destruction, Tkms__KeyChangeResponse)
+
+static int
+run_cancel_destruction(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__CancelDestructionRequest *d = job->req->cancel_destruction;
+  Tkms__KeyChangeResponse *out = NULL;
+  int r = lifecycle_cancel_destruction(LC_ARGS(job), conn_principal(job->c), d->tenant_id,
+                                       d->version, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, d->version);
+  return r;
+}
+LC_FILL(fill_cancel_destruction, TKMS__RESPONSE__RESULT_CANCEL_DESTRUCTION, cancel_destruction,
+        Tkms__KeyChangeResponse)
+
+static int
+run_approve(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ApproveResponse *out = NULL;
+  int r = lifecycle_approve(LC_ARGS(job), conn_principal(job->c), job->req->approve->request_id,
+                            LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_approve, TKMS__RESPONSE__RESULT_APPROVE, approve, Tkms__ApproveResponse)
+
+static int
+run_list_requests(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__ListRequestsRequest *l = job->req->list_requests;
+  Tkms__ListRequestsResponse *out = NULL;
+  int r = lifecycle_list_requests(LC_ARGS(job), l->tenant_id, l->include_closed, LC_WHY(job),
+                                  &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_list_requests, TKMS__RESPONSE__RESULT_LIST_REQUESTS, list_requests,
+        Tkms__ListRequestsResponse)
+
+static int
+run_re_encrypt(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ReEncryptResponse *out = NULL;
+  struct lifecycle lc = {job->rpc->cfg, job->rpc->ops.cache};
+  int r = lifecycle_re_encrypt(&lc, &job->rpc->ops, w, job->req->re_encrypt, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, out != NULL ? out->kek_version : 0);
+  return r;
+}
+LC_FILL(fill_re_encrypt, TKMS__RESPONSE__RESULT_RE_ENCRYPT, re_encrypt, Tkms__ReEncryptResponse)
+
+static int
+run_re_encrypt_batch(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ReEncryptBatchResponse *out = NULL;
+  struct lifecycle lc = {job->rpc->cfg, job->rpc->ops.cache};
+  int r = lifecycle_re_encrypt_batch(&lc, &job->rpc->ops, w, job->req->re_encrypt_batch,
+                                     LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_re_encrypt_batch, TKMS__RESPONSE__RESULT_RE_ENCRYPT_BATCH, re_encrypt_batch,
+        Tkms__ReEncryptBatchResponse)
+
+static int
+run_list_tenants(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__ListTenantsRequest *l = job->req->list_tenants;
+  Tkms__ListTenantsResponse *out = NULL;
+  int r = lifecycle_list_tenants(LC_ARGS(job), l->after, l->limit, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_list_tenants, TKMS__RESPONSE__RESULT_LIST_TENANTS, list_tenants,
+        Tkms__ListTenantsResponse)
+
+static int
+run_list_receipts(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ListReceiptsResponse *out = NULL;
+  int r = lifecycle_list_receipts(LC_ARGS(job), job->req->list_receipts->tenant_id, LC_WHY(job),
+                                  &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_list_receipts, TKMS__RESPONSE__RESULT_LIST_RECEIPTS, list_receipts,
+        Tkms__ListReceiptsResponse)
+
+static int
+run_set_rotation_period(struct rpc_job *job, struct worker_ctx *w)
+{
+  const Tkms__SetRotationPeriodRequest *s = job->req->set_rotation_period;
+  Tkms__SetRotationPeriodResponse *out = NULL;
+  int r = lifecycle_set_rotation(LC_ARGS(job), conn_principal(job->c), s->tenant_id,
+                                 s->rotation_period_days, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_set_rotation_period, TKMS__RESPONSE__RESULT_SET_ROTATION_PERIOD,
+        set_rotation_period, Tkms__SetRotationPeriodResponse)
+
+/* What the policy sees of lifecycle requests. */
+static const char *
+tenant_rotate_key(const Tkms__Request *req)
+{
+  return req->rotate_key->tenant_id;
+}
+
+static const char *
+tenant_list_keys(const Tkms__Request *req)
+{
+  return req->list_keys->tenant_id;
+}
+
+static const char *
+tenant_disable_key(const Tkms__Request *req)
+{
+  return req->disable_key->tenant_id;
+}
+
+static const char *
+tenant_enable_key(const Tkms__Request *req)
+{
+  return req->enable_key->tenant_id;
+}
+
+static const char *
+tenant_schedule_destruction(const Tkms__Request *req)
+{
+  return req->schedule_destruction->tenant_id;
+}
+
+static const char *
+tenant_cancel_destruction(const Tkms__Request *req)
+{
+  return req->cancel_destruction->tenant_id;
+}
+
+/* A list filter: empty means every tenant (NULL to the policy). */
+static const char *
+tenant_or_all(const char *t)
+{
+  return t != NULL && t[0] != '\0' ? t : NULL;
+}
+
+static const char *
+tenant_list_requests(const Tkms__Request *req)
+{
+  return tenant_or_all(req->list_requests->tenant_id);
+}
+
+static const char *
+tenant_list_receipts(const Tkms__Request *req)
+{
+  return tenant_or_all(req->list_receipts->tenant_id);
+}
+
+static const char *
+tenant_re_encrypt(const Tkms__Request *req)
+{
+  return req->re_encrypt->tenant_id;
+}
+
+static size_t
+context_re_encrypt(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->re_encrypt->context;
+  return req->re_encrypt->n_context;
+}
+
+/*
+ * A batch carries one context per item, and the policy decides on one
+ * request: it sees none, so a rule that requires context never grants a
+ * batch (fail closed); rules without context requirements do.
+ */
+static const char *
+tenant_re_encrypt_batch(const Tkms__Request *req)
+{
+  return req->re_encrypt_batch->tenant_id;
+}
+
+static const char *
+tenant_set_rotation_period(const Tkms__Request *req)
+{
+  return req->set_rotation_period->tenant_id;
+}
+
+/*
+ * Every callable operation. An op_case not listed here cannot be called, and
+ * an entry without a policy operation stops kmsd at start.
+ */
 static const struct rpc_method methods[] = {
-  {TKMS__REQUEST__OP_HEALTH, "Health", run_health, fill_health},
-  {TKMS__REQUEST__OP_CREATE_TENANT, "CreateTenant", run_create_tenant, fill_create_tenant},
-  {TKMS__REQUEST__OP_GENERATE_DATA_KEY, "GenerateDataKey", run_generate, fill_generate},
-  {TKMS__REQUEST__OP_DECRYPT, "Decrypt", run_decrypt, fill_decrypt},
+  {.op = TKMS__REQUEST__OP_HEALTH, .name = "Health", .policy_ops = {"Health"},
+   .run = run_health, .fill = fill_health},
+  {.op = TKMS__REQUEST__OP_CREATE_TENANT, .name = "CreateTenant",
+   .policy_ops = {"CreateTenant"}, .tenant = tenant_create, .run = run_create_tenant,
+   .fill = fill_create_tenant},
+  {.op = TKMS__REQUEST__OP_GENERATE_DATA_KEY, .name = "GenerateDataKey",
+   .policy_ops = {"GenerateDataKey", "GenerateDataKeyWithoutPlaintext"},
+   .variant = variant_generate, .tenant = tenant_generate, .context = context_generate,
+   .run = run_generate, .fill = fill_generate},
+  {.op = TKMS__REQUEST__OP_DECRYPT, .name = "Decrypt", .policy_ops = {"Decrypt"},
+   .tenant = tenant_decrypt, .context = context_decrypt, .run = run_decrypt,
+   .fill = fill_decrypt},
+  /* Key lifecycle. Listings and the rotation period map to the nearest vocabulary name. */
+  {.op = TKMS__REQUEST__OP_ROTATE_KEY, .name = "RotateKey", .policy_ops = {"RotateKey"},
+   .tenant = tenant_rotate_key, .run = run_rotate_key, .fill = fill_rotate_key},
+  {.op = TKMS__REQUEST__OP_LIST_KEYS, .name = "ListKeys", .policy_ops = {"ListKeys"},
+   .tenant = tenant_list_keys, .run = run_list_keys, .fill = fill_list_keys},
+  {.op = TKMS__REQUEST__OP_DISABLE_KEY, .name = "DisableKey", .policy_ops = {"DisableKey"},
+   .tenant = tenant_disable_key, .run = run_disable_key, .fill = fill_disable_key},
+  {.op = TKMS__REQUEST__OP_ENABLE_KEY, .name = "EnableKey", .policy_ops = {"EnableKey"},
+   .tenant = tenant_enable_key, .run = run_enable_key, .fill = fill_enable_key},
+  {.op = TKMS__REQUEST__OP_SCHEDULE_DESTRUCTION, .name = "ScheduleDestruction",
+   .policy_ops = {"ScheduleDestruction"}, .tenant = tenant_schedule_destruction,
+   .run = run_schedule_destruction, .fill = fill_schedule_destruction},
+  {.op = TKMS__REQUEST__OP_CANCEL_DESTRUCTION, .name = "CancelDestruction",
+   .policy_ops = {"CancelDestruction"}, .tenant = tenant_cancel_destruction,
+   .run = run_cancel_destruction, .fill = fill_cancel_destruction},
+  /* The request names no tenant until the keystore is read: needs an all-tenants grant. */
+  {.op = TKMS__REQUEST__OP_APPROVE, .name = "Approve", .policy_ops = {"Approve"},
+   .run = run_approve, .fill = fill_approve},
+  {.op = TKMS__REQUEST__OP_LIST_REQUESTS, .name = "ListRequests", .policy_ops = {"ListKeys"},
+   .tenant = tenant_list_requests, .run = run_list_requests, .fill = fill_list_requests},
+  {.op = TKMS__REQUEST__OP_RE_ENCRYPT, .name = "ReEncrypt", .policy_ops = {"ReEncrypt"},
+   .tenant = tenant_re_encrypt, .context = context_re_encrypt, .run = run_re_encrypt,
+   .fill = fill_re_encrypt},
+  {.op = TKMS__REQUEST__OP_RE_ENCRYPT_BATCH, .name = "ReEncryptBatch",
+   .policy_ops = {"ReEncrypt"}, .tenant = tenant_re_encrypt_batch,
+   .run = run_re_encrypt_batch, .fill = fill_re_encrypt_batch},
+  {.op = TKMS__REQUEST__OP_LIST_TENANTS, .name = "ListTenants", .policy_ops = {"ListKeys"},
+   .run = run_list_tenants, .fill = fill_list_tenants},
+  {.op = TKMS__REQUEST__OP_LIST_RECEIPTS, .name = "ListReceipts", .policy_ops = {"ListKeys"},
+   .tenant = tenant_list_receipts, .run = run_list_receipts, .fill = fill_list_receipts},
+  {.op = TKMS__REQUEST__OP_SET_ROTATION_PERIOD, .name = "SetRotationPeriod",
+   .policy_ops = {"RotateKey"}, .tenant = tenant_set_rotation_period,
+   .run = run_set_rotation_period, .fill = fill_set_rotation_period},
 };
+
+int
+rpc_check_policy_vocabulary(char *err, size_t err_len)
+{
+  for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+    const struct rpc_method *m = &methods[i];
+    for (size_t k = 0; k < 2; k++) {
+      const char *op = m->policy_ops[k];
+      /* The variant needs a second name; without a variant there is none. */
+      if ((k == 0 || m->variant != NULL) && !authz_op_known(op)) {
+        snprintf(err, err_len, "method %s: policy operation '%s' is not in the vocabulary",
+                 m->name, op != NULL ? op : "(none)");
+        return KMS_ERR_INTERNAL;
+      }
+    }
+  }
+  return KMS_OK;
+}
+
+static const char *
+policy_op_of(const struct rpc_method *m, const Tkms__Request *req)
+{
+  return m->variant != NULL && m->variant(req) ? m->policy_ops[1] : m->policy_ops[0];
+}
 
 static const struct rpc_method *
 find_method(Tkms__Request__OpCase op)
@@ -172,9 +579,119 @@ rpc_send_error(conn *c, uint64_t request_id, int err, const char *message)
   send_response(c, &resp);
 }
 
+/* ---- Audit: every answer waits for its record (docs/AUDIT.md) ---------------- */
+
+/* An answer held back until the audit writer says its record is on disk. */
+struct held {
+  struct audit_item item; /* first: the writer hands us back this pointer */
+  conn *c;
+  uint8_t *frame;
+  size_t len;
+  uint64_t id;
+  bool must_log;    /* an OK answer acknowledges work: without its record it is not sent */
+  bool close_after; /* a connection-level error: close once the answer is out */
+};
+
+static void
+held_done(struct audit_item *item, int status)
+{
+  struct held *h = (struct held *)item;
+
+  if (status != KMS_OK && h->must_log) {
+    /* Not logged means not acknowledged: the answer (it may hold a data key) is wiped. */
+    OPENSSL_cleanse(h->frame, h->len);
+    free(h->frame);
+    log_msg(LOG_WARN, "event=answer_withheld id=%llu reason=audit_unavailable",
+            (unsigned long long)h->id);
+    rpc_send_error(h->c, h->id, KMS_ERR_UNAVAILABLE, "audit log unavailable");
+  } else {
+    /* Error answers acknowledge nothing: they go out even if their record could not. */
+    conn_send(h->c, h->frame, h->len);
+  }
+  if (h->close_after) {
+    conn_close_after_send(h->c);
+  }
+  conn_inflight_end(h->c);
+  free(h);
+}
+
+/*
+ * respond packs |resp| and hands it with the request's audit record to the
+ * audit writer; held_done sends it once the record is durable. |req| and |m|
+ * may be NULL (undecodable frame); |req| is not kept.
+ */
+static void
+respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
+        uint32_t kek_version, const Tkms__Response *resp, bool close_after)
+{
+  size_t n = protobuf_c_message_get_packed_size(&resp->base);
+  uint8_t *frame = malloc(KMS_FRAME_HDR_LEN + n);
+  struct held *h = NULL;
+  struct audit_fields f;
+
+  if (frame == NULL) {
+    conn_close_after_send(c);
+    return;
+  }
+  kms_frame_put_header(frame, (uint32_t)n);
+  protobuf_c_message_pack(&resp->base, frame + KMS_FRAME_HDR_LEN);
+  if (rpc->audit == NULL) {
+    conn_send(c, frame, KMS_FRAME_HDR_LEN + n);
+    if (close_after) {
+      conn_close_after_send(c);
+    }
+    return;
+  }
+  memset(&f, 0, sizeof(f));
+  f.request_id = resp->request_id;
+  f.principal = conn_principal(c);
+  f.peer = conn_peer(c);
+  f.op = m != NULL ? m->name : "unknown";
+  f.tenant = m != NULL && m->tenant != NULL && req != NULL ? m->tenant(req) : NULL;
+  if (m != NULL && m->context != NULL && req != NULL) {
+    f.n_context = m->context(req, &f.context);
+  }
+  f.kek_version = kek_version;
+  f.status = (int)resp->status;
+  h = calloc(1, sizeof(*h));
+  if (h == NULL) {
+    OPENSSL_cleanse(frame, KMS_FRAME_HDR_LEN + n);
+    free(frame);
+    conn_close_after_send(c);
+    return;
+  }
+  h->item.done = held_done;
+  h->c = c;
+  h->frame = frame;
+  h->len = KMS_FRAME_HDR_LEN + n;
+  h->id = resp->request_id;
+  h->must_log = resp->status == TKMS__STATUS_CODE__OK &&
+                (m == NULL || m->op != TKMS__REQUEST__OP_HEALTH);
+  h->close_after = close_after;
+  conn_inflight_begin(c); /* the connection outlives a close until the answer is settled */
+  if (audit_submit(rpc->audit, &h->item, &f) != KMS_OK) {
+    held_done(&h->item, KMS_ERR_UNAVAILABLE);
+  }
+}
+
+static void
+respond_error(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
+              uint64_t request_id, int err, const char *message, bool close_after)
+{
+  Tkms__Response resp;
+  tkms__response__init(&resp);
+  resp.request_id = request_id;
+  resp.status = (Tkms__StatusCode)kms_err_to_status(err);
+  resp.message = (char *)(message != NULL && message[0] != '\0' ? message : kms_strerror(err));
+  respond(rpc, c, req, m, 0, &resp, close_after);
+}
+
 static void
 job_free(struct rpc_job *job)
 {
+  if (job->lc_msg != NULL) {
+    protobuf_c_message_free_unpacked(job->lc_msg, NULL);
+  }
   keyops_result_clear(&job->res);
   tkms__request__free_unpacked(job->req, NULL);
   free(job);
@@ -185,6 +702,13 @@ job_work(struct work_item *item, struct worker_ctx *w)
 {
   struct rpc_job *job = (struct rpc_job *)item;
   job->err = job->method->run(job, w);
+  /* Cached KEK state (kekcache.h) must not outlive a change made here: any
+   * method but these four may change key state, so it forgets all of it. */
+  Tkms__Request__OpCase op = job->req->op_case;
+  if (op != TKMS__REQUEST__OP_HEALTH && op != TKMS__REQUEST__OP_CREATE_TENANT &&
+      op != TKMS__REQUEST__OP_GENERATE_DATA_KEY && op != TKMS__REQUEST__OP_DECRYPT) {
+    keyops_forget_state(&job->rpc->ops);
+  }
 }
 
 static void
@@ -199,7 +723,7 @@ job_done(struct work_item *item)
     log_msg(level, "event=request_failed id=%llu method=%s principal=%s code=%d reason=\"%s\"",
             (unsigned long long)id, job->method->name, conn_principal(c), job->err,
             kms_strerror(job->err));
-    rpc_send_error(c, id, job->err, job->res.message);
+    respond_error(job->rpc, c, job->req, job->method, id, job->err, job->res.message, false);
   } else {
     union {
       Tkms__HealthResponse h;
@@ -212,7 +736,7 @@ job_done(struct work_item *item)
     resp.request_id = id;
     resp.status = TKMS__STATUS_CODE__OK;
     job->method->fill(job, &resp, &storage);
-    send_response(c, &resp);
+    respond(job->rpc, c, job->req, job->method, job->res.kek_version, &resp, false);
     OPENSSL_cleanse(&storage, sizeof(storage));
   }
   job_free(job);
@@ -227,8 +751,7 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
   if (req == NULL) {
     log_msg(LOG_INFO, "event=bad_frame peer=%s principal=%s reason=undecodable",
             conn_peer(c), conn_principal(c));
-    rpc_send_error(c, 0, KMS_ERR_PROTOCOL, "malformed request");
-    conn_close_after_send(c);
+    respond_error(rpc, c, NULL, NULL, 0, KMS_ERR_PROTOCOL, "malformed request", true);
     return;
   }
   int r = kms_wire_request_check(req, &why);
@@ -238,26 +761,43 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
     why = "unknown method";
   }
   if (r != KMS_OK) {
-    rpc_send_error(c, req->request_id, r, why);
+    respond_error(rpc, c, req, find_method(req->op_case), req->request_id, r, why, false);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
-  r = authz_check(rpc->cfg, conn_principal(c), req);
+  struct authz_request az = {conn_principal(c), policy_op_of(m, req),
+                             m->tenant != NULL ? m->tenant(req) : NULL, NULL, 0};
+  if (m->context != NULL) {
+    az.n_context = m->context(req, &az.context);
+  }
+  const char *rule = "-";
+  r = authz_check(&az, &rule);
   if (r != KMS_OK) {
-    log_msg(LOG_INFO, "event=denied id=%llu method=%s principal=%s peer=%s",
-            (unsigned long long)req->request_id, m->name, conn_principal(c), conn_peer(c));
-    rpc_send_error(c, req->request_id, r, "permission denied");
+    log_msg(LOG_INFO,
+            "event=denied id=%llu method=%s operation=%s tenant=%s principal=%s peer=%s rule=%s",
+            (unsigned long long)req->request_id, m->name, az.operation,
+            az.tenant != NULL ? az.tenant : "-", conn_principal(c), conn_peer(c), rule);
+    respond_error(rpc, c, req, m, req->request_id, r, "permission denied", false);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
   if (rpc->draining) {
-    rpc_send_error(c, req->request_id, KMS_ERR_UNAVAILABLE, "kmsd is shutting down");
+    respond_error(rpc, c, req, m, req->request_id, KMS_ERR_UNAVAILABLE, "kmsd is shutting down",
+                  false);
+    tkms__request__free_unpacked(req, NULL);
+    return;
+  }
+  /* Fail closed: no key operation while its record could not be written (Health still works). */
+  if (rpc->audit != NULL && m->op != TKMS__REQUEST__OP_HEALTH &&
+      !audit_healthy(rpc->audit, NULL, 0)) {
+    respond_error(rpc, c, req, m, req->request_id, KMS_ERR_UNAVAILABLE, "audit log unavailable",
+                  false);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
   struct rpc_job *job = calloc(1, sizeof(*job));
   if (job == NULL) {
-    rpc_send_error(c, req->request_id, KMS_ERR_ALLOC, NULL);
+    respond_error(rpc, c, req, m, req->request_id, KMS_ERR_ALLOC, NULL, false);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
@@ -269,7 +809,8 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
   job->method = m;
   r = workers_submit(rpc->pool, &job->item);
   if (r != KMS_OK) {
-    rpc_send_error(c, req->request_id, r, r == KMS_ERR_RESOURCE_EXHAUSTED ? "server busy" : NULL);
+    respond_error(rpc, c, req, m, req->request_id, r,
+                  r == KMS_ERR_RESOURCE_EXHAUSTED ? "server busy" : NULL, false);
     job->c = NULL;
     job_free(job);
     return;

@@ -22,6 +22,14 @@ struct rpc;
 int server_start(server **out, struct event_base *base, const struct kmsd_config *cfg,
                  struct rpc *rpc, char *bound, size_t bound_len, char *err, size_t err_len);
 
+/*
+ * server_reload_tls builds a new TLS context from the configured files
+ * (certificate, key, CA, CRL) and uses it for new connections; connections
+ * already open keep theirs. On failure the old context stays in force and
+ * |err| says why.
+ */
+int server_reload_tls(server *s, char *err, size_t err_len);
+
 /* server_stop_accepting closes the listening socket (drain on SIGTERM). */
 void server_stop_accepting(server *s);
 

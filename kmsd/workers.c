@@ -35,8 +35,14 @@ worker_main(void *arg)
 {
   struct worker *wk = arg;
   struct workers *w = wk->pool;
+  int finished = 0;
   for (;;) {
     pthread_mutex_lock(&w->mu);
+    if (finished) {
+      /* Counted as running until now, after it joined the done queue: never undercounted. */
+      w->running--;
+      finished = 0;
+    }
     while (w->head == NULL && !w->stopping) {
       pthread_cond_wait(&w->cv, &w->mu);
     }
@@ -57,6 +63,7 @@ worker_main(void *arg)
     it->work(it, &wk->ctx);
 
     pthread_mutex_lock(&w->done_mu);
+    int was_empty = w->done_head == NULL;
     if (w->done_tail != NULL) {
       w->done_tail->next = it;
     } else {
@@ -64,10 +71,12 @@ worker_main(void *arg)
     }
     w->done_tail = it;
     pthread_mutex_unlock(&w->done_mu);
-    pthread_mutex_lock(&w->mu);
-    w->running--;
-    pthread_mutex_unlock(&w->mu);
-    event_active(w->done_ev, EV_READ, 0);
+    finished = 1;
+    /* Only the first job of a batch wakes the loop: drain_done takes the whole
+     * queue, and the next job after that finds it empty again. */
+    if (was_empty) {
+      event_active(w->done_ev, EV_READ, 0);
+    }
   }
 }
 
@@ -191,6 +200,7 @@ workers_stop(workers *w)
       pthread_join(wk->thread, NULL);
     }
     keystore_close(wk->ctx.ks);
+    kms_secret_free(wk->ctx.dek_pool);
     if (wk->ctx.hs != NULL) {
       hsm_session_close(wk->ctx.hs);
     }

@@ -8,6 +8,7 @@
 
 #include "hsm.h"
 #include "keystore.h"
+#include "kms_secret.h"
 
 /*
  * Each worker thread owns one PKCS#11 session and one keystore handle, so a
@@ -19,6 +20,8 @@ struct worker_ctx {
   hsm_session *hs;
   keystore *ks;
   unsigned id;
+  kms_secret *dek_pool; /* HSM random bytes not yet used as data keys (keyops.c) */
+  size_t dek_pool_left;
 };
 
 struct work_item {

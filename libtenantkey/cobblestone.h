@@ -47,8 +47,8 @@
 #define TK_COB_CT_CHUNK_LEN (TK_COB_CHUNK_LEN + TK_COB_TAG_LEN) /* 16400 */
 #define TK_COB_MAX_CHUNKS (UINT64_C(1) << 38)
 #define TK_COB_MAX_PT_LEN (TK_COB_MAX_CHUNKS * TK_COB_CHUNK_LEN - 1)
-/* Our limit on |context| (OpenSSL 3.0's HKDF caps info at 32 KiB). */
-#define TK_COB_MAX_CONTEXT_LEN 4096
+/* Our limit on |context| (OpenSSL 3.0's HKDF caps info at 32 KiB); envelope headers reach 5502 bytes. */
+#define TK_COB_MAX_CONTEXT_LEN 8192
 
 /* ---- Lengths ---------------------------------------------------------- */
 

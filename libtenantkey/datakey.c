@@ -153,9 +153,10 @@ tk_data_key_generate(tk_client *client, tk_data_key **out_key, const char *tenan
   return r;
 }
 
-TK_EXPORT int
-tk_data_key_decrypt(tk_client *client, tk_data_key **out_key, const char *tenant_id,
-                    const tk_context *ctx, const uint8_t *wrapped, size_t wrapped_len)
+int
+tk_data_key_decrypt_entries(tk_client *client, tk_data_key **out_key, const char *tenant_id,
+                            Tkms__ContextEntry **entries, size_t n_entries,
+                            const uint8_t *wrapped, size_t wrapped_len)
 {
   *out_key = NULL;
   if (wrapped == NULL || wrapped_len == 0 || wrapped_len > KMS_WRAPPED_KEY_MAX) {
@@ -166,7 +167,8 @@ tk_data_key_decrypt(tk_client *client, tk_data_key **out_key, const char *tenant
   tkms__request__init(&req);
   tkms__decrypt_request__init(&d);
   d.tenant_id = (char *)tenant_id;
-  d.n_context = tk_context_entries(ctx, &d.context);
+  d.n_context = n_entries;
+  d.context = n_entries > 0 ? entries : NULL;
   d.wrapped_key.data = (uint8_t *)wrapped;
   d.wrapped_key.len = wrapped_len;
   req.op_case = TKMS__REQUEST__OP_DECRYPT;
@@ -186,6 +188,16 @@ tk_data_key_decrypt(tk_client *client, tk_data_key **out_key, const char *tenant
   r = *out_key != NULL ? KMS_OK : KMS_ERR_ALLOC;
   tk_client_response_free(resp);
   return r;
+}
+
+TK_EXPORT int
+tk_data_key_decrypt(tk_client *client, tk_data_key **out_key, const char *tenant_id,
+                    const tk_context *ctx, const uint8_t *wrapped, size_t wrapped_len)
+{
+  Tkms__ContextEntry **entries = NULL;
+  size_t n = tk_context_entries(ctx, &entries);
+  return tk_data_key_decrypt_entries(client, out_key, tenant_id, entries, n, wrapped,
+                                     wrapped_len);
 }
 
 TK_EXPORT const uint8_t *

@@ -61,17 +61,40 @@ typedef struct tk_client tk_client;
 /*
  * tk_client_new_from_file reads a client configuration file:
  *
- *   endpoint = 127.0.0.1:7443      (host:port; the TLS name checked is host)
+ *   endpoint = 127.0.0.1:7443      (host:port; the TLS name checked is host;
+ *   endpoint = kms2.internal:7443   repeat for up to 8 endpoints, tried in order)
  *   ca = /path/ca.crt              (CA that issued kmsd's certificate)
  *   cert = /path/recording.crt     (this service's client certificate)
  *   key = /path/recording.key      (its private key)
- *   connect_timeout_ms = 5000      (optional)
- *   request_timeout_ms = 10000     (optional)
+ *   connect_timeout_ms = 5000      (optional: TCP connect + TLS handshake, per try)
+ *   request_timeout_ms = 10000     (optional: sending a request and reading its
+ *                                   answer, per try)
+ *   retries = 3                    (optional, 0-10: extra tries after UNAVAILABLE)
+ *   retry_backoff_ms = 50          (optional: first backoff; doubles per retry,
+ *   retry_backoff_max_ms = 2000     capped; each sleep is uniform in [0, backoff])
+ *   deadline_ms = 30000            (optional: bound on one call, all tries,
+ *                                   backoffs and waits for a connection included)
+ *   connections = 4                (optional, 1-32: connection pool size)
  *
  * and returns a client in |*out_client|. No connection is made until the
  * first request. On failure returns TK_ECONFIG or TK_EIO; if |err| is not
  * NULL a reason naming the file and line is written there.
- * The client is safe to share between threads (requests are serialised).
+ *
+ * Behaviour of every call that talks to kmsd (docs/CLIENT.md):
+ * - Thread safety: a client may be shared by any number of threads. It keeps
+ *   a pool of up to |connections| mutual-TLS connections, opened on demand;
+ *   each request borrows one for its round trip (kmsd answers one request per
+ *   connection at a time for us), so up to |connections| requests run in
+ *   parallel and further callers wait for a free connection (bounded by the
+ *   deadline).
+ * - Retries: a call that fails with TK_EUNAVAILABLE (no endpoint reachable,
+ *   connection lost, or kmsd answering UNAVAILABLE: HSM down, draining) is
+ *   retried up to |retries| times after a randomised exponential backoff, as
+ *   long as the deadline allows; each try starts at the endpoint that last
+ *   worked and fails over to the next ones. A pooled connection that kmsd
+ *   closed (e.g. after a restart) is replaced at once, without a backoff.
+ *   TK_ETIMEOUT (kmsd accepted the request but did not answer in time) is not
+ *   retried: the request may have run. Other errors are final.
  */
 TK_EXPORT int tk_client_new_from_file(tk_client **out_client, const char *path,
                                       char *err, size_t err_len);
@@ -102,6 +125,8 @@ typedef struct tk_context tk_context;
 
 /* tk_context_new returns an empty context, or NULL on allocation failure. */
 TK_EXPORT tk_context *tk_context_new(void);
+
+/* tk_context_free frees |ctx| and the strings it copied. NULL is a no-op. */
 TK_EXPORT void tk_context_free(tk_context *ctx);
 
 /* tk_context_add adds one entry; TK_EINVAL if the key is invalid or present. */
@@ -158,6 +183,310 @@ TK_EXPORT uint32_t tk_data_key_kek_version(const tk_data_key *key);
 
 /* tk_data_key_free wipes and frees |key|. NULL is a no-op. */
 TK_EXPORT void tk_data_key_free(tk_data_key *key);
+
+/* ---- Envelopes: one-shot ------------------------------------------------ */
+
+/*
+ * An envelope (docs/ENVELOPE.md) is self-describing: a header carrying the
+ * format version, tenant, KEK version, wrapped data key and encryption
+ * context, followed by the data encrypted with Cobblestone-256 under that
+ * data key, with the header bytes as its context (so neither part can be
+ * swapped). Opening needs only the envelope and a client: kmsd unwraps the
+ * data key for the tenant and context named in the header.
+ *
+ * Errors when opening: anything wrong with the envelope - a malformed or
+ * altered header, a wrapped key kmsd refuses (other tenant or context,
+ * altered bytes, unknown tenant), an altered, truncated, extended or
+ * reordered body - is TK_EDECRYPT, one opaque code. Errors about the caller
+ * or the service are passed through: TK_EPERM (kmsd refuses this principal
+ * the tenant in the header), TK_EPRECONDITION (that KEK version is disabled
+ * or destroyed), TK_EUNAVAILABLE, TK_ETIMEOUT, TK_ETLS, TK_ENOMEM, TK_EINVAL
+ * (misuse, e.g. an output buffer too small).
+ */
+
+/* The largest envelope header: a 64-byte tenant, a 256-byte wrapped key and
+ * 16 context entries of 64-byte keys and 256-byte values. */
+#define TK_ENVELOPE_HEADER_MAX 5502
+
+/*
+ * tk_seal_max_len returns an upper bound on the envelope length for a
+ * |pt_len|-byte plaintext (at most TK_ENVELOPE_HEADER_MAX + 56 + pt_len +
+ * 16 * (pt_len / 16384 + 1)), or 0 if |pt_len| is too large to seal.
+ */
+TK_EXPORT size_t tk_seal_max_len(size_t pt_len);
+
+/*
+ * tk_seal asks kmsd for a fresh data key for |tenant_id| bound to |ctx|
+ * (NULL: empty context), encrypts |pt| under it and writes the envelope to
+ * |out| (capacity |out_cap|: tk_seal_max_len(pt_len) always suffices) and
+ * its length to |*out_len|. The data key is wiped before returning. |out|
+ * must not overlap |pt|. Returns TK_OK, TK_EINVAL (bad tenant or context,
+ * |out_cap| too small), or an error from kmsd (TK_EPERM, TK_ENOTFOUND for an
+ * unknown tenant, TK_EUNAVAILABLE, ...). On failure |*out_len| is 0 and
+ * |out| holds nothing useful.
+ */
+TK_EXPORT int tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len,
+                      const char *tenant_id, const tk_context *ctx, const uint8_t *pt,
+                      size_t pt_len);
+
+/*
+ * tk_open authenticates and decrypts the envelope |env| (|env_len| bytes, the
+ * whole envelope and nothing else) into |out| (capacity |out_cap|; |env_len|
+ * bytes always suffice) and writes the plaintext length to |*out_len|.
+ * Nothing is written to |out| unless the header, the data key and every chunk
+ * of the body authenticate. On failure |*out_len| is 0 and all |out_cap|
+ * bytes of |out| are zeroed. Returns TK_OK, TK_EDECRYPT, or a passed-through
+ * error (see above). |out| must not overlap |env|.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_open(tk_client *client, uint8_t *out, size_t out_cap,
+                                     size_t *out_len, const uint8_t *env, size_t env_len);
+
+/*
+ * tk_envelope_plaintext_len sets |*out_len| to the plaintext length that the
+ * envelope |env| (|env_len| bytes, complete) claims from its header and
+ * length. Nothing is authenticated: use it only to size buffers. Returns
+ * TK_OK or TK_EDECRYPT (not a well-formed envelope).
+ */
+TK_EXPORT int tk_envelope_plaintext_len(uint64_t *out_len, const uint8_t *env,
+                                        size_t env_len);
+
+/*
+ * tk_open_range decrypts plaintext bytes [offset, offset + len) of the
+ * envelope |env| into |out| (|len| bytes), authenticating the header, the
+ * data key, the message length (the final chunk) and only the 16 KiB chunks
+ * that cover the range. Returns TK_OK, TK_EDECRYPT, TK_EINVAL (range outside
+ * the message) or a passed-through error; on failure |out| is zeroed.
+ * For many reads of one envelope use a tk_reader (one kmsd call in all).
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_open_range(tk_client *client, uint8_t *out,
+                                           const uint8_t *env, size_t env_len,
+                                           uint64_t offset, size_t len);
+
+/* ---- Envelopes: streaming ----------------------------------------------- */
+
+/*
+ * tk_stream seals or opens one envelope in pieces of any size, in constant
+ * memory (about 25 KiB), e.g. hours of audio. Not thread-safe: one stream per
+ * thread (the client it uses may be shared). Errors are sticky: after one,
+ * every later call returns the same error.
+ *
+ * WARNING (opening): tk_stream_update releases the plaintext of each 16 KiB
+ * chunk once that chunk has been authenticated, but whether the stream is
+ * complete is known only at the end: truncation after a chunk boundary,
+ * missing final chunk, or data appended to the envelope are reported by
+ * tk_stream_final (or a later update). Until tk_stream_final returns TK_OK
+ * treat what was released as provisional: e.g. write it to a temporary file
+ * and rename it only after TK_OK (tools/tk.c does that).
+ */
+typedef struct tk_stream tk_stream;
+
+/* The largest output of one tk_stream_final call (pending header included). */
+#define TK_STREAM_FINAL_MAX (TK_ENVELOPE_HEADER_MAX + 56 + 16399)
+
+/*
+ * tk_stream_update_max returns an output capacity that is always enough for
+ * tk_stream_update with |in_len| input bytes, in either direction (at most
+ * TK_ENVELOPE_HEADER_MAX + 56 + 16400 * ceil(in_len / 16384) + 16384);
+ * SIZE_MAX if that overflows.
+ */
+TK_EXPORT size_t tk_stream_update_max(size_t in_len);
+
+/*
+ * tk_stream_seal_new asks kmsd for a data key for |tenant_id| and |ctx|
+ * (NULL: empty) and returns a sealing stream in |*out_st|. The envelope
+ * header is emitted by the first tk_stream_update or tk_stream_final.
+ * Returns TK_OK, TK_EINVAL, or an error from kmsd.
+ */
+TK_EXPORT int tk_stream_seal_new(tk_client *client, tk_stream **out_st, const char *tenant_id,
+                                 const tk_context *ctx);
+
+/*
+ * tk_stream_open_new returns an opening stream in |*out_st|. |client| must
+ * outlive the stream: once the whole header has arrived, tk_stream_update
+ * asks kmsd for the data key (so that call can block for up to the client's
+ * deadline and return kmsd's errors).
+ */
+TK_EXPORT int tk_stream_open_new(tk_client *client, tk_stream **out_st);
+
+/*
+ * tk_stream_update consumes all |in_len| bytes of |in| and writes what it can
+ * to |out| (capacity |out_cap|, at least tk_stream_update_max(in_len), else
+ * TK_EINVAL and nothing is consumed), its length to |*out_len| (possibly 0).
+ * Sealing: envelope bytes. Opening: authenticated plaintext, whole chunks.
+ * Returns TK_OK, TK_EDECRYPT (opening: the envelope is not authentic; the
+ * bytes this call wrote are wiped), or a kmsd error while opening.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_stream_update(tk_stream *st, uint8_t *out, size_t out_cap,
+                                              size_t *out_len, const uint8_t *in,
+                                              size_t in_len);
+
+/*
+ * tk_stream_final ends the stream and writes the last bytes to |out|
+ * (capacity at least TK_STREAM_FINAL_MAX) and their count to |*out_len|.
+ * Sealing: the final chunk (and the header if no update came). Opening: the
+ * plaintext of the final chunk; only TK_OK here means the envelope was
+ * complete and authentic. Returns TK_OK, TK_ETRUNCATED (opening: the input
+ * ended early: inside the header, on a chunk boundary, or inside a tag),
+ * TK_EDECRYPT, TK_EINVAL.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_stream_final(tk_stream *st, uint8_t *out, size_t out_cap,
+                                             size_t *out_len);
+
+/* tk_stream_free wipes (keys, buffered plaintext) and frees |st|. NULL is a no-op. */
+TK_EXPORT void tk_stream_free(tk_stream *st);
+
+/* ---- Envelopes: random access -------------------------------------------- */
+
+/*
+ * tk_read_fn reads exactly |len| bytes at envelope offset |offset| into
+ * |buf| (pread-style). Returns 0, or a negative TK_E* code that is passed to
+ * the caller; any other nonzero value (or a short read) becomes TK_EIO.
+ */
+typedef int (*tk_read_fn)(void *arg, uint64_t offset, uint8_t *buf, size_t len);
+
+/*
+ * tk_reader gives authenticated random access to a stored envelope without
+ * reading or decrypting the rest of it. Not thread-safe (one per thread).
+ */
+typedef struct tk_reader tk_reader;
+
+/*
+ * tk_reader_open reads and parses the header of the |env_len|-byte envelope
+ * behind |read_fn|, asks kmsd for the data key, checks the body's key
+ * commitment and authenticates the message length (it decrypts the final
+ * chunk), then returns the reader in |*out_rd|. |read_fn| and |arg| must
+ * stay valid until tk_reader_free; the client is not used after this call.
+ * Returns TK_OK, TK_EDECRYPT, a read_fn error, or a passed-through error.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_reader_open(tk_client *client, tk_reader **out_rd,
+                                            tk_read_fn read_fn, void *arg,
+                                            uint64_t env_len);
+
+/*
+ * tk_reader_open_fd is tk_reader_open over the file descriptor |fd| (read
+ * with pread; the length is its size from fstat). |fd| stays the caller's and
+ * must stay open until tk_reader_free.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_reader_open_fd(tk_client *client, tk_reader **out_rd, int fd);
+
+/* tk_reader_plaintext_len returns the (authenticated) plaintext length. */
+TK_EXPORT uint64_t tk_reader_plaintext_len(const tk_reader *rd);
+
+/*
+ * tk_reader_read decrypts plaintext bytes [offset, offset + len) into |out|,
+ * reading and authenticating only the chunks that cover them. Returns TK_OK,
+ * TK_EINVAL (range outside the message), TK_EDECRYPT, or a read_fn error; on
+ * failure |out| is zeroed.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_reader_read(tk_reader *rd, uint8_t *out, uint64_t offset,
+                                            size_t len);
+
+/* tk_reader_free wipes the derived key and frees |rd|. NULL is a no-op. */
+TK_EXPORT void tk_reader_free(tk_reader *rd);
+
+/* ==== Key lifecycle (issue 5; docs/LIFECYCLE.md) ================================ */
+/*
+ * Officer operations need an identity the policy grants them to; the "who" of
+ * every change is the client certificate's identity. Disabling a whole tenant
+ * and scheduling any destruction take effect only after other officers
+ * approve (dual control): such calls return TK_OK with a request id, and the
+ * change happens on the last tk_request_approve. A call against a key in the
+ * wrong state fails with TK_EPRECONDITION; tk_client_last_message names the
+ * state. kmsctl (tools/kmsctl_keys.c) lists tenants, keys, requests and
+ * receipts.
+ */
+
+/* Largest wrapped data key kmsd produces (today 65 bytes). */
+#define TK_WRAPPED_KEY_MAX 256
+
+/*
+ * tk_key_rotate makes a new KEK version of |tenant_id| inside the HSM (the
+ * previous one turns decrypt-only) and writes it to |*out_kek_version|.
+ */
+TK_EXPORT int tk_key_rotate(tk_client *client, uint32_t *out_kek_version, const char *tenant_id);
+
+/*
+ * tk_key_disable suspends KEK version |version| of |tenant_id| at once, or,
+ * with |version| 0, opens a request to disable the whole tenant: then
+ * |*out_request_id| is its id (0 when the change already took effect).
+ */
+TK_EXPORT int tk_key_disable(tk_client *client, uint64_t *out_request_id, const char *tenant_id,
+                             uint32_t version);
+
+/* tk_key_enable brings a disabled version (or, |version| 0, tenant) back into service. */
+TK_EXPORT int tk_key_enable(tk_client *client, const char *tenant_id, uint32_t version);
+
+/* Waiting period for tk_key_schedule_destruction: kmsd's default, or none (test knob). */
+#define TK_WAIT_DEFAULT 0u
+#define TK_WAIT_NONE UINT32_MAX
+
+/*
+ * tk_key_schedule_destruction opens a request to crypto-shred KEK version
+ * |version| of |tenant_id| (0: the whole tenant) |waiting_days| after it is
+ * approved (TK_WAIT_DEFAULT, 7-30, or TK_WAIT_NONE where kmsd allows short
+ * waiting periods). Writes the request's id to |*out_request_id|.
+ * WARNING: once approved and due, destruction cannot be undone: every blob
+ * under the destroyed keys is unreadable forever.
+ */
+TK_EXPORT int tk_key_schedule_destruction(tk_client *client, uint64_t *out_request_id,
+                                          const char *tenant_id, uint32_t version,
+                                          uint32_t waiting_days);
+
+/*
+ * tk_key_cancel_destruction cancels a pending destruction request and, during
+ * the waiting period, restores the key to the state it had before.
+ */
+TK_EXPORT int tk_key_cancel_destruction(tk_client *client, const char *tenant_id,
+                                        uint32_t version);
+
+/*
+ * tk_request_approve approves request |request_id| as this client's officer.
+ * |*out_executed| is 1 if this approval made the change take effect. The
+ * requester cannot approve their own request; an expired one cannot be
+ * approved (TK_EPRECONDITION).
+ */
+TK_EXPORT int tk_request_approve(tk_client *client, int *out_executed, uint64_t request_id);
+
+/* tk_tenant_set_rotation_period sets automatic rotation every |days| days (0: kmsd's default). */
+TK_EXPORT int tk_tenant_set_rotation_period(tk_client *client, const char *tenant_id,
+                                            uint32_t days);
+
+/*
+ * tk_data_key_rewrap moves a wrapped data key of |tenant_id| to KEK version
+ * |target_version| (0: the newest) without the plaintext key leaving kmsd (a
+ * storage service needs no plaintext grant). The new wrapped key goes to
+ * |out_wrapped| (capacity TK_WRAPPED_KEY_MAX), its length to
+ * |*out_wrapped_len|, its KEK version to |*out_kek_version|. A key already
+ * under the target comes back unchanged. Any authentication failure is
+ * TK_EDECRYPT, with no reason.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_data_key_rewrap(tk_client *client, uint8_t *out_wrapped,
+                                                size_t *out_wrapped_len,
+                                                uint32_t *out_kek_version,
+                                                const char *tenant_id, const tk_context *ctx,
+                                                const uint8_t *wrapped, size_t wrapped_len,
+                                                uint32_t target_version);
+
+/* One data key of a tk_data_key_rewrap_batch: inputs, then per-item results. */
+typedef struct tk_rewrap_item {
+  const tk_context *ctx;   /* in: its encryption context (NULL: empty) */
+  const uint8_t *wrapped;  /* in */
+  size_t wrapped_len;      /* in */
+  int status;              /* out: TK_OK or this item's error */
+  uint32_t kek_version;    /* out */
+  uint8_t out_wrapped[TK_WRAPPED_KEY_MAX]; /* out */
+  size_t out_wrapped_len;  /* out */
+} tk_rewrap_item;
+
+/*
+ * tk_data_key_rewrap_batch is tk_data_key_rewrap for up to 1024 keys of one
+ * tenant in one round trip. Returns TK_OK if kmsd answered; then each item's
+ * |status| says whether that key moved (outputs filled only then).
+ */
+TK_EXPORT int tk_data_key_rewrap_batch(tk_client *client, tk_rewrap_item *items, size_t n_items,
+                                       const char *tenant_id, uint32_t target_version);
+
+/* ==== End of key lifecycle ========================================================= */
 
 #ifdef __cplusplus
 }

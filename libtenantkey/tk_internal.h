@@ -20,4 +20,12 @@ void tk_client_response_free(Tkms__Response *resp);
 /* tk_context_entries exposes a context's entries for packing (NULL ctx: none). */
 size_t tk_context_entries(const tk_context *ctx, Tkms__ContextEntry ***out_entries);
 
+/*
+ * tk_data_key_decrypt_entries is tk_data_key_decrypt with the context given
+ * as entries (the envelope header's), not as a tk_context.
+ */
+int tk_data_key_decrypt_entries(tk_client *client, tk_data_key **out_key, const char *tenant_id,
+                                Tkms__ContextEntry **entries, size_t n_entries,
+                                const uint8_t *wrapped, size_t wrapped_len);
+
 #endif

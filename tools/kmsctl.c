@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kmsctl_audit.h"
+#include "kmsctl_keys.h"
 #include "tenantkey.h"
 
 static void
@@ -15,6 +17,10 @@ usage(FILE *f)
           "commands:\n"
           "  tenant create TENANT   create a tenant and its first KEK (officer)\n"
           "  health                 ask kmsd whether it serves\n"
+          "  audit verify FILE... --key VKEY   verify audit logs offline (kmsctl audit help)\n"
+          "officer commands (kmsctl tenant|key|request|receipt|approve --help):\n");
+  kmsctl_keys_usage(f);
+  fprintf(f,
           "\n"
           "FILE is a client configuration (endpoint, ca, cert, key), such as the\n"
           "DIR/clients/officer.conf that scripts/run writes. Default: $TKMS_CONFIG.\n");
@@ -57,6 +63,14 @@ main(int argc, char **argv)
   }
   argc -= optind;
   argv += optind;
+  /* Auditors verify offline: no configuration, no kmsd (tools/kmsctl_audit.c). */
+  if (argc >= 1 && strcmp(argv[0], "audit") == 0) {
+    return kmsctl_audit(argc - 1, argv + 1);
+  }
+  /* Officer commands: tenants, keys, dual control (tools/kmsctl_keys.c). */
+  if (argc >= 1 && kmsctl_keys_handles(argv[0])) {
+    return kmsctl_keys(config, argc, argv);
+  }
   if (argc < 1 || config == NULL) {
     usage(stderr);
     return 2;

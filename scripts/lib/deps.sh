@@ -4,7 +4,7 @@
 TKMS_DEBIAN_PACKAGES=(
   meson ninja-build pkg-config gcc libc6-dev libssl-dev openssl libp11-dev
   softhsm2 libsofthsm2-dev opensc libevent-dev protobuf-c-compiler
-  libprotobuf-c-dev libjansson-dev check libsqlite3-dev zlib1g-dev sqlite3
+  libprotobuf-c-dev libjansson-dev check libsqlite3-dev zlib1g-dev sqlite3 clang libclang-rt-14-dev
 )
 
 # tkms_install_deps: install only the packages from TKMS_DEBIAN_PACKAGES that are missing.

@@ -7,6 +7,9 @@
 #   pki/ca.{crt,key}              dev CA (EC P-256, 10 years)
 #   pki/server.{crt,key}          kmsd server cert (CN kmsd, SAN DNS:localhost,IP:127.0.0.1)
 #   pki/clients/<p>.{crt,key}     client certs, URI SAN spiffe://tenantkms.dev/<p>
+#   pki/clients/integration-<t>.{crt,key}  tenant-bound client certs, URI SAN
+#                                 spiffe://tenantkms.dev/tenant/<t>/integration (t: acme, globex)
+#   pki/crl.pem                   CRL of the dev CA (empty unless a test revoked something)
 #   hsm/softhsm2.conf, hsm/tokens/, hsm/pin, hsm/so-pin, and a token labelled "tenantkms"
 #   kmsd.conf, clients/<p>.conf   (rewritten each run, so a new PORT takes effect)
 #   env                           "export SOFTHSM2_CONF=..." (source it)
@@ -16,12 +19,18 @@
 # verify against the CA (e.g. expired), or does not match its key.
 # Prints one line to stderr per thing it creates or changes, nothing else on success.
 #
+# kmsd.conf points `policy` at the repository's policies/ directory (the example policies).
+#
 # Environment: PKCS11_MODULE (default /usr/lib/softhsm/libsofthsm2.so) for kmsd.conf;
 # KMSD_EXTRA_CONF, if set, is appended verbatim to kmsd.conf.
 #
 # The file can also be sourced (by tests/integration/mkfixtures.sh) for its tkms_* functions.
 
 TKMS_PRINCIPALS=(recording storage ai officer auditor)
+# Tenant-bound principals, NAME=SAN-PATH: policies/integration.json grants each its own tenant.
+TKMS_BOUND_PRINCIPALS=(integration-acme=tenant/acme/integration
+  integration-globex=tenant/globex/integration)
+TKMS_REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)
 TKMS_SPIFFE_DOMAIN=tenantkms.dev
 TKMS_TOKEN_LABEL=tenantkms
 
@@ -212,6 +221,74 @@ tkms_setup_pki() {
     tkms_ensure_leaf "$pki/clients/$p.crt" "$pki/clients/$p.key" "$p" \
       "$TKMS_TMP/client.ext" "$pki/ca.crt" "$pki/ca.key"
   done
+  for p in "${TKMS_BOUND_PRINCIPALS[@]}"; do
+    tkms_client_ext "$TKMS_TMP/client.ext" "${p#*=}"
+    tkms_ensure_leaf "$pki/clients/${p%%=*}.crt" "$pki/clients/${p%%=*}.key" "${p%%=*}" \
+      "$TKMS_TMP/client.ext" "$pki/ca.crt" "$pki/ca.key"
+  done
+  tkms_ensure_crl "$pki/crl.pem" "$pki/ca.crt" "$pki/ca.key"
+}
+
+# tkms_crl_ok CRL CACRT [CERT...]: CRL is signed by the CA, at least 30 days from its next
+# update, and revokes exactly the given certificates.
+tkms_crl_ok() {
+  local crl=$1 ca=$2 next c out
+  shift 2
+  [[ -s "$crl" ]] || return 1
+  openssl crl -in "$crl" -CAfile "$ca" -noout 2>&1 | grep -q 'verify OK' || return 1
+  next=$(openssl crl -in "$crl" -noout -nextupdate 2>/dev/null) || return 1
+  next=$(date -d "${next#nextUpdate=}" +%s 2>/dev/null) || return 1
+  ((next > $(date +%s) + 30 * 86400)) || return 1
+  [[ "$(openssl crl -in "$crl" -noout -text | grep -c 'Serial Number:')" == "$#" ]] || return 1
+  for c in "$@"; do
+    # (verify fails on a revoked cert: no pipe, or pipefail would hide the match)
+    out=$(openssl verify -crl_check -CAfile "$ca" -CRLfile "$crl" "$c" 2>&1) && return 1
+    [[ "$out" == *"certificate revoked"* ]] || return 1
+  done
+}
+
+# tkms_gen_crl CRL CACRT CAKEY [CERT...]: a CRL signed by the CA that revokes the given
+# certificates, valid 365 days (`openssl ca -gencrl` with a throwaway database).
+tkms_gen_crl() {
+  local crl=$1 cacrt=$2 cakey=$3 c
+  shift 3
+  local cadir="$TKMS_TMP/crl-$RANDOM$RANDOM"
+  mkdir -p -- "$cadir"
+  : >"$cadir/index.txt"
+  # CRL numbers must grow: the time does.
+  printf '%016X\n' "$(date +%s)" >"$cadir/crlnumber"
+  cat >"$cadir/ca.cnf" <<EOF
+[ca]
+default_ca = dev
+[dev]
+dir = $cadir
+database = \$dir/index.txt
+crlnumber = \$dir/crlnumber
+default_md = sha256
+default_crl_days = 365
+unique_subject = no
+[crl_ext]
+authorityKeyIdentifier = keyid:always
+EOF
+  for c in "$@"; do
+    openssl ca -batch -config "$cadir/ca.cnf" -cert "$cacrt" -keyfile "$cakey" -revoke "$c" \
+      >/dev/null 2>"$cadir/err" || { cat -- "$cadir/err" >&2; tkms_die "cannot revoke $c"; }
+  done
+  openssl ca -batch -config "$cadir/ca.cnf" -cert "$cacrt" -keyfile "$cakey" -gencrl \
+    -crlexts crl_ext -out "$crl.tmp" >/dev/null 2>"$cadir/err" ||
+    { cat -- "$cadir/err" >&2; tkms_die "cannot create CRL $crl"; }
+  chmod 0644 "$crl.tmp"
+  mv -f -- "$crl.tmp" "$crl"
+}
+
+# tkms_ensure_crl CRL CACRT CAKEY [CERT...]: keep CRL if tkms_crl_ok, else make it anew.
+tkms_ensure_crl() {
+  local crl=$1 cacrt=$2 cakey=$3 why=created
+  shift 3
+  tkms_crl_ok "$crl" "$cacrt" "$@" && return 0
+  [[ -e "$crl" ]] && why=reissued
+  tkms_gen_crl "$crl" "$cacrt" "$cakey" "$@"
+  tkms_note "$why $crl"
 }
 
 tkms_setup_hsm() {
@@ -262,13 +339,13 @@ pkcs11_module = $module
 token_label = $TKMS_TOKEN_LABEL
 pin_file = $dir/hsm/pin
 keystore = sqlite:$dir/keystore.db
+audit_dir = $dir/audit
+node_name = dev-node
 workers = 2
 kek_cache_size = 4096
 max_frame = 65536
-officer = spiffe://$TKMS_SPIFFE_DOMAIN/officer
-service = spiffe://$TKMS_SPIFFE_DOMAIN/recording
-service = spiffe://$TKMS_SPIFFE_DOMAIN/storage
-service = spiffe://$TKMS_SPIFFE_DOMAIN/ai
+tls_crl = $dir/pki/crl.pem
+policy = $TKMS_REPO/policies
 "
   if [[ -n "${KMSD_EXTRA_CONF:-}" ]]; then
     content+="${KMSD_EXTRA_CONF%$'\n'}"$'\n'
@@ -276,7 +353,7 @@ service = spiffe://$TKMS_SPIFFE_DOMAIN/ai
   tkms_write_file "$dir/kmsd.conf" 0600 "$content"
 
   tkms_mkdir "$dir/clients"
-  for p in "${TKMS_PRINCIPALS[@]}"; do
+  for p in "${TKMS_PRINCIPALS[@]}" "${TKMS_BOUND_PRINCIPALS[@]%%=*}"; do
     tkms_write_client_conf "$dir" "$port" "$p" "$dir/pki/clients/$p.crt" "$dir/pki/clients/$p.key"
   done
 

@@ -24,6 +24,9 @@ int harness_stop_kmsd(void);
 /* harness_kmsd_alive: 1 if the kmsd process still runs. */
 int harness_kmsd_alive(void);
 
+/* harness_kmsd_pid returns the running kmsd's process id, or -1 (for kill -9, prlimit). */
+int harness_kmsd_pid(void);
+
 /*
  * harness_client_conf writes a client configuration for the current port
  * using DIR/pki/<certdir>/<name>.{crt,key} and returns its path (static).
@@ -45,5 +48,31 @@ uint8_t *harness_raw_read_frame(SSL *ssl, size_t *out_len);
 
 /* harness_file_contains: 1 if |needle| occurs in file |path|. */
 int harness_file_contains(const char *path, const uint8_t *needle, size_t needle_len);
+
+/* harness_append_conf appends |line| to DIR/kmsd.conf (a later key overrides an earlier one). */
+void harness_append_conf(const char *line);
+
+/*
+ * harness_write_file replaces DIR/|rel| with |content| (mode 0644) by rename,
+ * so kmsd never reads half a file; creates the parent directory if needed.
+ */
+void harness_write_file(const char *rel, const char *content);
+
+/* harness_copy_file replaces DIR/|to_rel| with a copy of DIR/|from_rel|, by rename. */
+void harness_copy_file(const char *from_rel, const char *to_rel);
+
+/*
+ * harness_sighup sends SIGHUP to kmsd and waits until it has logged the end
+ * of the reload (event=tls_reloaded or tls_reload_failed). Returns what kmsd
+ * logged meanwhile (malloc'd, the caller frees it).
+ */
+char *harness_sighup(void);
+
+/*
+ * harness_run_kmsd_once runs kmsd with DIR/|conf_rel| expecting it to exit
+ * (a start-up failure), puts its stderr in |out| and returns its exit status,
+ * or -1 if it was still running after 30 s (then it is killed).
+ */
+int harness_run_kmsd_once(const char *conf_rel, char *out, size_t out_len);
 
 #endif

@@ -8,7 +8,13 @@
 #   foreign.{crt,key}    client cert CN=recording, URI SAN spiffe://tenantkms.dev/recording, signed by other-ca
 #   expired.{crt,key}    same identity, signed by the dev CA, valid 2020-01-01..2020-01-02
 #   notyet.{crt,key}     same identity, signed by the dev CA, valid from 2099-01-01
-# and DIR/clients/{foreign,expired,notyet}.conf (same endpoint line as recording.conf).
+#   revoked.{crt,key}    same identity, signed by the dev CA, valid, listed in DIR/pki/crl.pem
+#   unlisted.{crt,key}   signed by the dev CA, URI SAN spiffe://tenantkms.dev/unlisted: a valid
+#                        identity that no policy rule names
+#   crl-none.pem         a fresh CRL of the dev CA revoking nothing
+#   crl-revoked.pem      the dev CA's CRL revoking revoked.crt (also installed as DIR/pki/crl.pem)
+#   crl-globex.pem       revoking revoked.crt and DIR/pki/clients/integration-globex.crt
+# and DIR/clients/{foreign,expired,notyet,revoked,unlisted}.conf (endpoint of recording.conf).
 set -euo pipefail
 
 # shellcheck disable=SC2034  # used by the tkms_* functions of devenv.sh
@@ -108,10 +114,28 @@ ensure_dated "$bad/expired.crt" "$bad/expired.key" "$TKMS_TMP/recording.ext" \
 ensure_dated "$bad/notyet.crt" "$bad/notyet.key" "$TKMS_TMP/recording.ext" \
   20990101000000Z 21000101000000Z "certificate is not yet valid"
 
+# Signed by the dev CA and valid, but revoked; and one whom no policy rule names.
+tkms_ensure_leaf "$bad/revoked.crt" "$bad/revoked.key" recording "$TKMS_TMP/recording.ext" \
+  "$pki/ca.crt" "$pki/ca.key"
+tkms_client_ext "$TKMS_TMP/unlisted.ext" unlisted
+tkms_ensure_leaf "$bad/unlisted.crt" "$bad/unlisted.key" unlisted "$TKMS_TMP/unlisted.ext" \
+  "$pki/ca.crt" "$pki/ca.key"
+
+# CRLs for the revocation tests; the one kmsd.conf names (tls_crl) revokes revoked.crt.
+tkms_ensure_crl "$bad/crl-none.pem" "$pki/ca.crt" "$pki/ca.key"
+tkms_ensure_crl "$bad/crl-revoked.pem" "$pki/ca.crt" "$pki/ca.key" "$bad/revoked.crt"
+tkms_ensure_crl "$bad/crl-globex.pem" "$pki/ca.crt" "$pki/ca.key" "$bad/revoked.crt" \
+  "$pki/clients/integration-globex.crt"
+if ! cmp -s -- "$bad/crl-revoked.pem" "$pki/crl.pem"; then
+  cp -- "$bad/crl-revoked.pem" "$pki/crl.pem.tmp"
+  mv -f -- "$pki/crl.pem.tmp" "$pki/crl.pem"
+  tkms_note "installed $bad/crl-revoked.pem as $pki/crl.pem"
+fi
+
 # Client configs: the endpoint line of recording.conf, the bad cert and key.
 endpoint=$(grep -m1 '^endpoint[[:space:]]*=' "$dir/clients/recording.conf") ||
   tkms_die "no endpoint line in $dir/clients/recording.conf"
-for name in foreign expired notyet; do
+for name in foreign expired notyet revoked unlisted; do
   tkms_write_file "$dir/clients/$name.conf" 0600 "$endpoint
 ca = $pki/ca.crt
 cert = $bad/$name.crt

@@ -20,6 +20,27 @@
 /* kmsd runs with a tiny per-version use budget so forced rotation is exercised. */
 #define TEST_KEK_MAX_USES 24
 
+/*
+ * The policy of these tests (docs/POLICY.md): recording and storage may use
+ * data keys with or without plaintext and decrypt, with no context conditions;
+ * the officer creates tenants; these four may ask for Health. Everything else
+ * is denied.
+ */
+#define SVC_RULE(id, who)                                                                     \
+  "{\"id\": \"" id "\", \"effect\": \"allow\", "                                            \
+  "\"principal\": \"spiffe://tenantkms.dev/" who "\", "                                      \
+  "\"operations\": [\"GenerateDataKey\", \"GenerateDataKeyWithoutPlaintext\", \"Decrypt\", " \
+  "\"Health\"], \"tenants\": \"all\"}"
+#define KMSD_TEST_POLICY                                                                     \
+  "{\"version\": 1, \"rules\": [" SVC_RULE("recording", "recording") ", "                    \
+  SVC_RULE("storage", "storage") ", "                                                       \
+  "{\"id\": \"officer\", \"effect\": \"allow\", "                                             \
+  "\"principal\": \"spiffe://tenantkms.dev/officer\", "                                      \
+  "\"operations\": [\"CreateTenant\", \"Health\"], \"tenants\": \"all\"}, "                   \
+  "{\"id\": \"auditor\", \"effect\": \"allow\", "                                             \
+  "\"principal\": \"spiffe://tenantkms.dev/auditor\", \"operations\": [\"Health\"], "          \
+  "\"tenants\": \"all\"}]}\n"
+
 static tk_client *officer, *recording, *storage;
 
 static void
@@ -202,7 +223,8 @@ START_TEST(test_create_tenant_twice_is_already_exists)
 }
 END_TEST
 
-START_TEST(test_interim_authorisation)
+/* kmsd runs with KMSD_TEST_POLICY; tests/integration/test_policy.c covers the examples. */
+START_TEST(test_policy_denies_what_no_rule_allows)
 {
   uint32_t v = 0;
   tk_data_key *k = NULL;
@@ -624,7 +646,7 @@ kmsd_suite(void)
   tcase_add_test(t, test_every_flipped_bit_region_is_refused);
   tcase_add_test(t, test_unknown_tenant_is_not_found);
   tcase_add_test(t, test_create_tenant_twice_is_already_exists);
-  tcase_add_test(t, test_interim_authorisation);
+  tcase_add_test(t, test_policy_denies_what_no_rule_allows);
   tcase_add_test(t, test_use_limit_forces_rotation_and_old_blobs_still_decrypt);
   suite_add_tcase(s, t);
 
@@ -661,6 +683,10 @@ main(void)
   char extra[128];
   snprintf(extra, sizeof(extra), "kek_max_uses = %d\nlog_level = debug", TEST_KEK_MAX_USES);
   harness_setup(extra);
+  harness_write_file("it-policy/kmsd-tests.json", KMSD_TEST_POLICY);
+  char line[600];
+  snprintf(line, sizeof(line), "policy = %s/it-policy", harness_dir());
+  harness_append_conf(line);
   harness_start_kmsd();
   officer = harness_client("officer");
   recording = harness_client("recording");

@@ -14,6 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "hsm.h"
 #include "kms_err.h"
 
@@ -703,6 +706,93 @@ START_TEST(test_concurrent_sessions_share_loaded_keks) {
 }
 END_TEST
 
+/* ---- Audit signing key and HMAC key (issue 6) ------------------------------ */
+
+/* verify_sw checks an HSM signature with OpenSSL alone: what an offline auditor does. */
+static int verify_sw(const struct hsm_signing_key *k, const uint8_t *msg, size_t len,
+                     const uint8_t *sig, size_t sig_len) {
+  EVP_PKEY *pk = NULL;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  const uint8_t *p = k->pub;
+  int ok;
+
+  if (k->type == HSM_SIG_ED25519) {
+    pk = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, k->pub, k->pub_len);
+  } else {
+    pk = d2i_PUBKEY(NULL, &p, (long)k->pub_len);
+  }
+  ck_assert_ptr_nonnull(pk);
+  ck_assert_int_eq(
+      EVP_DigestVerifyInit(ctx, NULL, k->type == HSM_SIG_ED25519 ? NULL : EVP_sha256(), NULL, pk),
+      1);
+  ok = EVP_DigestVerify(ctx, sig, sig_len, msg, len) == 1;
+  EVP_MD_CTX_free(ctx);
+  EVP_PKEY_free(pk);
+  return ok;
+}
+
+static void signing_key_round_trip(const char *id, int prefer, int want_type) {
+  struct hsm_signing_key k, again;
+  const uint8_t msg[] = "tenantkms/node-1/audit\n42\nAAAA\n";
+  uint8_t sig[HSM_SIG_MAX];
+  size_t sig_len = 0;
+  char err[256];
+
+  ck_assert_int_eq(hsm_signing_key_open(g_h, id, prefer, &k, err, sizeof(err)), KMS_OK);
+  ck_assert_int_eq(k.type, want_type);
+  ck_assert_uint_eq(k.pub_len, want_type == HSM_SIG_ED25519 ? 32 : 91);
+  ck_assert_int_eq(hsm_sign(g_s1, &k, msg, sizeof(msg) - 1, sig, &sig_len), KMS_OK);
+  ck_assert(verify_sw(&k, msg, sizeof(msg) - 1, sig, sig_len));
+  /* One changed byte of the message: the signature no longer holds. */
+  ck_assert(!verify_sw(&k, (const uint8_t *)"tenantkms/node-1/audit\n43\nAAAA\n",
+                       sizeof(msg) - 1, sig, sig_len));
+  /* Opening again finds the same key pair (token objects), whatever is preferred now. */
+  ck_assert_int_eq(hsm_signing_key_open(g_h, id, HSM_SIG_AUTO, &again, err, sizeof(err)), KMS_OK);
+  ck_assert_int_eq(again.type, k.type);
+  ck_assert_mem_eq(again.pub, k.pub, k.pub_len);
+  ck_assert_int_eq(hsm_sign(g_s2, &again, msg, sizeof(msg) - 1, sig, &sig_len), KMS_OK);
+  ck_assert(verify_sw(&k, msg, sizeof(msg) - 1, sig, sig_len));
+}
+
+START_TEST(test_audit_signing_key_is_ed25519_when_offered) {
+  signing_key_round_trip("tenantkms-audit-v1", HSM_SIG_AUTO, HSM_SIG_ED25519);
+}
+END_TEST
+
+START_TEST(test_audit_signing_key_ecdsa_p256_signs_in_der) {
+  signing_key_round_trip("test-audit-ecdsa", HSM_SIG_ECDSA_P256, HSM_SIG_ECDSA_P256);
+}
+END_TEST
+
+START_TEST(test_audit_signing_key_survives_reopen_of_the_hsm) {
+  struct hsm_signing_key a, b;
+  char err[256];
+
+  ck_assert_int_eq(hsm_signing_key_open(g_h, "test-audit-reopen", HSM_SIG_AUTO, &a, err,
+                                        sizeof(err)), KMS_OK);
+  fixture_close();
+  fixture_open();
+  ck_assert_int_eq(hsm_signing_key_open(g_h, "test-audit-reopen", HSM_SIG_AUTO, &b, err,
+                                        sizeof(err)), KMS_OK);
+  ck_assert_mem_eq(a.pub, b.pub, a.pub_len);
+}
+END_TEST
+
+START_TEST(test_hmac_derive_is_stable_and_label_bound) {
+  uint8_t a[32], b[32], c[32], d[32];
+  char err[256];
+
+  ck_assert_int_eq(hsm_hmac_derive(g_h, "test-hmac-v1", "label-1", a, err, sizeof(err)), KMS_OK);
+  ck_assert_int_eq(hsm_hmac_derive(g_h, "test-hmac-v1", "label-1", b, err, sizeof(err)), KMS_OK);
+  ck_assert_int_eq(hsm_hmac_derive(g_h, "test-hmac-v1", "label-2", c, err, sizeof(err)), KMS_OK);
+  ck_assert_int_eq(hsm_hmac_derive(g_h, "test-hmac-v2", "label-1", d, err, sizeof(err)), KMS_OK);
+  ck_assert_mem_eq(a, b, 32);
+  ck_assert_mem_ne(a, c, 32);
+  ck_assert_mem_ne(a, d, 32);
+  ck_assert(!all_zero(a, 32));
+}
+END_TEST
+
 static Suite *hsm_suite(void) {
   Suite *s = suite_create("hsm");
   TCase *life = tcase_create("lifecycle");
@@ -732,6 +822,10 @@ static Suite *hsm_suite(void) {
   tcase_add_test(ops, test_kek_loaded_in_one_session_outlives_it);
   tcase_add_test(ops, test_random_and_ping);
   tcase_add_test(ops, test_concurrent_sessions_share_loaded_keks);
+  tcase_add_test(ops, test_audit_signing_key_is_ed25519_when_offered);
+  tcase_add_test(ops, test_audit_signing_key_ecdsa_p256_signs_in_der);
+  tcase_add_test(ops, test_audit_signing_key_survives_reopen_of_the_hsm);
+  tcase_add_test(ops, test_hmac_derive_is_stable_and_label_bound);
   suite_add_tcase(s, life);
   suite_add_tcase(s, ops);
   return s;

@@ -1,4 +1,4 @@
-/* Check suite for kekcache: lookup, LRU eviction, pinning, removal, use accounting and thread safety. */
+/* Check suite for kekcache: lookup, LRU eviction, pinning, removal, use accounting, cached state, threads. */
 #include <check.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -314,6 +314,131 @@ START_TEST(test_uses_stay_with_the_entry_across_pins)
 }
 END_TEST
 
+/* ---- cached KEK state ---- */
+
+/* Inserts (tenant, version) and returns it pinned. */
+static kekcache_entry *
+put_pinned(kekcache *c, const char *tenant, uint32_t version, hsm_key key)
+{
+  hsm_key unload[2] = {0, 0};
+  size_t n = 0;
+  kekcache_entry *e = kekcache_put(c, tenant, version, key, unload, &n);
+  ck_assert_ptr_nonnull(e);
+  return e;
+}
+
+START_TEST(test_state_is_unknown_until_set)
+{
+  kekcache *c = kekcache_new(4);
+  int st = 0, tst = 0;
+  kekcache_entry *e = put_pinned(c, "acme", 1, 0x10);
+  ck_assert_int_eq(kekcache_state(c, e, 1000, 500, &st, &tst), 0);
+  ck_assert_ptr_null(kekcache_get_current(c, "acme", 1000, 500, &st, &tst));
+  kekcache_release(c, e);
+  kekcache_free(c);
+}
+END_TEST
+
+START_TEST(test_state_is_used_for_ttl_then_stale)
+{
+  kekcache *c = kekcache_new(4);
+  int st = 0, tst = 0;
+  kekcache_entry *e = put_pinned(c, "acme", 1, 0x10);
+  kekcache_set_state(c, e, 2, 1, 0, 1000, kekcache_epoch(c));
+  ck_assert_int_eq(kekcache_state(c, e, 1000, 500, &st, &tst), 1);
+  ck_assert_int_eq(st, 2);
+  ck_assert_int_eq(tst, 1);
+  ck_assert_int_eq(kekcache_state(c, e, 1499, 500, &st, &tst), 1);
+  ck_assert_int_eq(kekcache_state(c, e, 1500, 500, &st, &tst), 0);
+  /* A clock that went backwards is not trusted either. */
+  ck_assert_int_eq(kekcache_state(c, e, 999, 500, &st, &tst), 0);
+  kekcache_release(c, e);
+  kekcache_free(c);
+}
+END_TEST
+
+START_TEST(test_get_current_returns_the_newest_version_read)
+{
+  kekcache *c = kekcache_new(4);
+  int st = 0, tst = 0;
+  kekcache_entry *v1 = put_pinned(c, "acme", 1, 0x11);
+  kekcache_entry *v2 = put_pinned(c, "acme", 2, 0x12);
+  kekcache_entry *other = put_pinned(c, "beta", 1, 0x21);
+  kekcache_set_state(c, v1, 1, 1, 1, 1000, kekcache_epoch(c));
+  kekcache_set_state(c, other, 1, 1, 1, 1000, kekcache_epoch(c));
+  kekcache_entry *e = kekcache_get_current(c, "acme", 1000, 500, &st, &tst);
+  ck_assert_ptr_eq(e, v1);
+  kekcache_release(c, e);
+  /* Version 2 becomes the newest: version 1 is no longer current. */
+  kekcache_set_state(c, v2, 1, 1, 1, 1100, kekcache_epoch(c));
+  e = kekcache_get_current(c, "acme", 1100, 500, &st, &tst);
+  ck_assert_ptr_eq(e, v2);
+  kekcache_release(c, e);
+  /* A late answer naming version 1 does not take it back: versions only grow. */
+  kekcache_set_state(c, v1, 2, 1, 1, 1200, kekcache_epoch(c));
+  e = kekcache_get_current(c, "acme", 1200, 500, &st, &tst);
+  ck_assert_ptr_eq(e, v2);
+  kekcache_release(c, e);
+  ck_assert_int_eq(kekcache_state(c, v1, 1200, 500, &st, &tst), 1);
+  ck_assert_int_eq(st, 2);
+  /* Other tenants are not affected; a prefix is another tenant. */
+  e = kekcache_get_current(c, "beta", 1200, 500, &st, &tst);
+  ck_assert_ptr_eq(e, other);
+  kekcache_release(c, e);
+  ck_assert_ptr_null(kekcache_get_current(c, "acm", 1200, 500, &st, &tst));
+  kekcache_release(c, v1);
+  kekcache_release(c, v2);
+  kekcache_release(c, other);
+  kekcache_free(c);
+}
+END_TEST
+
+START_TEST(test_forget_state_makes_every_state_stale)
+{
+  kekcache *c = kekcache_new(4);
+  int st = 0, tst = 0;
+  kekcache_entry *e = put_pinned(c, "acme", 1, 0x10);
+  uint64_t before = kekcache_epoch(c);
+  kekcache_set_state(c, e, 1, 1, 1, 1000, before);
+  kekcache_forget_state(c);
+  ck_assert_int_eq(kekcache_state(c, e, 1000, 500, &st, &tst), 0);
+  ck_assert_ptr_null(kekcache_get_current(c, "acme", 1000, 500, &st, &tst));
+  /* A keystore read begun before the change is not cached after it. */
+  kekcache_set_state(c, e, 1, 1, 1, 1001, before);
+  ck_assert_int_eq(kekcache_state(c, e, 1001, 500, &st, &tst), 0);
+  kekcache_set_state(c, e, 1, 1, 1, 1002, kekcache_epoch(c));
+  ck_assert_int_eq(kekcache_state(c, e, 1002, 500, &st, &tst), 1);
+  /* The handle itself stays cached. */
+  kekcache_release(c, e);
+  ck_assert_int_eq(present(c, "acme", 1), 1);
+  kekcache_free(c);
+}
+END_TEST
+
+START_TEST(test_removed_and_evicted_entries_leave_the_tenant_index)
+{
+  kekcache *c = kekcache_new(1);
+  int st = 0, tst = 0;
+  hsm_key key = 0, unload[2] = {0, 0};
+  size_t n = 0;
+  kekcache_entry *e = put_pinned(c, "acme", 1, 0x10);
+  kekcache_set_state(c, e, 1, 1, 1, 1000, kekcache_epoch(c));
+  kekcache_release(c, e);
+  ck_assert_int_eq(kekcache_remove(c, "acme", 1, &key), 1);
+  ck_assert_ptr_null(kekcache_get_current(c, "acme", 1000, 500, &st, &tst));
+  e = put_pinned(c, "acme", 2, 0x20);
+  kekcache_set_state(c, e, 1, 1, 1, 1000, kekcache_epoch(c));
+  kekcache_release(c, e);
+  /* Capacity 1: inserting another tenant evicts acme's entry. */
+  e = kekcache_put(c, "beta", 1, 0x30, unload, &n);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_uint_eq(unload[0], 0x20);
+  kekcache_release(c, e);
+  ck_assert_ptr_null(kekcache_get_current(c, "acme", 1000, 500, &st, &tst));
+  kekcache_free(c);
+}
+END_TEST
+
 /* ---- concurrency ---- */
 
 #define THREADS 4
@@ -435,6 +560,11 @@ kekcache_suite(void)
   tcase_add_test(tc, test_release_null_is_noop);
   tcase_add_test(tc, test_take_use_spends_granted_uses);
   tcase_add_test(tc, test_uses_stay_with_the_entry_across_pins);
+  tcase_add_test(tc, test_state_is_unknown_until_set);
+  tcase_add_test(tc, test_state_is_used_for_ttl_then_stale);
+  tcase_add_test(tc, test_get_current_returns_the_newest_version_read);
+  tcase_add_test(tc, test_forget_state_makes_every_state_stale);
+  tcase_add_test(tc, test_removed_and_evicted_entries_leave_the_tenant_index);
   suite_add_tcase(s, tc);
 
   TCase *tt = tcase_create("threads");

@@ -17,6 +17,9 @@
 #include "keystore.h"
 #include "kms_err.h"
 
+/* Migrations applied to a new keystore: 1 tenants and KEKs, 2 key lifecycle. */
+#define SCHEMA_LATEST 2
+
 /* Each test gets a fresh directory; the fixture runs in the test's own process. */
 static char dir[PATH_MAX / 2];
 static char dbpath[PATH_MAX];
@@ -126,7 +129,7 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-START_TEST(open_creates_schema_v1_in_wal_mode) {
+START_TEST(open_creates_latest_schema_in_wal_mode) {
   keystore *ks = open_ok();
   struct ks_kek k = make_kek("acme", 1, 1);
   sqlite3 *db;
@@ -137,7 +140,7 @@ START_TEST(open_creates_schema_v1_in_wal_mode) {
 
   ck_assert_int_eq(stat(dbpath, &sb), 0);
   ck_assert_int_eq(keystore_schema_version(ks, &v), KMS_OK);
-  ck_assert_int_eq(v, 1);
+  ck_assert_int_eq(v, SCHEMA_LATEST);
   ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
   snprintf(wal, sizeof(wal), "%s-wal", dbpath);
   ck_assert_msg(stat(wal, &sb) == 0, "no -wal file after a write");
@@ -147,8 +150,8 @@ START_TEST(open_creates_schema_v1_in_wal_mode) {
   ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
   ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "wal");
   sqlite3_finalize(st);
-  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
-  ck_assert_int_eq(raw_int(db, "SELECT version FROM schema_version"), 1);
+  ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM schema_version"), SCHEMA_LATEST);
+  ck_assert_int_eq(raw_int(db, "SELECT max(version) FROM schema_version"), SCHEMA_LATEST);
   ck_assert_int_ge(raw_int(db, "SELECT applied_ms FROM schema_version"), 1600000000000LL);
   sqlite3_close(db);
   keystore_close(ks);
@@ -215,7 +218,7 @@ START_TEST(reopen_keeps_data) {
   keystore_close(ks);
   ks = open_ok();
   ck_assert_int_eq(keystore_schema_version(ks, &v), KMS_OK);
-  ck_assert_int_eq(v, 1);
+  ck_assert_int_eq(v, SCHEMA_LATEST);
   ck_assert_int_eq(keystore_kek_current(ks, "acme", &got), KMS_OK);
   assert_kek_eq(&got, &k);
   keystore_close(ks);
@@ -596,7 +599,7 @@ START_TEST(concurrent_first_opens_all_succeed_and_migrate_once) {
                     "an opener failed in round %d", round);
     }
     ck_assert_int_eq(sqlite3_open_v2(round_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
+    ck_assert_int_eq(raw_int(db, "SELECT count(*) FROM schema_version"), SCHEMA_LATEST);
     sqlite3_close(db);
   }
 }
@@ -802,6 +805,357 @@ START_TEST(schema_version_needs_arguments) {
 }
 END_TEST
 
+
+/* ---- Key lifecycle (schema 2) ------------------------------------------------------ */
+
+#define OFFICER_A "spiffe://tenantkms.dev/officer-a"
+#define OFFICER_B "spiffe://tenantkms.dev/officer-b"
+#define OFFICER_C "spiffe://tenantkms.dev/officer-c"
+
+/* A pending request for |action| on acme, made by officer A, requiring |m| officers. */
+static struct ks_request make_request(int action, uint32_t version, uint32_t m, int64_t window) {
+  struct ks_request q;
+
+  memset(&q, 0, sizeof(q));
+  q.action = action;
+  snprintf(q.tenant_id, sizeof(q.tenant_id), "acme");
+  q.version = version;
+  q.waiting_days = 7;
+  snprintf(q.requested_by, sizeof(q.requested_by), "%s", OFFICER_A);
+  q.requested_ms = now_ms();
+  q.expires_ms = q.requested_ms + window;
+  q.approvals_required = m;
+  return q;
+}
+
+static int event_count(keystore *ks, const char *tenant, const char *event, const char *by) {
+  struct ks_event *ev = NULL;
+  size_t n = 0, i;
+  int found = 0;
+
+  ck_assert_int_eq(keystore_event_list(ks, tenant, 1000, &ev, &n), KMS_OK);
+  for (i = 0; i < n; i++) {
+    found += strcmp(ev[i].event, event) == 0 && (by == NULL || strcmp(ev[i].by, by) == 0);
+  }
+  free(ev);
+  return found;
+}
+
+START_TEST(migration_2_upgrades_a_schema_1_keystore_in_place) {
+  /* A keystore written by the previous kmsd (schema 1 only) keeps its data. */
+  sqlite3 *db = NULL;
+  keystore *ks;
+  struct ks_tenant t;
+  struct ks_kek got;
+  int v = 0;
+
+  ck_assert_int_eq(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+                   SQLITE_OK);
+  raw_exec(db, "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,"
+               " applied_ms INTEGER NOT NULL);"
+               "CREATE TABLE tenants (tenant_id TEXT NOT NULL PRIMARY KEY, state INTEGER NOT NULL,"
+               " current_version INTEGER NOT NULL CHECK (current_version >= 1),"
+               " created_ms INTEGER NOT NULL) STRICT, WITHOUT ROWID;"
+               "CREATE TABLE kek_versions (tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id),"
+               " version INTEGER NOT NULL CHECK (version >= 1), state INTEGER NOT NULL,"
+               " wrap_mech INTEGER NOT NULL, root_version INTEGER NOT NULL,"
+               " key_token BLOB NOT NULL, created_ms INTEGER NOT NULL,"
+               " uses INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0),"
+               " state_changed_ms INTEGER NOT NULL, PRIMARY KEY (tenant_id, version))"
+               " STRICT, WITHOUT ROWID;"
+               "INSERT INTO schema_version VALUES (1, 1);"
+               "INSERT INTO tenants VALUES ('old', 1, 1, 1700000000000);"
+               "INSERT INTO kek_versions VALUES ('old', 1, 1, 8459, 1, x'0102030405060708', "
+               " 1700000000000, 5, 1700000000000);");
+  sqlite3_close(db);
+  ks = open_ok();
+  ck_assert_int_eq(keystore_schema_version(ks, &v), KMS_OK);
+  ck_assert_int_eq(v, SCHEMA_LATEST);
+  ck_assert_int_eq(keystore_tenant_get(ks, "old", &t), KMS_OK);
+  ck_assert_int_eq(t.state, KS_TENANT_ACTIVE);
+  ck_assert_int_eq(t.state_changed_ms, 1700000000000LL);
+  ck_assert_uint_eq(t.rotation_period_days, 0);
+  ck_assert_int_eq(keystore_kek_current(ks, "old", &got), KMS_OK);
+  ck_assert_uint_eq(got.uses, 5);
+  ck_assert_int_eq(got.tenant_state, KS_TENANT_ACTIVE);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(rotate_records_who_and_refuses_an_inactive_tenant) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), k3 = make_kek("acme", 3, 3);
+  struct ks_change c = {.tenant_id = "acme", .from_states = KS_STATE_BIT(KS_TENANT_ACTIVE),
+                        .to_state = KS_TENANT_DISABLED, .by = OFFICER_A, .event = "disabled"};
+  struct ks_version_info *vs = NULL;
+  size_t n = 0;
+  int st = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_rotate(ks, &k2, OFFICER_A, "why not"), KMS_OK);
+  ck_assert_int_eq(keystore_kek_list(ks, "acme", &vs, &n), KMS_OK);
+  ck_assert_uint_eq(n, 2);
+  ck_assert_int_eq(vs[0].state, KS_KEK_DECRYPT_ONLY);
+  ck_assert_str_eq(vs[0].state_changed_by, OFFICER_A);
+  ck_assert_int_eq(vs[1].state, KS_KEK_ACTIVE);
+  free(vs);
+  ck_assert_int_eq(event_count(ks, "acme", "rotated", OFFICER_A), 1);
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_OK);
+  ck_assert_int_eq(st, KS_TENANT_DISABLED);
+  ck_assert_int_eq(keystore_kek_rotate(ks, &k3, OFFICER_A, NULL), KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 3, &k3), KMS_ERR_NOT_FOUND);
+  /* The use-limit path rotates on kmsd's own authority, whatever the tenant's state. */
+  k3 = make_kek("acme", 3, 3);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k3), KMS_OK);
+  ck_assert_int_eq(event_count(ks, "acme", "rotated", "kmsd"), 1);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(change_state_checks_the_from_states_and_says_the_state) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), got;
+  struct ks_change c = {.tenant_id = "acme", .version = 1,
+                        .from_states = KS_STATE_BIT(KS_KEK_DISABLED), .to_state = KS_KEK_ACTIVE,
+                        .by = OFFICER_A, .event = "enabled"};
+  int st = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(st, KS_KEK_ACTIVE);
+  /* Disable v1, rotate, enable v1: it comes back decrypt-only, not active. */
+  c.from_states = KS_STATE_BIT(KS_KEK_ACTIVE);
+  c.to_state = KS_KEK_DISABLED;
+  c.event = "disabled";
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_OK);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_OK);
+  c.from_states = KS_STATE_BIT(KS_KEK_DISABLED);
+  c.to_state = KS_KEK_ACTIVE;
+  c.event = "enabled";
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_OK);
+  ck_assert_int_eq(st, KS_KEK_DECRYPT_ONLY);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_DECRYPT_ONLY);
+  /* Unknown targets; destruction never through this door. */
+  c.version = 9;
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_ERR_NOT_FOUND);
+  c.version = 1;
+  c.to_state = KS_KEK_DESTROYED;
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_ERR_INVALID_ARGUMENT);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(dual_control_needs_distinct_officers_within_the_window) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1);
+  struct ks_request q = make_request(KS_ACTION_DISABLE_TENANT, 0, 3, 60000), dup, got;
+  struct ks_tenant t;
+  int executed = 1, why = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_request_create(ks, &q), KMS_OK);
+  ck_assert_uint_gt(q.id, 0);
+  dup = make_request(KS_ACTION_DISABLE_TENANT, 0, 3, 60000);
+  ck_assert_int_eq(keystore_request_create(ks, &dup), KMS_ERR_ALREADY_EXISTS);
+  ck_assert_uint_eq(dup.id, q.id);
+  /* The requester cannot approve; nor can anyone twice. */
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_A, now_ms(), &got, &executed, &why),
+                   KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(why, KS_APPROVE_SELF);
+  ck_assert_int_eq(executed, 0);
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_B, now_ms(), &got, &executed, &why),
+                   KMS_OK);
+  ck_assert_int_eq(executed, 0); /* 2 of 3 */
+  ck_assert_uint_eq(got.n_approved, 2);
+  ck_assert_str_eq(got.approved_by[0], OFFICER_A);
+  ck_assert_str_eq(got.approved_by[1], OFFICER_B);
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_B, now_ms(), &got, &executed, &why),
+                   KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(why, KS_APPROVE_TWICE);
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_int_eq(t.state, KS_TENANT_ACTIVE);
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_C, now_ms(), &got, &executed, &why),
+                   KMS_OK);
+  ck_assert_int_eq(executed, 1);
+  ck_assert_int_eq(got.state, KS_REQUEST_EXECUTED);
+  ck_assert_int_eq(keystore_tenant_get(ks, "acme", &t), KMS_OK);
+  ck_assert_int_eq(t.state, KS_TENANT_DISABLED);
+  ck_assert_str_eq(t.state_changed_by, OFFICER_C);
+  /* Closed requests take no more approvals. */
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, "spiffe://x/d", now_ms(), &got, &executed,
+                                            &why),
+                   KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(why, KS_APPROVE_CLOSED);
+  ck_assert_int_eq(keystore_request_approve(ks, 12345, OFFICER_B, now_ms(), &got, &executed, &why),
+                   KMS_ERR_NOT_FOUND);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(expired_request_cannot_be_approved_and_stays_expired) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1);
+  struct ks_request q = make_request(KS_ACTION_DESTROY_VERSION, 1, 2, 1000), got;
+  struct ks_request *list = NULL;
+  size_t n = 0;
+  int executed = 1, why = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_request_create(ks, &q), KMS_OK);
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_B, q.expires_ms, &got, &executed,
+                                            &why),
+                   KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(why, KS_APPROVE_EXPIRED);
+  ck_assert_int_eq(got.state, KS_REQUEST_EXPIRED);
+  ck_assert_int_eq(keystore_request_get(ks, q.id, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_REQUEST_EXPIRED);
+  ck_assert_int_eq(keystore_request_list(ks, NULL, 0, &list, &n), KMS_OK);
+  ck_assert_uint_eq(n, 0);
+  free(list);
+  ck_assert_int_eq(keystore_request_list(ks, "acme", 1, &list, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  free(list);
+  ck_assert_int_eq(event_count(ks, "acme", "request_expired", NULL), 1);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(cancel_restores_the_state_before_pending_destruction) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), got;
+  struct ks_request q = make_request(KS_ACTION_DESTROY_VERSION, 1, 2, 60000), r;
+  struct ks_change c = {.tenant_id = "acme", .version = 1,
+                        .from_states = KS_STATE_BIT(KS_KEK_PENDING_DESTRUCTION), .to_state = 0,
+                        .by = OFFICER_C, .event = "destruction_cancelled"};
+  int executed = 0, why = 0, st = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_OK);
+  ck_assert_int_eq(keystore_request_create(ks, &q), KMS_OK);
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_B, now_ms(), &r, &executed, &why),
+                   KMS_OK);
+  ck_assert_int_eq(executed, 1);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_PENDING_DESTRUCTION);
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_OK);
+  ck_assert_int_eq(st, KS_KEK_DECRYPT_ONLY);
+  /* Not due, not pending: nothing to destroy. */
+  struct ks_receipt rc;
+  ck_assert_int_eq(keystore_destroy(ks, "acme", 1, now_ms(), &rc), KMS_ERR_FAILED_PRECONDITION);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(destroy_deletes_the_tokens_from_the_files_and_keeps_a_receipt) {
+  keystore *ks = open_ok();
+  struct ks_kek k1 = make_kek("acme", 1, 1), k2 = make_kek("acme", 2, 2), other = make_kek("zeta", 1, 9),
+                got;
+  struct ks_request q = make_request(KS_ACTION_DESTROY_TENANT, 0, 2, 60000), r;
+  struct ks_due due[4];
+  struct ks_receipt rc, *list = NULL;
+  char wal[PATH_MAX + 8];
+  size_t n = 0;
+  int executed = 0, why = 0;
+
+  snprintf(wal, sizeof(wal), "%s-wal", dbpath);
+  q.waiting_days = 0;
+  ck_assert_int_eq(keystore_tenant_create(ks, &k1), KMS_OK);
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &other), KMS_OK);
+  ck_assert_int_eq(keystore_request_create(ks, &q), KMS_OK);
+  ck_assert_int_eq(keystore_request_approve(ks, q.id, OFFICER_B, now_ms(), &r, &executed, &why),
+                   KMS_OK);
+  ck_assert_int_eq(executed, 1);
+  ck_assert_int_eq(keystore_destruction_due(ks, now_ms(), due, 4, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(due[0].tenant_id, "acme");
+  ck_assert_uint_eq(due[0].version, 0);
+  ck_assert_int_eq(keystore_destroy(ks, "acme", 0, now_ms(), &rc), KMS_OK);
+  ck_assert_str_eq(rc.versions, "1,2");
+  ck_assert_str_eq(rc.requested_by, OFFICER_A);
+  ck_assert_uint_eq(rc.n_approved, 1);
+  ck_assert_str_eq(rc.approved_by[0], OFFICER_B);
+  ck_assert_int_eq(keystore_shred_sync(ks), KMS_OK);
+  /* The destroyed version reads back with no token; the neighbour is untouched. */
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 2, &got), KMS_OK);
+  ck_assert_int_eq(got.state, KS_KEK_DESTROYED);
+  ck_assert_int_eq(got.tenant_state, KS_TENANT_DESTROYED);
+  ck_assert_uint_eq(got.token_len, 0);
+  ck_assert_int_eq(keystore_kek_get(ks, "zeta", 1, &got), KMS_OK);
+  assert_kek_eq(&got, &other);
+  ck_assert_int_eq(keystore_receipt_list(ks, NULL, &list, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_uint_eq(list[0].request_id, q.id);
+  free(list);
+  keystore_close(ks);
+  /* No byte sequence of a destroyed token anywhere in the files. */
+  FILE *f;
+  static uint8_t buf[1 << 20];
+  const char *paths[] = {dbpath, wal};
+  for (size_t p = 0; p < 2; p++) {
+    size_t len = 0;
+    if ((f = fopen(paths[p], "rb")) != NULL) {
+      len = fread(buf, 1, sizeof(buf), f);
+      fclose(f);
+    }
+    ck_assert_ptr_null(memmem(buf, len, k1.token, k1.token_len));
+    ck_assert_ptr_null(memmem(buf, len, k2.token, k2.token_len));
+    if (p == 0) {
+      ck_assert_ptr_nonnull(memmem(buf, len, other.token, other.token_len));
+    }
+  }
+}
+END_TEST
+
+START_TEST(rotation_due_honours_the_tenant_and_default_periods) {
+  keystore *ks = open_ok();
+  struct ks_kek a = make_kek("acme", 1, 1), b = make_kek("bravo", 1, 2), due[4];
+  int64_t now = now_ms();
+  size_t n = 0;
+
+  a.created_ms = now - 10 * 86400000LL;
+  b.created_ms = now - 100 * 86400000LL;
+  ck_assert_int_eq(keystore_tenant_create(ks, &a), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &b), KMS_OK);
+  ck_assert_int_eq(keystore_rotation_due(ks, now, 90, due, 4, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(due[0].tenant_id, "bravo");
+  ck_assert_int_eq(keystore_tenant_set_rotation(ks, "acme", 7, OFFICER_A), KMS_OK);
+  ck_assert_int_eq(keystore_rotation_due(ks, now, 90, due, 4, &n), KMS_OK);
+  ck_assert_uint_eq(n, 2);
+  /* Default 0 means off, a tenant's own period still applies. */
+  ck_assert_int_eq(keystore_rotation_due(ks, now, 0, due, 4, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(due[0].tenant_id, "acme");
+  ck_assert_int_eq(keystore_tenant_set_rotation(ks, "nope", 7, OFFICER_A), KMS_ERR_NOT_FOUND);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(tenant_list_pages_in_id_order) {
+  keystore *ks = open_ok();
+  const char *ids[] = {"c", "a", "b", "d"};
+  struct ks_tenant *list = NULL;
+  size_t n = 0;
+
+  for (size_t i = 0; i < 4; i++) {
+    struct ks_kek k = make_kek(ids[i], 1, (uint8_t)i);
+    ck_assert_int_eq(keystore_tenant_create(ks, &k), KMS_OK);
+  }
+  ck_assert_int_eq(keystore_tenant_list(ks, "", 2, &list, &n), KMS_OK);
+  ck_assert_uint_eq(n, 2);
+  ck_assert_str_eq(list[0].tenant_id, "a");
+  ck_assert_str_eq(list[1].tenant_id, "b");
+  free(list);
+  ck_assert_int_eq(keystore_tenant_list(ks, "b", 10, &list, &n), KMS_OK);
+  ck_assert_uint_eq(n, 2);
+  ck_assert_str_eq(list[0].tenant_id, "c");
+  free(list);
+  keystore_close(ks);
+}
+END_TEST
+
 static Suite *keystore_suite(void) {
   Suite *s = suite_create("keystore");
   TCase *tc = tcase_create("sqlite");
@@ -809,7 +1163,7 @@ static Suite *keystore_suite(void) {
 
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 60);
-  tcase_add_test(tc, open_creates_schema_v1_in_wal_mode);
+  tcase_add_test(tc, open_creates_latest_schema_in_wal_mode);
   tcase_add_test(tc, schema_ties_versions_to_tenants);
   tcase_add_test(tc, files_are_created_mode_0600_whatever_the_umask);
   tcase_add_test(tc, no_temporary_files_are_left_behind);
@@ -838,6 +1192,15 @@ static Suite *keystore_suite(void) {
   tcase_add_test(tc, malformed_keks_are_refused);
   tcase_add_test(tc, damaged_rows_are_reported_not_trusted);
   tcase_add_test(tc, schema_version_needs_arguments);
+  tcase_add_test(tc, migration_2_upgrades_a_schema_1_keystore_in_place);
+  tcase_add_test(tc, rotate_records_who_and_refuses_an_inactive_tenant);
+  tcase_add_test(tc, change_state_checks_the_from_states_and_says_the_state);
+  tcase_add_test(tc, dual_control_needs_distinct_officers_within_the_window);
+  tcase_add_test(tc, expired_request_cannot_be_approved_and_stays_expired);
+  tcase_add_test(tc, cancel_restores_the_state_before_pending_destruction);
+  tcase_add_test(tc, destroy_deletes_the_tokens_from_the_files_and_keeps_a_receipt);
+  tcase_add_test(tc, rotation_due_honours_the_tenant_and_default_periods);
+  tcase_add_test(tc, tenant_list_pages_in_id_order);
   suite_add_tcase(s, tc);
 
   /* Waits out the 5 s busy timeout. */

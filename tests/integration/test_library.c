@@ -1,0 +1,853 @@
+/* Integration tests of libtenantkey's envelopes, streams, readers, client robustness and the tk command, through a real kmsd. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "tenantkey.h"
+
+/*
+ * Principals follow the example policies (the files in policies/): the recording
+ * service seals (GenerateDataKey, needs a session_id), the AI service opens
+ * (Decrypt, needs a session_id and purpose transcription|report); storage,
+ * auditor and officer may not decrypt.
+ */
+static int port;
+static tk_client *officer, *rec, *ai;
+static tk_context *ctx;
+static const char *TENANT = "acme";
+
+/* ---- helpers ---------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t
+rnd(void)
+{
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+
+static uint8_t *
+random_bytes(size_t n)
+{
+  uint8_t *p = malloc(n > 0 ? n : 1);
+  ck_assert_ptr_nonnull(p);
+  for (size_t i = 0; i < n; i++) {
+    p[i] = (uint8_t)(rnd() >> 24);
+  }
+  return p;
+}
+
+/* Writes a client configuration with robustness settings; returns its path (static per name). */
+static const char *
+write_conf(const char *name, const char *endpoints, const char *extra)
+{
+  static char paths[8][512];
+  static int next;
+  char *path = paths[next++ % 8];
+  const char *d = harness_dir();
+  snprintf(path, 512, "%s/lib-%s-%d.conf", d, name, next);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "%sca = %s/pki/ca.crt\ncert = %s/pki/clients/%s.crt\nkey = %s/pki/clients/%s.key\n%s",
+          endpoints, d, d, name, d, name, extra != NULL ? extra : "");
+  fclose(f);
+  return path;
+}
+
+static tk_client *
+client_for(const char *name, const char *extra)
+{
+  char ep[64];
+  snprintf(ep, sizeof(ep), "endpoint = 127.0.0.1:%d\n", port);
+  tk_client *c = NULL;
+  char err[512];
+  int r = tk_client_new_from_file(&c, write_conf(name, ep, extra), err, sizeof(err));
+  ck_assert_msg(r == TK_OK, "%s: %s", name, err);
+  return c;
+}
+
+/* Seals |pt| as the recording service; returns the envelope (malloc). */
+static uint8_t *
+seal(const uint8_t *pt, size_t n, size_t *out_len)
+{
+  size_t cap = tk_seal_max_len(n);
+  uint8_t *env = malloc(cap);
+  ck_assert_ptr_nonnull(env);
+  int r = tk_seal(rec, env, cap, out_len, TENANT, ctx, pt, n);
+  if (r != TK_OK) {
+    char msg[256];
+    tk_client_last_message(rec, msg, sizeof(msg));
+    ck_abort_msg("tk_seal: %s: %s", tk_strerror(r), msg);
+  }
+  return env;
+}
+
+static int
+all_zero(const uint8_t *p, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] != 0) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* Opens |env| with a stream fed in random pieces; returns the error, output in |out|. */
+static int
+stream_open(tk_client *c, const uint8_t *env, size_t env_len, uint8_t *out, size_t *out_len,
+            size_t *released)
+{
+  tk_stream *st = NULL;
+  size_t piece_max = 70000, total = 0;
+  size_t cap = tk_stream_update_max(piece_max);
+  uint8_t *buf = malloc(cap > TK_STREAM_FINAL_MAX ? cap : TK_STREAM_FINAL_MAX);
+  ck_assert_int_eq(tk_stream_open_new(c, &st), TK_OK);
+  int r = TK_OK;
+  size_t off = 0, n = 0;
+  while (off < env_len) {
+    size_t piece = 1 + rnd() % piece_max;
+    if (piece > env_len - off) {
+      piece = env_len - off;
+    }
+    r = tk_stream_update(st, buf, cap, &n, env + off, piece);
+    if (r != TK_OK) {
+      break;
+    }
+    memcpy(out + total, buf, n);
+    total += n;
+    off += piece;
+  }
+  *released = total;
+  if (r == TK_OK) {
+    r = tk_stream_final(st, buf, cap > TK_STREAM_FINAL_MAX ? cap : TK_STREAM_FINAL_MAX, &n);
+    if (r == TK_OK) {
+      memcpy(out + total, buf, n);
+      total += n;
+    }
+  }
+  *out_len = total;
+  tk_stream_free(st);
+  free(buf);
+  return r;
+}
+
+struct mem {
+  const uint8_t *p;
+  size_t n;
+};
+
+static int
+mem_read(void *arg, uint64_t off, uint8_t *buf, size_t len)
+{
+  const struct mem *m = arg;
+  if (off > m->n || len > m->n - off) {
+    return -1;
+  }
+  memcpy(buf, m->p + off, len);
+  return 0;
+}
+
+static int
+run(const char *cmd)
+{
+  int st = system(cmd);
+  ck_assert_msg(st != -1 && WIFEXITED(st), "%s: did not exit normally", cmd);
+  return WEXITSTATUS(st);
+}
+
+static uint8_t *
+read_file(const char *path, size_t *out_len)
+{
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    return NULL;
+  }
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *p = malloc(sz > 0 ? (size_t)sz : 1);
+  *out_len = fread(p, 1, (size_t)sz, f);
+  fclose(f);
+  return p;
+}
+
+static void
+write_file(const char *path, const uint8_t *p, size_t n)
+{
+  FILE *f = fopen(path, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(p, 1, n, f), n);
+  fclose(f);
+}
+
+/*
+ * kmsd's own clean exit (and leak freedom under ASan) is test_kmsd's business;
+ * here a kmsd memory error or crash caused by our traffic is what counts.
+ */
+static int
+kmsd_log_has_memory_errors(void)
+{
+  char path[600];
+  snprintf(path, sizeof(path), "%s/kmsd.log", harness_dir());
+  static const char *bad[] = {"ERROR: AddressSanitizer", "runtime error:"};
+  for (size_t i = 0; i < 2; i++) {
+    if (harness_file_contains(path, (const uint8_t *)bad[i], strlen(bad[i]))) {
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* ---- round trips ----------------------------------------------------------------------- */
+
+START_TEST(test_round_trip_sizes_around_the_chunk_size)
+{
+  static const size_t sizes[] = {0, 1, 16383, 16384, 16385, 3 * 16384 + 7};
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+    size_t n = sizes[i], el = 0, ol = 99;
+    uint8_t *pt = random_bytes(n);
+    uint8_t *env = seal(pt, n, &el);
+    ck_assert_uint_le(el, tk_seal_max_len(n));
+    uint64_t claim = 0;
+    ck_assert_int_eq(tk_envelope_plaintext_len(&claim, env, el), TK_OK);
+    ck_assert_uint_eq(claim, n);
+    uint8_t *out = malloc(n + 1);
+    int r = tk_open(ai, out, n, &ol, env, el); /* an exactly sized buffer suffices */
+    ck_assert_msg(r == TK_OK, "size %zu: %s", n, tk_strerror(r));
+    ck_assert_uint_eq(ol, n);
+    ck_assert(n == 0 || memcmp(out, pt, n) == 0);
+    /* The same envelope through the stream and the reader. */
+    uint8_t *sout = malloc(n + 16384);
+    size_t released;
+    ck_assert_int_eq(stream_open(ai, env, el, sout, &ol, &released), TK_OK);
+    ck_assert_uint_eq(ol, n);
+    ck_assert(n == 0 || memcmp(sout, pt, n) == 0);
+    struct mem m = {env, el};
+    tk_reader *rd = NULL;
+    ck_assert_int_eq(tk_reader_open(ai, &rd, mem_read, &m, el), TK_OK);
+    ck_assert_uint_eq(tk_reader_plaintext_len(rd), n);
+    if (n > 0) {
+      ck_assert_int_eq(tk_reader_read(rd, out, n - 1, 1), TK_OK);
+      ck_assert_uint_eq(out[0], pt[n - 1]);
+    }
+    ck_assert_int_eq(tk_reader_read(rd, out, n, 1), TK_EINVAL); /* past the end */
+    tk_reader_free(rd);
+    free(sout);
+    free(out);
+    free(env);
+    free(pt);
+  }
+}
+END_TEST
+
+START_TEST(test_multi_mib_stream_in_random_pieces_and_random_access)
+{
+  size_t n = 5 * 1024 * 1024 + 12345;
+  uint8_t *pt = random_bytes(n);
+  size_t env_cap = tk_seal_max_len(n), el = 0;
+  uint8_t *env = malloc(env_cap);
+  tk_stream *st = NULL;
+  ck_assert_int_eq(tk_stream_seal_new(rec, &st, TENANT, ctx), TK_OK);
+  size_t cap = tk_stream_update_max(100000);
+  uint8_t *buf = malloc(cap);
+  size_t off = 0, w = 0;
+  while (off < n) {
+    size_t piece = rnd() % 100000; /* 0 included: an empty update is fine */
+    if (piece > n - off) {
+      piece = n - off;
+    }
+    ck_assert_int_eq(tk_stream_update(st, buf, cap, &w, pt + off, piece), TK_OK);
+    ck_assert_uint_le(el + w, env_cap);
+    memcpy(env + el, buf, w);
+    el += w;
+    off += piece;
+  }
+  ck_assert_int_eq(tk_stream_final(st, buf, cap, &w), TK_OK);
+  memcpy(env + el, buf, w);
+  el += w;
+  tk_stream_free(st);
+  free(buf);
+
+  /* One-shot open. */
+  uint8_t *out = malloc(n);
+  size_t ol = 0, released = 0;
+  ck_assert_int_eq(tk_open(ai, out, n, &ol, env, el), TK_OK);
+  ck_assert_uint_eq(ol, n);
+  ck_assert(memcmp(out, pt, n) == 0);
+  /* Streaming open in random pieces. */
+  memset(out, 0, n);
+  uint8_t *sout = malloc(n + 16384);
+  ck_assert_int_eq(stream_open(ai, env, el, sout, &ol, &released), TK_OK);
+  ck_assert_uint_eq(ol, n);
+  ck_assert(memcmp(sout, pt, n) == 0);
+  free(sout);
+
+  /* Random access: a reader over memory, one over a file descriptor, and tk_open_range. */
+  struct mem m = {env, el};
+  tk_reader *rd = NULL, *fdr = NULL;
+  ck_assert_int_eq(tk_reader_open(ai, &rd, mem_read, &m, el), TK_OK);
+  char path[600];
+  snprintf(path, sizeof(path), "%s/big.tke", harness_dir());
+  write_file(path, env, el);
+  int fd = open(path, O_RDONLY);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(tk_reader_open_fd(ai, &fdr, fd), TK_OK);
+  ck_assert_uint_eq(tk_reader_plaintext_len(fdr), n);
+  uint8_t *part = malloc(200000);
+  for (int i = 0; i < 60; i++) {
+    uint64_t o = rnd() % n;
+    size_t len = (size_t)(rnd() % 200000);
+    if (len > n - o) {
+      len = n - o;
+    }
+    ck_assert_int_eq(tk_reader_read(rd, part, o, len), TK_OK);
+    ck_assert_msg(memcmp(part, pt + o, len) == 0, "reader [%llu, +%zu)", (unsigned long long)o,
+                  len);
+    ck_assert_int_eq(tk_reader_read(fdr, part, o, len), TK_OK);
+    ck_assert(memcmp(part, pt + o, len) == 0);
+    if (i % 10 == 0) {
+      ck_assert_int_eq(tk_open_range(ai, part, env, el, o, len), TK_OK);
+      ck_assert(memcmp(part, pt + o, len) == 0);
+    }
+  }
+  /* A chunk altered in the file: reads that touch it fail and return zeros, others still work. */
+  tk_reader_free(fdr);
+  close(fd);
+  size_t hl = el - (size_t)(16400 * (n / 16384) + n % 16384 + 16 + 56);
+  size_t bad_chunk_at = hl + 56 + 16400 * 10 + 100;
+  env[bad_chunk_at] ^= 1;
+  memset(part, 0xaa, 100);
+  ck_assert_int_eq(tk_reader_read(rd, part, 16384 * 10 + 5, 100), TK_EDECRYPT);
+  ck_assert(all_zero(part, 100));
+  ck_assert_int_eq(tk_reader_read(rd, part, 16384 * 11, 100), TK_OK);
+  ck_assert(memcmp(part, pt + 16384 * 11, 100) == 0);
+  env[bad_chunk_at] ^= 1;
+  tk_reader_free(rd);
+  free(part);
+  free(out);
+  free(env);
+  free(pt);
+}
+END_TEST
+
+/* ---- tampering ------------------------------------------------------------------------- */
+
+/*
+ * Where the tenant and context bytes of a header lie: kmsd's policy is
+ * evaluated on them before anything is authenticated, so an altered tenant or
+ * context may be refused as TK_EPERM (the policy's answer for the names the
+ * altered header shows; it says nothing about the ciphertext).
+ */
+static int
+in_names(const uint8_t *env, size_t i)
+{
+  size_t tl = env[6];
+  size_t tenant_end = 7 + tl;
+  size_t wl = ((size_t)env[tenant_end + 4] << 8) | env[tenant_end + 5];
+  size_t ctx_start = tenant_end + 4 + 2 + wl; /* the entry count */
+  size_t hl = ((size_t)env[4] << 8) | env[5];
+  return (i >= 6 && i < tenant_end) || (i >= ctx_start && i < hl);
+}
+
+START_TEST(test_every_flipped_byte_is_refused_without_plaintext)
+{
+  size_t el = 0, n = 40;
+  uint8_t *pt = random_bytes(n);
+  uint8_t *env = seal(pt, n, &el);
+  uint8_t *bad = malloc(el);
+  uint8_t out[256];
+  size_t eperm = 0;
+  for (size_t i = 0; i < el; i++) {
+    memcpy(bad, env, el);
+    bad[i] ^= (uint8_t)(1u << (i % 8));
+    size_t ol = 99;
+    memset(out, 0xaa, sizeof(out));
+    int r = tk_open(ai, out, sizeof(out), &ol, bad, el);
+    if (r == TK_EPERM && in_names(env, i)) {
+      eperm++;
+    } else {
+      ck_assert_msg(r == TK_EDECRYPT, "byte %zu: %s", i, tk_strerror(r));
+    }
+    ck_assert_uint_eq(ol, 0);
+    ck_assert_msg(all_zero(out, sizeof(out)), "byte %zu: output not wiped", i);
+    /* The stream releases nothing of a one-chunk message before its end, and fails. */
+    size_t released = 0;
+    r = stream_open(ai, bad, el, out, &ol, &released);
+    /* (A flipped header length can also make the input look cut short: TK_ETRUNCATED.) */
+    ck_assert_msg(r == TK_EDECRYPT || (r == TK_ETRUNCATED && (i == 4 || i == 5)) ||
+                      (r == TK_EPERM && in_names(env, i)),
+                  "stream byte %zu: %s", i, tk_strerror(r));
+    ck_assert_uint_eq(released, 0);
+  }
+  fprintf(stderr, "# flipped bytes: %zu of %zu refused as TK_EPERM by policy, others TK_EDECRYPT\n",
+          eperm, el);
+  free(bad);
+  free(env);
+  free(pt);
+}
+END_TEST
+
+START_TEST(test_truncated_appended_and_spliced_envelopes_are_refused)
+{
+  size_t el = 0, el2 = 0, n = 3 * 16384 + 100, ol = 0, released = 0;
+  uint8_t *pt = random_bytes(n);
+  uint8_t *env = seal(pt, n, &el);
+  uint8_t *env2 = seal(pt, n, &el2); /* same plaintext, tenant, context: another data key */
+  uint8_t *out = malloc(n + 40000);
+  uint8_t *big = malloc(el + 20000);
+  size_t hl = ((size_t)env[4] << 8) | env[5];
+  ck_assert_uint_eq(hl, ((size_t)env2[4] << 8) | env2[5]);
+
+  /* Truncated anywhere: in the header, the body, at a chunk boundary. */
+  size_t cuts[] = {0, 1, 5, 6, hl - 1, hl, hl + 55, hl + 56, hl + 56 + 16400, hl + 56 + 2 * 16400,
+                   hl + 56 + 3 * 16400, el - 17, el - 1};
+  for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+    ck_assert_int_eq(tk_open(ai, out, n, &ol, env, cuts[i]), TK_EDECRYPT);
+    ck_assert_uint_eq(ol, 0);
+    int r = stream_open(ai, env, cuts[i], out, &ol, &released);
+    ck_assert_msg(r == TK_ETRUNCATED || r == TK_EDECRYPT, "cut %zu: %s", cuts[i], tk_strerror(r));
+    if (cuts[i] == hl + 56 + 3 * 16400 || cuts[i] < hl) {
+      ck_assert_int_eq(r, TK_ETRUNCATED); /* ends on a chunk boundary / inside the header */
+    }
+  }
+  /* Appended bytes. */
+  size_t extra[] = {1, 16, 16400, 20000};
+  for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+    memcpy(big, env, el);
+    memset(big + el, 0, extra[i]);
+    ck_assert_int_eq(tk_open(ai, out, n + 40000, &ol, big, el + extra[i]), TK_EDECRYPT);
+    int r = stream_open(ai, big, el + extra[i], out, &ol, &released);
+    ck_assert_msg(r == TK_EDECRYPT || r == TK_ETRUNCATED, "appended %zu: %s", extra[i],
+                  tk_strerror(r));
+  }
+  /* A second envelope appended. */
+  memcpy(big, env, el);
+  memcpy(big + el, env2, 100);
+  ck_assert_int_eq(tk_open(ai, out, n + 40000, &ol, big, el + 100), TK_EDECRYPT);
+  /* The header of another envelope on this body (both headers are valid). */
+  memcpy(big, env2, hl);
+  memcpy(big + hl, env + hl, el - hl);
+  ck_assert_int_eq(tk_open(ai, out, n, &ol, big, el), TK_EDECRYPT);
+  ck_assert_int_eq(stream_open(ai, big, el, out, &ol, &released), TK_EDECRYPT);
+  ck_assert_uint_eq(released, 0); /* the commitment fails before any chunk */
+  struct mem m = {big, el};
+  tk_reader *rd = NULL;
+  ck_assert_int_eq(tk_reader_open(ai, &rd, mem_read, &m, el), TK_EDECRYPT);
+  ck_assert_ptr_null(rd);
+  /* Two chunks swapped. */
+  memcpy(big, env, el);
+  memcpy(big + hl + 56, env + hl + 56 + 16400, 16400);
+  memcpy(big + hl + 56 + 16400, env + hl + 56, 16400);
+  ck_assert_int_eq(tk_open(ai, out, n, &ol, big, el), TK_EDECRYPT);
+  ck_assert_int_eq(stream_open(ai, big, el, out, &ol, &released), TK_EDECRYPT);
+  free(big);
+  free(out);
+  free(env);
+  free(env2);
+  free(pt);
+}
+END_TEST
+
+/* ---- authorisation ------------------------------------------------------------------------ */
+
+START_TEST(test_principals_without_decrypt_rights_cannot_open)
+{
+  size_t el = 0, ol = 0, released = 0;
+  uint8_t *pt = random_bytes(100);
+  uint8_t *env = seal(pt, 100, &el);
+  uint8_t out[200];
+  static const char *denied[] = {"storage", "auditor", "officer"};
+  for (size_t i = 0; i < 3; i++) {
+    tk_client *c = client_for(denied[i], NULL);
+    memset(out, 0xaa, sizeof(out));
+    ck_assert_int_eq(tk_open(c, out, sizeof(out), &ol, env, el), TK_EPERM);
+    ck_assert_uint_eq(ol, 0);
+    ck_assert(all_zero(out, sizeof(out)));
+    ck_assert_int_eq(stream_open(c, env, el, out, &ol, &released), TK_EPERM);
+    ck_assert_uint_eq(released, 0);
+    ck_assert_int_eq(tk_open_range(c, out, env, el, 0, 10), TK_EPERM);
+    tk_client_free(c);
+  }
+  /* A purpose the AI service is not granted: bound into the header, refused by policy. */
+  tk_context *other = tk_context_new();
+  ck_assert_int_eq(tk_context_add(other, "session_id", "s-1"), TK_OK);
+  ck_assert_int_eq(tk_context_add(other, "purpose", "marketing"), TK_OK);
+  size_t cap = tk_seal_max_len(100), el2 = 0;
+  uint8_t *env2 = malloc(cap);
+  ck_assert_int_eq(tk_seal(rec, env2, cap, &el2, TENANT, other, pt, 100), TK_OK);
+  ck_assert_int_eq(tk_open(ai, out, sizeof(out), &ol, env2, el2), TK_EPERM);
+  /* The auditor may not seal either. */
+  tk_client *aud = client_for("auditor", NULL);
+  ck_assert_int_eq(tk_seal(aud, env2, cap, &el2, TENANT, ctx, pt, 100), TK_EPERM);
+  ck_assert_uint_eq(el2, 0);
+  tk_client_free(aud);
+  tk_context_free(other);
+  free(env2);
+  free(env);
+  free(pt);
+}
+END_TEST
+
+/* ---- client robustness ---------------------------------------------------------------------- */
+
+START_TEST(test_kmsd_down_is_unavailable_and_the_same_client_recovers)
+{
+  const char *robust = "connect_timeout_ms = 1000\nrequest_timeout_ms = 3000\nretries = 3\n"
+                       "retry_backoff_ms = 20\nretry_backoff_max_ms = 200\ndeadline_ms = 5000\n";
+  tk_client *sealer = client_for("recording", robust);
+  tk_client *opener = client_for("ai", robust);
+  size_t el = 0, ol = 0;
+  uint8_t *pt = random_bytes(1000);
+  uint8_t *env = seal(pt, 1000, &el);
+  uint8_t out[1000];
+  ck_assert_int_eq(tk_open(opener, out, sizeof(out), &ol, env, el), TK_OK); /* pooled now */
+
+  int stopped = harness_stop_kmsd();
+  ck_assert_msg(stopped >= 0 && stopped < 128, "kmsd did not stop cleanly: %d", stopped);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int r = tk_open(opener, out, sizeof(out), &ol, env, el);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  ck_assert_int_eq(r, TK_EUNAVAILABLE);
+  ck_assert_uint_eq(ol, 0);
+  /* Sanity only, not asserted: with a refused port this returns after the retries' backoffs
+   * (~0.1-0.5 s), well inside deadline_ms = 5000. */
+  fprintf(stderr, "# kmsd down: tk_open returned TK_EUNAVAILABLE after %ld ms\n",
+          (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+  size_t cap = tk_seal_max_len(10);
+  uint8_t *e2 = malloc(cap);
+  size_t el2 = 99;
+  ck_assert_int_eq(tk_seal(sealer, e2, cap, &el2, TENANT, ctx, pt, 10), TK_EUNAVAILABLE);
+  ck_assert_uint_eq(el2, 0);
+  tk_stream *st = NULL;
+  ck_assert_int_eq(tk_stream_seal_new(sealer, &st, TENANT, ctx), TK_EUNAVAILABLE);
+  ck_assert_ptr_null(st);
+  char msg[256];
+  tk_client_last_message(opener, msg, sizeof(msg));
+  ck_assert_msg(strstr(msg, "127.0.0.1") != NULL, "last message: %s", msg);
+
+  /* The tk command says so with its own exit code. */
+  char cmd[2048], envpath[600];
+  snprintf(envpath, sizeof(envpath), "%s/down.tke", harness_dir());
+  write_file(envpath, env, el);
+  char ep[64];
+  snprintf(ep, sizeof(ep), "endpoint = 127.0.0.1:%d\n", port);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open '%s' - >/dev/null 2>&1", getenv("TK"),
+           write_conf("ai", ep, robust), envpath);
+  ck_assert_int_eq(run(cmd), 3);
+
+  ck_assert_int_eq(harness_start_kmsd(), port);
+  size_t el3 = 0;
+  ck_assert_int_eq(tk_open(opener, out, sizeof(out), &ol, env, el), TK_OK);
+  ck_assert_uint_eq(ol, 1000);
+  ck_assert(memcmp(out, pt, 1000) == 0);
+  ck_assert_int_eq(tk_seal(sealer, e2, cap, &el3, TENANT, ctx, pt, 10), TK_OK);
+  /* The shared clients' pooled connections died with the old kmsd: they recover too. */
+  ck_assert_int_eq(tk_open(ai, out, sizeof(out), &ol, env, el), TK_OK);
+  ck_assert_int_eq(tk_seal(rec, e2, cap, &el3, TENANT, ctx, pt, 10), TK_OK);
+  free(e2);
+  free(env);
+  free(pt);
+  tk_client_free(sealer);
+  tk_client_free(opener);
+}
+END_TEST
+
+/* A port nothing listens on (bound, then closed). */
+static int
+dead_port(void)
+{
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof(sa);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+START_TEST(test_fails_over_to_the_next_endpoint)
+{
+  char eps[160];
+  snprintf(eps, sizeof(eps), "endpoint = 127.0.0.1:%d\nendpoint = localhost:%d\n", dead_port(),
+           port);
+  tk_client *c = NULL;
+  char err[512];
+  ck_assert_int_eq(tk_client_new_from_file(&c, write_conf("ai", eps, "retries = 0\n"), err,
+                                           sizeof(err)),
+                   TK_OK);
+  size_t el = 0, ol = 0;
+  uint8_t *pt = random_bytes(50);
+  uint8_t *env = seal(pt, 50, &el);
+  uint8_t out[50];
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(tk_open(c, out, sizeof(out), &ol, env, el), TK_OK);
+    ck_assert(memcmp(out, pt, 50) == 0);
+  }
+  tk_client_free(c);
+  free(env);
+  free(pt);
+}
+END_TEST
+
+struct worker {
+  tk_client *sealer, *opener;
+  int iterations, failures, id;
+  char why[200];
+};
+
+static void *
+hammer(void *arg)
+{
+  struct worker *w = arg;
+  uint64_t s = 0x1234567u + (uint64_t)w->id * 7919u;
+  for (int i = 0; i < w->iterations; i++) {
+    s = s * 6364136223846793005u + 1442695040888963407u;
+    size_t n = (size_t)(s >> 40) % 40000;
+    uint8_t *pt = malloc(n + 1), *env = malloc(tk_seal_max_len(n)), *out = malloc(n + 1);
+    for (size_t j = 0; j < n; j++) {
+      pt[j] = (uint8_t)(j * 31 + (size_t)w->id);
+    }
+    size_t el = 0, ol = 0;
+    int r = tk_seal(w->sealer, env, tk_seal_max_len(n), &el, TENANT, ctx, pt, n);
+    if (r == TK_OK) {
+      r = tk_open(w->opener, out, n, &ol, env, el);
+    }
+    if (r != TK_OK || ol != n || (n > 0 && memcmp(out, pt, n) != 0)) {
+      w->failures++;
+      snprintf(w->why, sizeof(w->why), "iteration %d (%zu bytes): %s", i, n, tk_strerror(r));
+    }
+    free(pt);
+    free(env);
+    free(out);
+  }
+  return NULL;
+}
+
+START_TEST(test_eight_threads_share_one_client)
+{
+  /* The shared default clients (pool of 4), and a pair with a pool of one connection. */
+  tk_client *s1 = client_for("recording", "connections = 1\n");
+  tk_client *o1 = client_for("ai", "connections = 1\n");
+  for (int round = 0; round < 2; round++) {
+    struct worker w[8];
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) {
+      memset(&w[i], 0, sizeof(w[i]));
+      w[i].sealer = round == 0 ? rec : s1;
+      w[i].opener = round == 0 ? ai : o1;
+      w[i].iterations = 25;
+      w[i].id = i + 8 * round;
+      ck_assert_int_eq(pthread_create(&t[i], NULL, hammer, &w[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+      pthread_join(t[i], NULL);
+    }
+    for (int i = 0; i < 8; i++) {
+      ck_assert_msg(w[i].failures == 0, "round %d thread %d: %s", round, i, w[i].why);
+    }
+  }
+  tk_client_free(s1);
+  tk_client_free(o1);
+}
+END_TEST
+
+/* ---- the tk command ------------------------------------------------------------------------ */
+
+START_TEST(test_tk_seals_and_opens_files_and_pipes)
+{
+  const char *tk = getenv("TK");
+  ck_assert_ptr_nonnull(tk);
+  const char *d = harness_dir();
+  char ep[64], rconf[512], aconf[512], audconf[512];
+  snprintf(ep, sizeof(ep), "endpoint = 127.0.0.1:%d\n", port);
+  snprintf(rconf, sizeof(rconf), "%s", write_conf("recording", ep, NULL));
+  snprintf(aconf, sizeof(aconf), "%s", write_conf("ai", ep, NULL));
+  snprintf(audconf, sizeof(audconf), "%s", write_conf("auditor", ep, NULL));
+  size_t n = 200000, got = 0;
+  uint8_t *pt = random_bytes(n);
+  char in[600], sealed[600], opened[600], piped[600], cmd[4096];
+  snprintf(in, sizeof(in), "%s/tk-in.raw", d);
+  snprintf(sealed, sizeof(sealed), "%s/tk-in.tke", d);
+  snprintf(opened, sizeof(opened), "%s/tk-out.raw", d);
+  snprintf(piped, sizeof(piped), "%s/tk-piped.raw", d);
+  write_file(in, pt, n);
+  const char *cx = "--context session_id=s-1 --context purpose=report";
+
+  /* Files. */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' seal --tenant %s %s '%s' '%s'", tk, rconf,
+           TENANT, cx, in, sealed);
+  ck_assert_int_eq(run(cmd), 0);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open '%s' '%s'", tk, aconf, sealed, opened);
+  ck_assert_int_eq(run(cmd), 0);
+  uint8_t *back = read_file(opened, &got);
+  ck_assert_uint_eq(got, n);
+  ck_assert(memcmp(back, pt, n) == 0);
+  free(back);
+  /* The file is an ordinary envelope: the library opens it. */
+  size_t el = 0, ol = 0;
+  uint8_t *env = read_file(sealed, &el);
+  uint8_t *out = malloc(el);
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_OK);
+  ck_assert_uint_eq(ol, n);
+  free(out);
+
+  /* A pipe: stdin -> seal -> open -> stdout. */
+  snprintf(cmd, sizeof(cmd),
+           "'%s' --config '%s' seal --tenant %s %s - - < '%s' | '%s' --config '%s' open - - > '%s'",
+           tk, rconf, TENANT, cx, in, tk, aconf, piped);
+  ck_assert_int_eq(run(cmd), 0);
+  back = read_file(piped, &got);
+  ck_assert_uint_eq(got, n);
+  ck_assert(memcmp(back, pt, n) == 0);
+  free(back);
+
+  /* Tampered file: exit 5 and no output file (written atomically). */
+  env[el / 2] ^= 0x10;
+  char bad[600], bad_out[600];
+  snprintf(bad, sizeof(bad), "%s/tk-bad.tke", d);
+  snprintf(bad_out, sizeof(bad_out), "%s/tk-bad.raw", d);
+  write_file(bad, env, el);
+  env[el / 2] ^= 0x10;
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open '%s' '%s' 2>/dev/null", tk, aconf, bad,
+           bad_out);
+  ck_assert_int_eq(run(cmd), 5);
+  ck_assert_int_ne(access(bad_out, F_OK), 0);
+  /* Truncated input to stdout: streamed, then exit 5 at the end. */
+  snprintf(cmd, sizeof(cmd), "head -c %zu '%s' | '%s' --config '%s' open - - >/dev/null 2>&1",
+           el - 100, sealed, tk, aconf);
+  ck_assert_int_eq(run(cmd), 5);
+  /* Denied principal: exit 4, no output. */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open '%s' '%s' 2>/dev/null", tk, audconf, sealed,
+           bad_out);
+  ck_assert_int_eq(run(cmd), 4);
+  ck_assert_int_ne(access(bad_out, F_OK), 0);
+  /* Usage and configuration errors; --help. */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' seal '%s' '%s' 2>/dev/null", tk, rconf, in,
+           bad_out);
+  ck_assert_int_eq(run(cmd), 1);
+  snprintf(cmd, sizeof(cmd), "'%s' --config /nonexistent open '%s' - 2>/dev/null", tk, sealed);
+  ck_assert_int_eq(run(cmd), 2);
+  snprintf(cmd, sizeof(cmd), "'%s' --help | grep -q 'exit codes'", tk);
+  ck_assert_int_eq(run(cmd), 0);
+
+  /* datakey generate / decrypt round trip through hex. */
+  char keys[600];
+  snprintf(keys, sizeof(keys), "%s/tk-keys.txt", d);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' datakey generate --tenant %s %s > '%s'", tk,
+           rconf, TENANT, cx, keys);
+  ck_assert_int_eq(run(cmd), 0);
+  snprintf(cmd, sizeof(cmd),
+           "w=$(sed -n 's/^wrapped: //p' '%s'); p=$(sed -n 's/^plaintext: //p' '%s'); "
+           "[ ${#p} -eq 64 ] && '%s' --config '%s' datakey decrypt --tenant %s %s \"$w\" | "
+           "grep -qx \"plaintext: $p\"",
+           keys, keys, tk, aconf, TENANT, cx);
+  ck_assert_int_eq(run(cmd), 0);
+  free(env);
+  free(pt);
+}
+END_TEST
+
+static Suite *
+library_suite(void)
+{
+  Suite *s = suite_create("library");
+  TCase *t = tcase_create("envelopes");
+  tcase_set_timeout(t, 240);
+  tcase_add_test(t, test_round_trip_sizes_around_the_chunk_size);
+  tcase_add_test(t, test_multi_mib_stream_in_random_pieces_and_random_access);
+  tcase_add_test(t, test_every_flipped_byte_is_refused_without_plaintext);
+  tcase_add_test(t, test_truncated_appended_and_spliced_envelopes_are_refused);
+  tcase_add_test(t, test_principals_without_decrypt_rights_cannot_open);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("client");
+  tcase_set_timeout(t, 240);
+  tcase_add_test(t, test_kmsd_down_is_unavailable_and_the_same_client_recovers);
+  tcase_add_test(t, test_fails_over_to_the_next_endpoint);
+  tcase_add_test(t, test_eight_threads_share_one_client);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("tk");
+  tcase_set_timeout(t, 240);
+  tcase_add_test(t, test_tk_seals_and_opens_files_and_pipes);
+  suite_add_tcase(s, t);
+  return s;
+}
+
+int
+main(void)
+{
+  /* A fixed port, so that a restarted kmsd is found by clients configured before. */
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof(sa);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+      getsockname(fd, (struct sockaddr *)&sa, &sl) != 0) {
+    return 99;
+  }
+  close(fd);
+  char extra[128];
+  snprintf(extra, sizeof(extra), "listen = 127.0.0.1:%d", ntohs(sa.sin_port));
+  harness_setup(extra);
+  port = harness_start_kmsd();
+  officer = harness_client("officer");
+  rec = harness_client("recording");
+  ai = harness_client("ai");
+  ctx = tk_context_new();
+  uint32_t v = 0;
+  if (officer == NULL || rec == NULL || ai == NULL || ctx == NULL ||
+      tk_context_add(ctx, "session_id", "s-1") != TK_OK ||
+      tk_context_add(ctx, "purpose", "report") != TK_OK ||
+      tk_tenant_create(officer, &v, TENANT) != TK_OK) {
+    fprintf(stderr, "test_library: set-up failed; see %s/kmsd.log\n", harness_dir());
+    harness_stop_kmsd();
+    return 99;
+  }
+  SRunner *sr = srunner_create(library_suite());
+  srunner_set_fork_status(sr, CK_NOFORK); /* tests share the one kmsd process */
+  srunner_run_all(sr, CK_ENV);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  tk_context_free(ctx);
+  tk_client_free(officer);
+  tk_client_free(rec);
+  tk_client_free(ai);
+  int st = harness_stop_kmsd();
+  if (st != 0) {
+    fprintf(stderr, "kmsd exited with status %d; log in %s/kmsd.log\n", st, harness_dir());
+  }
+  if (st < 0 || st >= 128 || kmsd_log_has_memory_errors()) {
+    fprintf(stderr, "kmsd crashed or reported a memory error; see %s/kmsd.log\n", harness_dir());
+    failed++;
+  }
+  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", harness_dir());
+    if (system(cmd) != 0) {
+      fprintf(stderr, "could not remove %s\n", harness_dir());
+    }
+  }
+  return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,558 @@
+/* Tests for the envelope header (envelope.c): golden vectors from tests/vectors, and a parser that refuses every crafted defect. */
+#include <check.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cobblestone.h"
+#include "envelope.h"
+#include "kms_err.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static uint8_t *
+unhex(const char *hex, size_t *out_len)
+{
+  size_t n = strlen(hex);
+  ck_assert_msg(n % 2 == 0, "odd hex length");
+  uint8_t *b = malloc(n / 2 + 1);
+  ck_assert_ptr_nonnull(b);
+  for (size_t i = 0; i < n / 2; i++) {
+    unsigned v;
+    ck_assert_int_eq(sscanf(hex + 2 * i, "%2x", &v), 1);
+    b[i] = (uint8_t)v;
+  }
+  *out_len = n / 2;
+  return b;
+}
+
+static json_t *
+load_vectors(void)
+{
+  char path[1024];
+  const char *src = getenv("SRCDIR");
+  snprintf(path, sizeof(path), "%s/tests/vectors/envelope_v1.json", src != NULL ? src : ".");
+  json_error_t jerr;
+  json_t *root = json_load_file(path, 0, &jerr);
+  ck_assert_msg(root != NULL, "%s: %s", path, jerr.text);
+  return root;
+}
+
+/* A raw header writer with no validation, to craft defects. */
+struct raw {
+  uint8_t b[TK_ENV_HEADER_MAX + 512];
+  size_t n;
+};
+
+static void
+raw_put(struct raw *r, const void *p, size_t n)
+{
+  ck_assert_uint_le(r->n + n, sizeof(r->b));
+  memcpy(r->b + r->n, p, n);
+  r->n += n;
+}
+
+static void
+raw_u8(struct raw *r, unsigned v)
+{
+  uint8_t b = (uint8_t)v;
+  raw_put(r, &b, 1);
+}
+
+static void
+raw_u16(struct raw *r, unsigned v)
+{
+  uint8_t b[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+  raw_put(r, b, 2);
+}
+
+static void
+raw_u32(struct raw *r, uint32_t v)
+{
+  uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+  raw_put(r, b, 4);
+}
+
+/* Starts a header: magic, version, placeholder length. */
+static void
+raw_start(struct raw *r)
+{
+  r->n = 0;
+  raw_put(r, "TKE\x01", 4);
+  raw_u16(r, 0);
+}
+
+/* Sets the declared length to the bytes written so far. */
+static void
+raw_seal(struct raw *r)
+{
+  r->b[4] = (uint8_t)(r->n >> 8);
+  r->b[5] = (uint8_t)r->n;
+}
+
+static void
+raw_tenant_version_wrapped(struct raw *r, const char *tenant, uint32_t v, size_t wlen)
+{
+  raw_u8(r, (unsigned)strlen(tenant));
+  raw_put(r, tenant, strlen(tenant));
+  raw_u32(r, v);
+  raw_u16(r, (unsigned)wlen);
+  for (size_t i = 0; i < wlen; i++) {
+    raw_u8(r, (unsigned)i);
+  }
+}
+
+static void
+raw_entry(struct raw *r, const char *k, const char *v)
+{
+  raw_u8(r, (unsigned)strlen(k));
+  raw_put(r, k, strlen(k));
+  raw_u16(r, (unsigned)strlen(v));
+  raw_put(r, v, strlen(v));
+}
+
+static int
+parses(const uint8_t *p, size_t n)
+{
+  struct tk_env_header h;
+  return tk_env_header_parse(&h, p, n, NULL) == KMS_OK;
+}
+
+/* A valid header with two entries (the acme example). */
+static void
+good_header(struct raw *r)
+{
+  raw_start(r);
+  raw_tenant_version_wrapped(r, "acme", 7, 65);
+  raw_u8(r, 2);
+  raw_entry(r, "purpose", "report");
+  raw_entry(r, "session_id", "s-1");
+  raw_seal(r);
+}
+
+/* ---- golden vectors ------------------------------------------------------------ */
+
+START_TEST(test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte)
+{
+  json_t *root = load_vectors();
+  json_t *vecs = json_object_get(root, "vectors");
+  ck_assert(json_is_array(vecs));
+  ck_assert_uint_ge(json_array_size(vecs), 4);
+  size_t i;
+  json_t *v;
+  json_array_foreach(vecs, i, v)
+  {
+    const char *name = json_string_value(json_object_get(v, "name"));
+    size_t hl, el, wl, kl, sl, pl;
+    uint8_t *hdr = unhex(json_string_value(json_object_get(v, "header")), &hl);
+    uint8_t *env = unhex(json_string_value(json_object_get(v, "envelope")), &el);
+    uint8_t *wrapped = unhex(json_string_value(json_object_get(v, "wrapped_key")), &wl);
+    uint8_t *key = unhex(json_string_value(json_object_get(v, "data_key")), &kl);
+    uint8_t *salt = unhex(json_string_value(json_object_get(v, "salt")), &sl);
+    uint8_t *pt = unhex(json_string_value(json_object_get(v, "plaintext")), &pl);
+    const char *tenant = json_string_value(json_object_get(v, "tenant"));
+    uint32_t kv = (uint32_t)json_integer_value(json_object_get(v, "kek_version"));
+    json_t *ctx = json_object_get(v, "context");
+    ck_assert_uint_eq(hl, (size_t)json_integer_value(json_object_get(v, "header_len")));
+    ck_assert_uint_eq(kl, 32);
+    ck_assert_uint_eq(sl, TK_COB_SALT_LEN);
+    ck_assert_msg(el > hl && memcmp(env, hdr, hl) == 0, "%s: envelope starts with header", name);
+
+    /* 1. Encoding the fields (context in the order given) gives the header bytes. */
+    Tkms__ContextEntry e[KMS_CONTEXT_MAX_ENTRIES], *ep[KMS_CONTEXT_MAX_ENTRIES];
+    size_t n = json_array_size(ctx);
+    for (size_t j = 0; j < n; j++) {
+      tkms__context_entry__init(&e[j]);
+      e[j].key = (char *)json_string_value(json_object_get(json_array_get(ctx, j), "key"));
+      e[j].value = (char *)json_string_value(json_object_get(json_array_get(ctx, j), "value"));
+      ep[j] = &e[j];
+    }
+    struct tk_env_header h, p;
+    uint8_t enc[TK_ENV_HEADER_MAX];
+    size_t encl = 0, peek = 0;
+    ck_assert_int_eq(tk_env_header_set(&h, tenant, kv, wrapped, wl, ep, n), KMS_OK);
+    ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &encl, &h), KMS_OK);
+    ck_assert_msg(encl == hl && memcmp(enc, hdr, hl) == 0, "%s: encoding differs", name);
+
+    /* 2. Parsing gives the fields back, context sorted; re-encoding is the identity. */
+    ck_assert_int_eq(tk_env_header_peek_len(&peek, env, el), KMS_OK);
+    ck_assert_uint_eq(peek, hl);
+    ck_assert_int_eq(tk_env_header_parse(&p, hdr, hl, NULL), KMS_OK);
+    ck_assert_str_eq(p.tenant, tenant);
+    ck_assert_uint_eq(p.kek_version, kv);
+    ck_assert_uint_eq(p.wrapped_len, wl);
+    ck_assert_mem_eq(p.wrapped, wrapped, wl);
+    ck_assert_uint_eq(p.n_context, n);
+    for (size_t j = 0; j < n; j++) {
+      int found = 0;
+      for (size_t k = 0; k < n; k++) {
+        found += strcmp(p.keys[k], e[j].key) == 0 && strcmp(p.values[k], e[j].value) == 0;
+      }
+      ck_assert_int_eq(found, 1);
+      if (j > 0) {
+        ck_assert_int_lt(strcmp(p.keys[j - 1], p.keys[j]), 0);
+      }
+    }
+    ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &encl, &p), KMS_OK);
+    ck_assert_msg(encl == hl && memcmp(enc, hdr, hl) == 0, "%s: parse-serialise", name);
+
+    /* 3. The body decrypts under the data key with the header as context. */
+    uint8_t *out = malloc(el);
+    size_t ol = 0;
+    ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, hdr, hl, env + hl, el - hl), KMS_OK);
+    ck_assert_uint_eq(ol, pl);
+    ck_assert(pl == 0 || memcmp(out, pt, pl) == 0);
+    /* ... and not with any other context (a header from another envelope). */
+    hdr[hl - 1] ^= 1;
+    ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, hdr, hl, env + hl, el - hl),
+                     KMS_ERR_DECRYPT);
+    hdr[hl - 1] ^= 1;
+
+    /* 4. Re-encrypting with the vector's salt reproduces the envelope. */
+    uint8_t *again = malloc(el);
+    memcpy(again, enc, hl);
+    ck_assert_int_eq(tk_cob_encrypt_with_salt(again + hl, el - hl, &ol, key, 32, salt, hdr, hl,
+                                              pt, pl),
+                     KMS_OK);
+    ck_assert_uint_eq(hl + ol, el);
+    ck_assert_msg(memcmp(again, env, el) == 0, "%s: re-encryption differs", name);
+    free(again);
+    free(out);
+    free(hdr);
+    free(env);
+    free(wrapped);
+    free(key);
+    free(salt);
+    free(pt);
+  }
+  json_decref(root);
+}
+END_TEST
+
+START_TEST(test_invalid_vector_headers_are_refused)
+{
+  json_t *root = load_vectors();
+  json_t *bad = json_object_get(root, "invalid_headers");
+  ck_assert_uint_ge(json_array_size(bad), 10);
+  size_t i;
+  json_t *v;
+  json_array_foreach(bad, i, v)
+  {
+    size_t n;
+    uint8_t *b = unhex(json_string_value(json_object_get(v, "header")), &n);
+    ck_assert_msg(!parses(b, n), "%s parses", json_string_value(json_object_get(v, "name")));
+    free(b);
+  }
+  json_decref(root);
+}
+END_TEST
+
+/* ---- crafted inputs ---------------------------------------------------------------- */
+
+START_TEST(test_every_truncation_length_is_refused)
+{
+  struct raw r;
+  good_header(&r);
+  ck_assert(parses(r.b, r.n));
+  for (size_t n = 0; n < r.n; n++) {
+    /* As cut off (declared length > bytes) ... */
+    ck_assert_msg(!parses(r.b, n), "cut at %zu parses", n);
+    /* ... and with the declared length lowered to match, so each field's own length overruns. */
+    if (n >= TK_ENV_PREFIX_LEN) {
+      struct raw t = r;
+      t.n = n;
+      raw_seal(&t);
+      ck_assert_msg(!parses(t.b, t.n), "re-declared cut at %zu parses", n);
+    }
+  }
+  /* The prefix reader: short but consistent prefixes ask for more, wrong ones are refused. */
+  size_t hl = 99;
+  for (size_t n = 0; n < TK_ENV_PREFIX_LEN; n++) {
+    ck_assert_int_eq(tk_env_header_peek_len(&hl, r.b, n), KMS_ERR_TRUNCATED);
+    ck_assert_uint_eq(hl, 0);
+  }
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKX", 3), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKE\x02", 4), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, r.b, r.n), KMS_OK);
+  ck_assert_uint_eq(hl, r.n);
+}
+END_TEST
+
+START_TEST(test_oversized_and_zero_lengths_are_refused)
+{
+  struct raw r;
+  char t65[66], k65[66], v257[258], k64[65], v256[257];
+  memset(t65, 't', 65);
+  t65[65] = 0;
+  memset(k65, 'k', 65);
+  k65[65] = 0;
+  memset(v257, 'v', 257);
+  v257[257] = 0;
+  memset(k64, 'k', 64);
+  k64[64] = 0;
+  memset(v256, 'v', 256);
+  v256[256] = 0;
+
+  /* Limits themselves are fine. */
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, t65 + 1, 1, 256);
+  raw_u8(&r, 1);
+  raw_entry(&r, k64, v256);
+  raw_seal(&r);
+  ck_assert(parses(r.b, r.n));
+
+  raw_start(&r); /* tenant 65 */
+  raw_tenant_version_wrapped(&r, t65, 1, 65);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* tenant 0 */
+  raw_tenant_version_wrapped(&r, "", 1, 65);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* wrapped 257 (bytes present) */
+  raw_tenant_version_wrapped(&r, "acme", 1, 257);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* wrapped 0 */
+  raw_tenant_version_wrapped(&r, "acme", 1, 0);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* wrapped length 0xffff */
+  raw_u8(&r, 4);
+  raw_put(&r, "acme", 4);
+  raw_u32(&r, 1);
+  raw_u16(&r, 0xffff);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* KEK version 0 */
+  raw_tenant_version_wrapped(&r, "acme", 0, 65);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* key 65 */
+  raw_tenant_version_wrapped(&r, "acme", 1, 65);
+  raw_u8(&r, 1);
+  raw_entry(&r, k65, "x");
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* key 0 */
+  raw_tenant_version_wrapped(&r, "acme", 1, 65);
+  raw_u8(&r, 1);
+  raw_entry(&r, "", "x");
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* value 257 */
+  raw_tenant_version_wrapped(&r, "acme", 1, 65);
+  raw_u8(&r, 1);
+  raw_entry(&r, "k", v257);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r); /* 17 entries, all present */
+  raw_tenant_version_wrapped(&r, "acme", 1, 65);
+  raw_u8(&r, 17);
+  for (int i = 0; i < 17; i++) {
+    char k[8];
+    snprintf(k, sizeof(k), "k%02d", i);
+    raw_entry(&r, k, "v");
+  }
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  /* A declared header length over the maximum, or under the minimum. */
+  good_header(&r);
+  r.b[4] = 0xff;
+  r.b[5] = 0xff;
+  size_t hl;
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, r.b, r.n), KMS_ERR_DECRYPT);
+  ck_assert(!parses(r.b, r.n));
+  r.b[4] = 0;
+  r.b[5] = TK_ENV_HEADER_MIN - 1;
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, r.b, r.n), KMS_ERR_DECRYPT);
+}
+END_TEST
+
+START_TEST(test_non_canonical_order_and_duplicates_are_refused)
+{
+  struct raw r;
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "acme", 7, 65);
+  raw_u8(&r, 2);
+  raw_entry(&r, "session_id", "s-1");
+  raw_entry(&r, "purpose", "report");
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "acme", 7, 65);
+  raw_u8(&r, 2);
+  raw_entry(&r, "purpose", "report");
+  raw_entry(&r, "purpose", "report");
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  /* A prefix sorts first ("a" < "ab"): the reverse is refused. */
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "acme", 7, 65);
+  raw_u8(&r, 2);
+  raw_entry(&r, "ab", "1");
+  raw_entry(&r, "a", "2");
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "acme", 7, 65);
+  raw_u8(&r, 2);
+  raw_entry(&r, "a", "2");
+  raw_entry(&r, "ab", "1");
+  raw_seal(&r);
+  ck_assert(parses(r.b, r.n));
+  /* The encoder sorts whatever order it is given. */
+  Tkms__ContextEntry e[2], *ep[2] = {&e[0], &e[1]};
+  tkms__context_entry__init(&e[0]);
+  tkms__context_entry__init(&e[1]);
+  e[0].key = "ab";
+  e[0].value = "1";
+  e[1].key = "a";
+  e[1].value = "2";
+  uint8_t w[65] = {0};
+  for (size_t i = 0; i < 65; i++) {
+    w[i] = (uint8_t)i;
+  }
+  struct tk_env_header h;
+  uint8_t enc[TK_ENV_HEADER_MAX];
+  size_t n;
+  ck_assert_int_eq(tk_env_header_set(&h, "acme", 7, w, 65, ep, 2), KMS_OK);
+  ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &n, &h), KMS_OK);
+  ck_assert_uint_eq(n, r.n);
+  ck_assert_mem_eq(enc, r.b, n);
+  /* Duplicates can't even be encoded. */
+  e[1].key = "ab";
+  ck_assert_int_eq(tk_env_header_set(&h, "acme", 7, w, 65, ep, 2), KMS_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
+START_TEST(test_trailing_bytes_are_refused)
+{
+  struct raw r;
+  good_header(&r);
+  size_t n = r.n;
+  /* Extra bytes beyond the declared length. */
+  raw_u8(&r, 0);
+  ck_assert(!parses(r.b, r.n));
+  /* Extra bytes inside the declared length, after the last entry. */
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  /* An envelope's header is only its declared bytes: the body is not part of it. */
+  ck_assert(parses(r.b, n) == 0); /* declared length now says n + 1 */
+}
+END_TEST
+
+START_TEST(test_nul_and_control_characters_are_refused)
+{
+  struct raw r;
+  raw_start(&r);
+  raw_u8(&r, 4);
+  raw_put(&r, "ac\0e", 4);
+  raw_u32(&r, 1);
+  raw_u16(&r, 1);
+  raw_u8(&r, 1);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "acme", 1, 65);
+  raw_u8(&r, 1);
+  raw_u8(&r, 1);
+  raw_put(&r, "k", 1);
+  raw_u16(&r, 3);
+  raw_put(&r, "a\0b", 3);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "acme", 1, 65);
+  raw_u8(&r, 1);
+  raw_entry(&r, "k", "line\nbreak");
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  raw_start(&r);
+  raw_tenant_version_wrapped(&r, "-acme", 1, 65); /* must start with a letter or digit */
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+}
+END_TEST
+
+/* Every one-byte change either fails or is itself canonical (parse -> serialise is the identity). */
+START_TEST(test_every_byte_change_fails_or_reencodes_identically)
+{
+  struct raw r;
+  good_header(&r);
+  static const uint8_t deltas[] = {0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff};
+  size_t accepted = 0;
+  for (size_t i = 0; i < r.n; i++) {
+    for (size_t d = 0; d < sizeof(deltas); d++) {
+      struct raw t = r;
+      t.b[i] ^= deltas[d];
+      struct tk_env_header h;
+      if (tk_env_header_parse(&h, t.b, t.n, NULL) != KMS_OK) {
+        continue;
+      }
+      accepted++;
+      uint8_t enc[TK_ENV_HEADER_MAX];
+      size_t n = 0;
+      ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &n, &h), KMS_OK);
+      ck_assert_uint_eq(n, t.n);
+      ck_assert_msg(memcmp(enc, t.b, n) == 0, "byte %zu ^ %02x: accepted but not canonical", i,
+                    deltas[d]);
+    }
+  }
+  ck_assert_uint_gt(accepted, 0); /* e.g. wrapped-key bytes: opaque to the parser */
+}
+END_TEST
+
+START_TEST(test_encoder_refuses_what_the_parser_would)
+{
+  uint8_t w[300] = {1};
+  struct tk_env_header h;
+  ck_assert_int_eq(tk_env_header_set(&h, "acme", 0, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, "a/b", 1, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, "acme", 1, w, 0, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, "acme", 1, w, 257, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, "acme", 1, w, 65, NULL, 0), KMS_OK);
+  uint8_t small[20];
+  size_t n = 1;
+  ck_assert_int_eq(tk_env_header_encode(small, sizeof(small), &n, &h), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_uint_eq(n, 0);
+}
+END_TEST
+
+static Suite *
+envelope_suite(void)
+{
+  Suite *s = suite_create("envelope");
+  TCase *tc = tcase_create("header");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte);
+  tcase_add_test(tc, test_invalid_vector_headers_are_refused);
+  tcase_add_test(tc, test_every_truncation_length_is_refused);
+  tcase_add_test(tc, test_oversized_and_zero_lengths_are_refused);
+  tcase_add_test(tc, test_non_canonical_order_and_duplicates_are_refused);
+  tcase_add_test(tc, test_trailing_bytes_are_refused);
+  tcase_add_test(tc, test_nul_and_control_characters_are_refused);
+  tcase_add_test(tc, test_every_byte_change_fails_or_reencodes_identically);
+  tcase_add_test(tc, test_encoder_refuses_what_the_parser_would);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int
+main(void)
+{
+  SRunner *sr = srunner_create(envelope_suite());
+  srunner_run_all(sr, CK_ENV);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

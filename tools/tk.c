@@ -1,0 +1,575 @@
+/* tk: seal and open files and pipes as tenantkms envelopes, and the raw data-key operations. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "tenantkey.h"
+
+/* Exit codes (documented in usage() and docs/CLIENT.md). */
+enum {
+  EXIT_OK = 0,
+  EXIT_USAGE = 1,
+  EXIT_CONFIG = 2,
+  EXIT_UNAVAILABLE = 3, /* kmsd unreachable, timed out, or the TLS handshake failed */
+  EXIT_DENIED = 4,      /* kmsd refused this principal */
+  EXIT_AUTH = 5,        /* authentication failed: corrupt, truncated or foreign input */
+  EXIT_IO = 6,          /* reading the input or writing the output failed */
+  EXIT_OTHER = 7,       /* any other error from kmsd (unknown tenant, key disabled, ...) */
+};
+
+#define IO_CHUNK (64 * 1024)
+
+static void
+usage(FILE *f)
+{
+  fprintf(f,
+          "usage: tk [--config FILE] COMMAND ...\n"
+          "\n"
+          "commands:\n"
+          "  seal --tenant T [--context K=V]... IN OUT\n"
+          "        encrypt IN into the envelope OUT under a fresh data key of tenant T\n"
+          "  open IN OUT\n"
+          "        authenticate and decrypt the envelope IN into OUT (tenant and context\n"
+          "        come from the envelope)\n"
+          "  datakey generate --tenant T [--context K=V]... [--no-plaintext] [--base64]\n"
+          "        print a new data key: kek_version, wrapped, and (unless --no-plaintext)\n"
+          "        plaintext, in hex (or base64)\n"
+          "  datakey decrypt --tenant T [--context K=V]... [--base64] WRAPPED\n"
+          "        print the plaintext of a wrapped data key (WRAPPED in hex or base64,\n"
+          "        or - to read it from stdin)\n"
+          "\n"
+          "IN and OUT may be - for stdin and stdout; both are streamed in constant memory.\n"
+          "A file OUT is written to a temporary file in the same directory and renamed\n"
+          "into place only on success, so a failed open leaves no partial plaintext.\n"
+          "With OUT = -, open writes each 16 KiB chunk once it is authenticated; that\n"
+          "the input was complete is known only at its end: a truncated envelope then\n"
+          "fails with exit code 5 after part of the plaintext was written.\n"
+          "WARNING: datakey prints key material; keep it out of logs and shells' history.\n"
+          "\n"
+          "FILE is a client configuration (endpoint, ca, cert, key, ...); default\n"
+          "$TKMS_CONFIG.\n"
+          "\n"
+          "exit codes: 0 ok, 1 usage, 2 configuration, 3 kmsd unavailable (or TLS failure),\n"
+          "  4 permission denied, 5 authentication failed or corrupt input, 6 I/O error,\n"
+          "  7 other kmsd error (e.g. unknown tenant, key disabled)\n");
+}
+
+static int
+exit_code(int r)
+{
+  switch (r) {
+  case TK_OK:
+    return EXIT_OK;
+  case TK_ECONFIG:
+    return EXIT_CONFIG;
+  case TK_EUNAVAILABLE:
+  case TK_ETIMEOUT:
+  case TK_ETLS:
+    return EXIT_UNAVAILABLE;
+  case TK_EPERM:
+  case TK_EUNAUTHENTICATED:
+    return EXIT_DENIED;
+  case TK_EDECRYPT:
+  case TK_ETRUNCATED:
+    return EXIT_AUTH;
+  case TK_EIO:
+    return EXIT_IO;
+  default:
+    return EXIT_OTHER;
+  }
+}
+
+static int
+fail(tk_client *c, const char *what, int r)
+{
+  char msg[256] = "";
+  if (c != NULL && r != TK_EDECRYPT && r != TK_ETRUNCATED && r != TK_EIO) {
+    tk_client_last_message(c, msg, sizeof(msg));
+  }
+  const char *hint = "";
+  if (r == TK_EDECRYPT) {
+    hint = " (the input is corrupt, was altered, or is not an envelope)";
+  } else if (r == TK_ETRUNCATED) {
+    hint = " (the input ended early)";
+  }
+  fprintf(stderr, "tk: %s: %s%s%s%s\n", what, tk_strerror(r), hint, msg[0] != '\0' ? ": " : "",
+          msg);
+  return exit_code(r);
+}
+
+static int
+io_fail(const char *what, const char *path)
+{
+  fprintf(stderr, "tk: %s %s: %s\n", what, path, strerror(errno));
+  return EXIT_IO;
+}
+
+/* ---- Output: atomic for files, streamed for stdout ----------------------------- */
+
+struct output {
+  int fd;
+  const char *path; /* NULL: stdout */
+  char tmp[4096];
+};
+
+static int
+output_open(struct output *o, const char *path)
+{
+  memset(o, 0, sizeof(*o));
+  o->fd = -1;
+  if (strcmp(path, "-") == 0) {
+    o->fd = STDOUT_FILENO;
+    return EXIT_OK;
+  }
+  o->path = path;
+  char copy[4096];
+  if (strlen(path) >= sizeof(copy) - 32) {
+    errno = ENAMETOOLONG;
+    return io_fail("cannot create", path);
+  }
+  memcpy(copy, path, strlen(path) + 1);
+  int n = snprintf(o->tmp, sizeof(o->tmp), "%s/.tk-XXXXXX", dirname(copy));
+  if (n < 0 || (size_t)n >= sizeof(o->tmp)) {
+    errno = ENAMETOOLONG;
+    return io_fail("cannot create", path);
+  }
+  o->fd = mkostemp(o->tmp, O_CLOEXEC); /* mode 0600 */
+  if (o->fd < 0) {
+    return io_fail("cannot create a temporary file next to", path);
+  }
+  return EXIT_OK;
+}
+
+static int
+output_write(struct output *o, const uint8_t *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t w = write(o->fd, p, n);
+    if (w < 0 && errno == EINTR) {
+      continue;
+    }
+    if (w <= 0) {
+      return io_fail("cannot write", o->path != NULL ? o->path : "stdout");
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return EXIT_OK;
+}
+
+/* Commits (rename into place) on success, else removes the temporary file. */
+static int
+output_close(struct output *o, int ok)
+{
+  if (o->path == NULL) {
+    return EXIT_OK;
+  }
+  int rc = EXIT_OK;
+  if (ok && fsync(o->fd) != 0) {
+    rc = io_fail("cannot write", o->path);
+    ok = 0;
+  }
+  if (close(o->fd) != 0 && ok) {
+    rc = io_fail("cannot write", o->path);
+    ok = 0;
+  }
+  o->fd = -1;
+  if (ok && rename(o->tmp, o->path) != 0) {
+    rc = io_fail("cannot rename into", o->path);
+    ok = 0;
+  }
+  if (!ok) {
+    unlink(o->tmp);
+  }
+  return rc;
+}
+
+static int
+input_open(const char *path, int *out_fd)
+{
+  if (strcmp(path, "-") == 0) {
+    *out_fd = STDIN_FILENO;
+    return EXIT_OK;
+  }
+  *out_fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (*out_fd < 0) {
+    return io_fail("cannot open", path);
+  }
+  return EXIT_OK;
+}
+
+/* Reads up to |cap| bytes (fewer only at end of input). */
+static int
+read_some(int fd, uint8_t *buf, size_t cap, size_t *out_n, const char *path)
+{
+  size_t got = 0;
+  *out_n = 0;
+  while (got < cap) {
+    ssize_t n = read(fd, buf + got, cap - got);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      return io_fail("cannot read", strcmp(path, "-") == 0 ? "stdin" : path);
+    }
+    if (n == 0) {
+      break;
+    }
+    got += (size_t)n;
+  }
+  *out_n = got;
+  return EXIT_OK;
+}
+
+/* ---- seal / open ------------------------------------------------------------------ */
+
+static int
+run_stream(tk_client *c, tk_stream *st, const char *what, const char *in_path,
+           const char *out_path)
+{
+  int rc = EXIT_OK, r = TK_OK, in_fd = -1, opened = 0;
+  struct output o;
+  size_t out_cap = tk_stream_update_max(IO_CHUNK);
+  if (out_cap < TK_STREAM_FINAL_MAX) {
+    out_cap = TK_STREAM_FINAL_MAX;
+  }
+  uint8_t *in = malloc(IO_CHUNK), *out = malloc(out_cap);
+  if (in == NULL || out == NULL) {
+    fprintf(stderr, "tk: out of memory\n");
+    rc = EXIT_OTHER;
+    goto out;
+  }
+  rc = input_open(in_path, &in_fd);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  rc = output_open(&o, out_path);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  opened = 1;
+  for (;;) {
+    size_t n = 0, w = 0;
+    rc = read_some(in_fd, in, IO_CHUNK, &n, in_path);
+    if (rc != EXIT_OK) {
+      goto out;
+    }
+    if (n == 0) {
+      break;
+    }
+    r = tk_stream_update(st, out, out_cap, &w, in, n);
+    if (r != TK_OK) {
+      rc = fail(c, what, r);
+      goto out;
+    }
+    rc = output_write(&o, out, w);
+    if (rc != EXIT_OK) {
+      goto out;
+    }
+  }
+  size_t w = 0;
+  r = tk_stream_final(st, out, out_cap, &w);
+  if (r != TK_OK) {
+    rc = fail(c, what, r);
+    goto out;
+  }
+  rc = output_write(&o, out, w);
+out:
+  if (opened) {
+    int crc = output_close(&o, rc == EXIT_OK);
+    rc = rc != EXIT_OK ? rc : crc;
+  }
+  if (in_fd > STDIN_FILENO) {
+    close(in_fd);
+  }
+  if (out != NULL) {
+    OPENSSL_cleanse(out, out_cap);
+  }
+  if (in != NULL) {
+    OPENSSL_cleanse(in, IO_CHUNK);
+  }
+  free(in);
+  free(out);
+  return rc;
+}
+
+/* Parses repeated --context K=V into |ctx|. */
+static int
+add_context(tk_context *ctx, const char *kv)
+{
+  const char *eq = strchr(kv, '=');
+  if (eq == NULL || eq == kv || (size_t)(eq - kv) > 64) {
+    fprintf(stderr, "tk: --context expects KEY=VALUE\n");
+    return EXIT_USAGE;
+  }
+  char key[65];
+  memcpy(key, kv, (size_t)(eq - kv));
+  key[eq - kv] = '\0';
+  if (tk_context_add(ctx, key, eq + 1) != TK_OK) {
+    fprintf(stderr,
+            "tk: --context %s: invalid (keys are 1-64 characters of [A-Za-z0-9._-], unique; "
+            "values at most 256 bytes; at most 16 entries)\n",
+            key);
+    return EXIT_USAGE;
+  }
+  return EXIT_OK;
+}
+
+/* ---- datakey ----------------------------------------------------------------------- */
+
+static void
+print_bytes(const char *label, const uint8_t *p, size_t n, int b64)
+{
+  printf("%s: ", label);
+  if (b64) {
+    unsigned char enc[4 * 512 / 3 + 4];
+    if (n <= 512) {
+      EVP_EncodeBlock(enc, p, (int)n);
+      printf("%s", enc);
+      OPENSSL_cleanse(enc, sizeof(enc));
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      printf("%02x", p[i]);
+    }
+  }
+  printf("\n");
+}
+
+/* Decodes hex or base64 |s| into |out| (capacity 512). */
+static int
+decode_bytes(uint8_t *out, size_t *out_len, const char *s, int b64)
+{
+  size_t n = strlen(s);
+  while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ')) {
+    n--;
+  }
+  *out_len = 0;
+  if (b64) {
+    if (n == 0 || n % 4 != 0 || n > 684) {
+      return -1;
+    }
+    int d = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
+    if (d < 0) {
+      return -1;
+    }
+    size_t pad = (s[n - 1] == '=') + (s[n - 2] == '=');
+    *out_len = (size_t)d - pad;
+    return 0;
+  }
+  if (n == 0 || n % 2 != 0 || n / 2 > 512) {
+    return -1;
+  }
+  for (size_t i = 0; i < n / 2; i++) {
+    unsigned v;
+    if (sscanf(s + 2 * i, "%2x", &v) != 1 || !strchr("0123456789abcdefABCDEF", s[2 * i]) ||
+        !strchr("0123456789abcdefABCDEF", s[2 * i + 1])) {
+      return -1;
+    }
+    out[i] = (uint8_t)v;
+  }
+  *out_len = n / 2;
+  return 0;
+}
+
+static int
+datakey_generate(tk_client *c, const char *tenant, const tk_context *ctx, int with_pt, int b64)
+{
+  tk_data_key *k = NULL;
+  int r = tk_data_key_generate(c, &k, tenant, ctx, with_pt);
+  if (r != TK_OK) {
+    return fail(c, "datakey generate", r);
+  }
+  size_t wl = 0, pl = 0;
+  const uint8_t *w = tk_data_key_wrapped(k, &wl);
+  printf("kek_version: %u\n", tk_data_key_kek_version(k));
+  print_bytes("wrapped", w, wl, b64);
+  const uint8_t *p = tk_data_key_plaintext(k, &pl);
+  if (p != NULL) {
+    print_bytes("plaintext", p, pl, b64);
+  }
+  tk_data_key_free(k);
+  return fflush(stdout) == 0 ? EXIT_OK : EXIT_IO;
+}
+
+static int
+datakey_decrypt(tk_client *c, const char *tenant, const tk_context *ctx, const char *arg,
+                int b64)
+{
+  char line[1024];
+  const char *text = arg;
+  if (strcmp(arg, "-") == 0) {
+    if (fgets(line, sizeof(line), stdin) == NULL) {
+      fprintf(stderr, "tk: datakey decrypt: no wrapped key on stdin\n");
+      return EXIT_USAGE;
+    }
+    text = line;
+  }
+  uint8_t wrapped[512];
+  size_t wl = 0;
+  if (decode_bytes(wrapped, &wl, text, b64) != 0) {
+    fprintf(stderr, "tk: datakey decrypt: WRAPPED is not valid %s\n", b64 ? "base64" : "hex");
+    return EXIT_USAGE;
+  }
+  tk_data_key *k = NULL;
+  int r = tk_data_key_decrypt(c, &k, tenant, ctx, wrapped, wl);
+  if (r != TK_OK) {
+    return fail(c, "datakey decrypt", r);
+  }
+  size_t pl = 0;
+  const uint8_t *p = tk_data_key_plaintext(k, &pl);
+  printf("kek_version: %u\n", tk_data_key_kek_version(k));
+  print_bytes("plaintext", p, pl, b64);
+  tk_data_key_free(k);
+  return fflush(stdout) == 0 ? EXIT_OK : EXIT_IO;
+}
+
+/* ---- main -------------------------------------------------------------------------- */
+
+int
+main(int argc, char **argv)
+{
+  static const struct option global_opts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  static const struct option cmd_opts[] = {
+      {"tenant", required_argument, NULL, 't'},
+      {"context", required_argument, NULL, 'x'},
+      {"no-plaintext", no_argument, NULL, 'n'},
+      {"base64", no_argument, NULL, 'b'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *config = getenv("TKMS_CONFIG");
+  int opt, rc = EXIT_OK;
+  tk_context *ctx = NULL;
+  tk_client *c = NULL;
+  tk_stream *st = NULL;
+
+  while ((opt = getopt_long(argc, argv, "+c:h", global_opts, NULL)) != -1) {
+    switch (opt) {
+    case 'c':
+      config = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return EXIT_OK;
+    default:
+      usage(stderr);
+      return EXIT_USAGE;
+    }
+  }
+  if (optind >= argc) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  const char *cmd = argv[optind];
+  const char *sub = NULL;
+  int is_datakey = strcmp(cmd, "datakey") == 0;
+  if (is_datakey) {
+    if (optind + 1 >= argc) {
+      usage(stderr);
+      return EXIT_USAGE;
+    }
+    sub = argv[optind + 1];
+  }
+  /* Parse the command's own options. */
+  int first = optind + (is_datakey ? 2 : 1);
+  int cargc = argc - first + 1;
+  char **cargv = argv + first - 1;
+  const char *tenant = NULL;
+  int no_pt = 0, b64 = 0;
+  ctx = tk_context_new();
+  if (ctx == NULL) {
+    fprintf(stderr, "tk: out of memory\n");
+    return EXIT_OTHER;
+  }
+  optind = 0; /* glibc: 0 re-initialises getopt for the new argument vector */
+  while ((opt = getopt_long(cargc, cargv, "t:x:nbh", cmd_opts, NULL)) != -1) {
+    switch (opt) {
+    case 't':
+      tenant = optarg;
+      break;
+    case 'x':
+      rc = add_context(ctx, optarg);
+      if (rc != EXIT_OK) {
+        goto out;
+      }
+      break;
+    case 'n':
+      no_pt = 1;
+      break;
+    case 'b':
+      b64 = 1;
+      break;
+    case 'h':
+      usage(stdout);
+      goto out;
+    default:
+      usage(stderr);
+      rc = EXIT_USAGE;
+      goto out;
+    }
+  }
+  int nargs = cargc - optind;
+  char **args = cargv + optind;
+  int is_seal = strcmp(cmd, "seal") == 0, is_open = strcmp(cmd, "open") == 0;
+  int is_gen = is_datakey && strcmp(sub, "generate") == 0;
+  int is_dec = is_datakey && strcmp(sub, "decrypt") == 0;
+  int ok = (is_seal && nargs == 2 && tenant != NULL) ||
+           (is_open && nargs == 2 && tenant == NULL) ||
+           (is_gen && nargs == 0 && tenant != NULL) ||
+           (is_dec && nargs == 1 && tenant != NULL && !no_pt);
+  if (!ok) {
+    usage(stderr);
+    rc = EXIT_USAGE;
+    goto out;
+  }
+  if (config == NULL) {
+    fprintf(stderr, "tk: no configuration: use --config FILE or set TKMS_CONFIG\n");
+    rc = EXIT_CONFIG;
+    goto out;
+  }
+  char err[512];
+  int r = tk_client_new_from_file(&c, config, err, sizeof(err));
+  if (r != TK_OK) {
+    fprintf(stderr, "tk: %s\n", err[0] != '\0' ? err : tk_strerror(r));
+    rc = r == TK_ENOMEM ? EXIT_OTHER : EXIT_CONFIG;
+    goto out;
+  }
+  if (is_seal) {
+    r = tk_stream_seal_new(c, &st, tenant, ctx);
+    if (r != TK_OK) {
+      rc = fail(c, "seal", r);
+      goto out;
+    }
+    rc = run_stream(c, st, "seal", args[0], args[1]);
+  } else if (is_open) {
+    r = tk_stream_open_new(c, &st);
+    if (r != TK_OK) {
+      rc = fail(c, "open", r);
+      goto out;
+    }
+    rc = run_stream(c, st, "open", args[0], args[1]);
+  } else if (is_gen) {
+    rc = datakey_generate(c, tenant, ctx, !no_pt, b64);
+  } else {
+    rc = datakey_decrypt(c, tenant, ctx, args[0], b64);
+  }
+out:
+  tk_stream_free(st);
+  tk_client_free(c);
+  tk_context_free(ctx);
+  return rc;
+}
