@@ -77,6 +77,53 @@ kms_wire_context_ok(size_t n, Tkms__ContextEntry *const *entries, const char **w
   return 1;
 }
 
+int
+kms_wire_session_id_ok(const char *s)
+{
+  if (!id_ok(s, KMS_SESSION_ID_MAX)) {
+    return 0;
+  }
+  unsigned char c = (unsigned char)s[0];
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+int
+kms_wire_attributes_ok(size_t n, Tkms__ContextEntry *const *attrs, size_t n_ctx,
+                       Tkms__ContextEntry *const *ctx, const char *const *reserved,
+                       const char **why)
+{
+  if (!kms_wire_context_ok(n, attrs, why)) {
+    /* The same rule, reported under the field that broke it. */
+    if (strcmp(*why, "context: too many entries") == 0) {
+      *why = "attributes: too many entries";
+    } else if (strcmp(*why, "context: invalid key") == 0) {
+      *why = "attributes: invalid key";
+    } else if (strcmp(*why, "context: value too long") == 0) {
+      *why = "attributes: value too long";
+    } else if (strcmp(*why, "context: duplicate key") == 0) {
+      *why = "attributes: duplicate key";
+    } else {
+      *why = "attributes: control character in value";
+    }
+    return 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    for (size_t j = 0; j < n_ctx; j++) {
+      if (ctx[j] != NULL && ctx[j]->key != NULL && strcmp(ctx[j]->key, attrs[i]->key) == 0) {
+        *why = "attributes: key also in the context";
+        return 0;
+      }
+    }
+    for (size_t j = 0; reserved != NULL && reserved[j] != NULL; j++) {
+      if (strcmp(reserved[j], attrs[i]->key) == 0) {
+        *why = "attributes: key named by the request itself (session_id, purpose)";
+        return 0;
+      }
+    }
+  }
+  return 1;
+}
+
 static int
 check_tenant(const char *tenant_id, const char **why)
 {
@@ -145,6 +192,8 @@ lifecycle_request_check(const Tkms__Request *req, const char **why)
     const Tkms__ReEncryptRequest *e = req->re_encrypt;
     if (check_tenant(e->tenant_id, why) != KMS_OK ||
         !kms_wire_context_ok(e->n_context, e->context, why) ||
+        !kms_wire_attributes_ok(e->n_attributes, e->attributes, e->n_context, e->context, NULL,
+                                why) ||
         check_wrapped(&e->wrapped_key, why) != KMS_OK) {
       return KMS_ERR_INVALID_ARGUMENT;
     }
@@ -157,6 +206,10 @@ lifecycle_request_check(const Tkms__Request *req, const char **why)
     }
     if (b->n_items == 0 || b->n_items > KMS_REENCRYPT_BATCH_MAX) {
       *why = "items: 1-1024 required";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    /* The policy sees the batch's attributes alone (no item's context). */
+    if (!kms_wire_attributes_ok(b->n_attributes, b->attributes, 0, NULL, NULL, why)) {
       return KMS_ERR_INVALID_ARGUMENT;
     }
     for (size_t i = 0; i < b->n_items; i++) {
@@ -200,6 +253,99 @@ lifecycle_request_check(const Tkms__Request *req, const char **why)
   }
 }
 
+static int
+check_session(const char *tenant_id, const char *session_id, const char **why)
+{
+  if (check_tenant(tenant_id, why) != KMS_OK) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (!kms_wire_session_id_ok(session_id)) {
+    *why = "session_id: 1-128 characters of [A-Za-z0-9._-] required, the first a letter or digit";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return KMS_OK;
+}
+
+/* Session key requests (field numbers 40-49; docs/SESSIONS.md). */
+static int
+session_request_check(const Tkms__Request *req, const char **why)
+{
+  /* The policy sees session_id (and GetSessionKey's purpose) as context entries. */
+  static const char *const session_only[] = {KMS_SESSION_KEY, NULL};
+  static const char *const session_purpose[] = {KMS_SESSION_KEY, KMS_PURPOSE_KEY, NULL};
+
+  switch (req->op_case) {
+  case TKMS__REQUEST__OP_OPEN_SESSION: {
+    const Tkms__OpenSessionRequest *o = req->open_session;
+    if (check_session(o->tenant_id, o->session_id, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (!kms_wire_context_ok(o->n_metadata, o->metadata, why)) {
+      *why = "metadata: at most 16 entries, keys 1-64 of [A-Za-z0-9._-] unique, values at most "
+             "256 bytes without control characters";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (!kms_wire_attributes_ok(o->n_attributes, o->attributes, 0, NULL, session_only, why)) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  }
+  case TKMS__REQUEST__OP_GET_SESSION_KEY: {
+    const Tkms__GetSessionKeyRequest *g = req->get_session_key;
+    if (check_session(g->tenant_id, g->session_id, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    /* purpose is checked as a context value would be. */
+    Tkms__ContextEntry p = TKMS__CONTEXT_ENTRY__INIT;
+    Tkms__ContextEntry *pp = &p;
+    p.key = KMS_PURPOSE_KEY;
+    p.value = g->purpose != NULL ? g->purpose : "";
+    if (!kms_wire_context_ok(1, &pp, why)) {
+      *why = "purpose: at most 256 bytes without control characters";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    int has_purpose = g->purpose != NULL && g->purpose[0] != '\0';
+    if (!kms_wire_attributes_ok(g->n_attributes, g->attributes, 0, NULL,
+                                has_purpose ? session_purpose : session_only, why)) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  }
+  case TKMS__REQUEST__OP_CLOSE_SESSION:
+    return check_session(req->close_session->tenant_id, req->close_session->session_id, why);
+  case TKMS__REQUEST__OP_SHRED_SESSION:
+    return check_session(req->shred_session->tenant_id, req->shred_session->session_id, why);
+  case TKMS__REQUEST__OP_LIST_SESSIONS: {
+    const Tkms__ListSessionsRequest *l = req->list_sessions;
+    if (check_tenant(l->tenant_id, why) != KMS_OK) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (l->limit > KMS_LIST_SESSIONS_MAX) {
+      *why = "limit: at most 1000";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (l->state > 3) {
+      *why = "state: 0 (any), 1 open, 2 closed or 3 shredded";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (l->created_from_ms < 0 || l->created_to_ms < 0 ||
+        (l->created_to_ms != 0 && l->created_to_ms < l->created_from_ms)) {
+      *why = "created_from_ms, created_to_ms: not a time range";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    if (l->page_token != NULL && strnlen(l->page_token, KMS_PAGE_TOKEN_MAX + 1) >
+                                     KMS_PAGE_TOKEN_MAX) {
+      *why = "page_token: too long";
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    return KMS_OK;
+  }
+  default:
+    *why = "unknown method";
+    return KMS_ERR_UNIMPLEMENTED;
+  }
+}
+
 int
 kms_wire_request_check(const Tkms__Request *req, const char **why)
 {
@@ -218,7 +364,9 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
     if (check_tenant(g->tenant_id, why) != KMS_OK) {
       return KMS_ERR_INVALID_ARGUMENT;
     }
-    if (!kms_wire_context_ok(g->n_context, g->context, why)) {
+    if (!kms_wire_context_ok(g->n_context, g->context, why) ||
+        !kms_wire_attributes_ok(g->n_attributes, g->attributes, g->n_context, g->context, NULL,
+                                why)) {
       return KMS_ERR_INVALID_ARGUMENT;
     }
     return KMS_OK;
@@ -228,7 +376,9 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
     if (check_tenant(d->tenant_id, why) != KMS_OK) {
       return KMS_ERR_INVALID_ARGUMENT;
     }
-    if (!kms_wire_context_ok(d->n_context, d->context, why)) {
+    if (!kms_wire_context_ok(d->n_context, d->context, why) ||
+        !kms_wire_attributes_ok(d->n_attributes, d->attributes, d->n_context, d->context, NULL,
+                                why)) {
       return KMS_ERR_INVALID_ARGUMENT;
     }
     if (d->wrapped_key.len == 0 || d->wrapped_key.len > KMS_WRAPPED_KEY_MAX) {
@@ -251,6 +401,12 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
   case TKMS__REQUEST__OP_LIST_RECEIPTS:
   case TKMS__REQUEST__OP_SET_ROTATION_PERIOD:
     return lifecycle_request_check(req, why);
+  case TKMS__REQUEST__OP_OPEN_SESSION:
+  case TKMS__REQUEST__OP_GET_SESSION_KEY:
+  case TKMS__REQUEST__OP_CLOSE_SESSION:
+  case TKMS__REQUEST__OP_SHRED_SESSION:
+  case TKMS__REQUEST__OP_LIST_SESSIONS:
+    return session_request_check(req, why);
   default:
     *why = "unknown method";
     return KMS_ERR_UNIMPLEMENTED;
@@ -298,6 +454,22 @@ kms_wire_response_check(const Tkms__Response *resp, Tkms__Request__OpCase op)
     }
     return KMS_OK;
   }
+  case TKMS__RESPONSE__RESULT_OPEN_SESSION:
+    return resp->open_session->plaintext.len == KMS_DATA_KEY_LEN ? KMS_OK : KMS_ERR_PROTOCOL;
+  case TKMS__RESPONSE__RESULT_GET_SESSION_KEY:
+    return resp->get_session_key->plaintext.len == KMS_DATA_KEY_LEN ? KMS_OK
+                                                                     : KMS_ERR_PROTOCOL;
+  case TKMS__RESPONSE__RESULT_CLOSE_SESSION:
+    return resp->close_session->session != NULL ? KMS_OK : KMS_ERR_PROTOCOL;
+  case TKMS__RESPONSE__RESULT_SHRED_SESSION:
+    return resp->shred_session->receipt != NULL ? KMS_OK : KMS_ERR_PROTOCOL;
+  case TKMS__RESPONSE__RESULT_LIST_SESSIONS:
+    for (size_t i = 0; i < resp->list_sessions->n_sessions; i++) {
+      if (resp->list_sessions->sessions[i] == NULL) {
+        return KMS_ERR_PROTOCOL;
+      }
+    }
+    return KMS_OK;
   case TKMS__RESPONSE__RESULT_ROTATE_KEY:
   case TKMS__RESPONSE__RESULT_LIST_KEYS:
   case TKMS__RESPONSE__RESULT_DISABLE_KEY:

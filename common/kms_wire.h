@@ -17,6 +17,13 @@
 #define KMS_REENCRYPT_BATCH_MAX 1024 /* items in one ReEncryptBatch */
 #define KMS_LIFECYCLE_DAYS_MAX 3650  /* waiting and rotation periods, in days */
 #define KMS_LIST_TENANTS_MAX 1000    /* tenants in one ListTenants page */
+/* Session keys (docs/SESSIONS.md). */
+#define KMS_SESSION_ID_MAX 128       /* bytes of a session id */
+#define KMS_LIST_SESSIONS_MAX 1000   /* sessions in one ListSessions page */
+#define KMS_PAGE_TOKEN_MAX 192       /* bytes of a ListSessions page token */
+/* Context keys a session request names itself (the policy's view, docs/POLICY.md). */
+#define KMS_SESSION_KEY "session_id"
+#define KMS_PURPOSE_KEY "purpose"
 
 /*
  * kms_wire_tenant_id_ok: 1 if |s| is a valid tenant id: 1-64 bytes of
@@ -30,6 +37,23 @@ int kms_wire_tenant_id_ok(const char *s);
  * control characters; at most 16 entries). 0 otherwise; |*why| says which rule.
  */
 int kms_wire_context_ok(size_t n, Tkms__ContextEntry *const *entries, const char **why);
+
+/*
+ * kms_wire_session_id_ok: 1 if |s| is a valid session id: 1-128 bytes of
+ * [A-Za-z0-9._-], starting with a letter or digit. 0 otherwise.
+ */
+int kms_wire_session_id_ok(const char *s);
+
+/*
+ * kms_wire_attributes_ok: 1 if the access attributes follow the context rules
+ * (kms_wire_context_ok, with "attributes:" in |*why|) and share no key with
+ * the |n_ctx| context entries or with the keys named in |reserved| (a
+ * NULL-terminated list, may be NULL): the policy sees their union, so a key in
+ * two places could smuggle a condition (docs/POLICY.md). 0 otherwise.
+ */
+int kms_wire_attributes_ok(size_t n, Tkms__ContextEntry *const *attrs, size_t n_ctx,
+                           Tkms__ContextEntry *const *ctx, const char *const *reserved,
+                           const char **why);
 
 /*
  * kms_wire_request_check validates every field of a decoded request. Returns

@@ -295,6 +295,22 @@ context_hmac(audit *a, struct sbuf *b, const char *key, const char *value)
   free(msg);
 }
 
+/* entries_hmac writes {"key":"hmac",...}: keys in clear, values as keyed HMACs. */
+static void
+entries_hmac(audit *a, struct sbuf *b, Tkms__ContextEntry *const *e, size_t n)
+{
+  sb_put(b, "{", 1);
+  for (size_t i = 0; i < n; i++) {
+    if (i > 0) {
+      sb_put(b, ",", 1);
+    }
+    sb_json_str(b, e[i]->key != NULL ? e[i]->key : "");
+    sb_put(b, ":", 1);
+    context_hmac(a, b, e[i]->key != NULL ? e[i]->key : "", e[i]->value != NULL ? e[i]->value : "");
+  }
+  sb_put(b, "}", 1);
+}
+
 int
 audit_submit(audit *a, struct audit_item *item, const struct audit_fields *f)
 {
@@ -328,18 +344,17 @@ audit_submit(audit *a, struct audit_item *item, const struct audit_fields *f)
     sb_str(&b, ",\"kek_version\":null");
   }
   sb_str(&b, ",\"session\":");
-  sb_json_str(&b, f->session);
-  sb_str(&b, ",\"context\":{");
-  for (size_t i = 0; i < f->n_context; i++) {
-    const Tkms__ContextEntry *e = f->context[i];
-    if (i > 0) {
-      sb_put(&b, ",", 1);
-    }
-    sb_json_str(&b, e->key != NULL ? e->key : "");
-    sb_put(&b, ":", 1);
-    context_hmac(a, &b, e->key != NULL ? e->key : "", e->value != NULL ? e->value : "");
+  if (f->session != NULL) {
+    /* Keyed like a context value of session_id, so both match the same session. */
+    context_hmac(a, &b, "session_id", f->session);
+  } else {
+    sb_str(&b, "null");
   }
-  sb_fmt(&b, "},\"outcome\":\"%s\",\"status\":\"%s\",\"code\":%d}",
+  sb_str(&b, ",\"context\":");
+  entries_hmac(a, &b, f->context, f->n_context);
+  sb_str(&b, ",\"attributes\":");
+  entries_hmac(a, &b, f->attributes, f->n_attributes);
+  sb_fmt(&b, ",\"outcome\":\"%s\",\"status\":\"%s\",\"code\":%d}",
          f->status == 0                        ? "ok"
          : (f->status == 7 || f->status == 16) ? "denied"
                                                : "error",

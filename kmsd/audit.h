@@ -60,9 +60,11 @@ struct audit_fields {
   const char *op;
   const char *tenant;
   uint32_t kek_version; /* 0: none */
-  const char *session;
+  const char *session;  /* session id, recorded as a keyed HMAC like a session_id value */
   Tkms__ContextEntry *const *context; /* keys in clear, values as keyed HMACs */
   size_t n_context;
+  Tkms__ContextEntry *const *attributes; /* access attributes (docs/POLICY.md), as context */
+  size_t n_attributes;
   int status; /* wire status (tkms.StatusCode number) */
 };
 

@@ -32,11 +32,11 @@ authz_op_known(const char *operation)
 int
 authz_check(const struct authz_request *req, const char **out_rule)
 {
-  struct policy_kv kv[KMS_CONTEXT_MAX_ENTRIES];
+  struct policy_kv kv[AUTHZ_VIEW_MAX];
   struct policy_decision d;
   *out_rule = "-";
-  /* kms_wire already capped the context; more entries would be a bug: deny. */
-  if (req->n_context > KMS_CONTEXT_MAX_ENTRIES) {
+  /* kms_wire already capped context and attributes; more entries would be a bug: deny. */
+  if (req->n_context > AUTHZ_VIEW_MAX) {
     return KMS_ERR_PERMISSION_DENIED;
   }
   for (size_t i = 0; i < req->n_context; i++) {

@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "kms.pb-c.h"
+#include "kms_wire.h"
 
 /*
  * authz holds the policy in force (kmsd/policy.h, docs/POLICY.md). Only the
@@ -14,12 +15,20 @@
  * worker that wanted a decision would need one.
  */
 
+/*
+ * The most entries the policy sees of one request: its encryption context and
+ * its access attributes (16 each), plus what a session request names itself
+ * (session_id, and GetSessionKey's purpose). kms_wire has checked that no key
+ * appears twice among them (docs/POLICY.md).
+ */
+#define AUTHZ_VIEW_MAX (2 * KMS_CONTEXT_MAX_ENTRIES + 2)
+
 /* What rpc.c extracts from a request through its method table. */
 struct authz_request {
   const char *principal; /* the connection's certificate identity */
   const char *operation; /* the method's policy operation name */
   const char *tenant;    /* NULL if the operation names no tenant */
-  Tkms__ContextEntry *const *context;
+  Tkms__ContextEntry *const *context; /* the union above: context, session, attributes */
   size_t n_context;
 };
 

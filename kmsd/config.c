@@ -180,6 +180,39 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
     c->lifecycle_interval_s = (unsigned)v;
     return r;
   }
+  if (strcmp(key, "hsm_timeout_ms") == 0) {
+    r = set_uint(&v, value, 50, 600000, why, why_len);
+    c->hsm_timeout_ms = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "max_connections_per_peer") == 0) {
+    r = set_uint(&v, value, 1, 100000, why, why_len);
+    c->max_conns_per_peer = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "max_handshakes") == 0) {
+    r = set_uint(&v, value, 1, 100000, why, why_len);
+    c->max_handshakes = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "frame_timeout_ms") == 0) {
+    r = set_uint(&v, value, 100, 600000, why, why_len);
+    c->frame_timeout_ms = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "rate_limit") == 0) {
+    r = set_uint(&v, value, 0, 10000000, why, why_len);
+    c->rate_limit = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "rate_burst") == 0) {
+    r = set_uint(&v, value, 0, 100000000, why, why_len);
+    c->rate_burst = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "user") == 0) {
+    return set_str(c->user, sizeof(c->user), value, why, why_len);
+  }
   if (strcmp(key, "log_level") == 0) {
     c->log_level = log_parse_level(value);
     if (c->log_level < 0) {
@@ -204,8 +237,8 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
   return KMS_ERR_CONFIG;
 }
 
-int
-config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len)
+static void
+defaults(struct kmsd_config *out)
 {
   memset(out, 0, sizeof(*out));
   snprintf(out->listen_host, sizeof(out->listen_host), "127.0.0.1");
@@ -229,11 +262,16 @@ config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len
   out->rotation_period_days = 90;
   out->lifecycle_interval_s = 60;
   out->kek_state_ttl_ms = 1000;
+  out->hsm_timeout_ms = 2000;
+  out->max_conns_per_peer = 256;
+  out->max_handshakes = 64;
+  out->frame_timeout_ms = 10000;
+}
 
-  int r = kms_conf_parse(path, on_entry, out, err, err_len);
-  if (r != KMS_OK) {
-    return r;
-  }
+/* What no single line can check: cross-key rules, derived values, required keys. */
+static int
+finish(struct kmsd_config *out, const char *path, char *err, size_t err_len)
+{
   if (out->destruction_wait_days < CONFIG_DESTRUCTION_WAIT_MIN_DAYS &&
       !out->allow_short_waiting_periods) {
     snprintf(err, err_len,
@@ -241,6 +279,15 @@ config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len
              "allow_short_waiting_periods = true, a test knob)",
              path, CONFIG_DESTRUCTION_WAIT_MIN_DAYS);
     return KMS_ERR_CONFIG;
+  }
+  if (out->rate_limit > 0 && out->rate_burst == 0) {
+    out->rate_burst = out->rate_limit > UINT32_MAX / 2 ? UINT32_MAX : out->rate_limit * 2;
+  }
+  if (out->max_conns_per_peer > out->max_connections) {
+    out->max_conns_per_peer = out->max_connections;
+  }
+  if (out->max_handshakes > out->max_connections) {
+    out->max_handshakes = out->max_connections;
   }
   const struct {
     const char *key;
@@ -258,4 +305,27 @@ config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len
     }
   }
   return KMS_OK;
+}
+
+int
+config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len)
+{
+  defaults(out);
+  int r = kms_conf_parse(path, on_entry, out, err, err_len);
+  if (r != KMS_OK) {
+    return r;
+  }
+  return finish(out, path, err, err_len);
+}
+
+int
+config_load_buf(struct kmsd_config *out, const char *name, const char *buf, size_t len,
+                char *err, size_t err_len)
+{
+  defaults(out);
+  int r = kms_conf_parse_buf(name, buf, len, on_entry, out, err, err_len);
+  if (r != KMS_OK) {
+    return r;
+  }
+  return finish(out, name, err, err_len);
 }

@@ -48,6 +48,14 @@ struct kmsd_config {
   int allow_short_waiting_periods;  /* TEST KNOB: waiting periods below 7 days, down to 0 */
   unsigned rotation_period_days;    /* default automatic rotation period; 0: off */
   unsigned lifecycle_interval_s;    /* timer: expiries, due destructions, rotations */
+  /* Running it like a trusted service (docs/HARDENING.md, docs/OPERATIONS.md). */
+  unsigned hsm_timeout_ms;          /* an HSM call slower than this marks the HSM down */
+  unsigned max_conns_per_peer;      /* open connections from one IP address */
+  unsigned max_handshakes;          /* connections still in the TLS handshake, all peers */
+  unsigned frame_timeout_ms;        /* a frame once begun must arrive whole within this */
+  unsigned rate_limit;              /* requests per second per principal; 0: no limit */
+  unsigned rate_burst;              /* token bucket size; 0: 2 * rate_limit */
+  char user[64];                    /* started as root: drop to this user; empty: stay */
 };
 
 /* Defaults and limits, documented in docs/OPERATIONS.md. */
@@ -62,5 +70,9 @@ struct kmsd_config {
  * returns KMS_ERR_CONFIG or KMS_ERR_IO with "FILE:LINE: key: reason" in |err|.
  */
 int config_load(struct kmsd_config *out, const char *path, char *err, size_t err_len);
+
+/* config_load_buf is config_load on |len| bytes at |buf| (|name| in messages; fuzzing). */
+int config_load_buf(struct kmsd_config *out, const char *name, const char *buf, size_t len,
+                    char *err, size_t err_len);
 
 #endif

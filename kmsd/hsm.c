@@ -8,10 +8,12 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -19,6 +21,7 @@
 #include <openssl/evp.h>
 
 #include "kms_err.h"
+#include "log.h"
 
 /*
  * pkcs11.h in compat mode #defines common words (value, count, params, ...):
@@ -39,6 +42,11 @@ _Static_assert(sizeof(CK_ULONG) >= sizeof(size_t), "CK_ULONG must hold a size_t"
 #define PIN_MAX 256
 #define ROOT_ID_MAX 32
 #define TOKEN_LABEL_LEN 32
+#define CALL_TIMEOUT_MS_DEFAULT 2000u
+#define RETRY_MS 250 /* at most one recovery probe this often while down */
+/* hsm_key: generation in the top 16 bits, the module's handle below. */
+#define KEY_GEN_SHIFT 48
+#define KEY_HANDLE_MASK ((UINT64_C(1) << KEY_GEN_SHIFT) - 1)
 
 struct hsm {
   void *dl;
@@ -57,11 +65,40 @@ struct hsm {
   bool owner_mu_init;
   bool owner_open;
   CK_SESSION_HANDLE owner; /* used only under owner_mu once hsm_open returned */
+
+  /* Recovery (hsm.h). Kept so that a reset can log in again: the path, never the PIN. */
+  char token_label[TOKEN_LABEL_LEN + 1];
+  char pin_file[PATH_MAX];
+  uint32_t root_version;
+  unsigned call_timeout_ms;
+  /*
+   * Held shared by every operation (from session check to last call), and
+   * exclusively by a reset, so no call runs while sessions and handles are
+   * replaced and no handle of one generation is used in the next.
+   * Lock order: reset_lock, then owner_mu.
+   */
+  pthread_rwlock_t reset_lock;
+  bool reset_lock_init;
+  pthread_mutex_t recover_mu; /* one prober at a time */
+  bool recover_mu_init;
+  pthread_mutex_t why_mu; /* guards down_why; never held across a PKCS#11 call */
+  bool why_mu_init;
+  atomic_uint gen;            /* starts at 1; a successful reset moves it on */
+  atomic_int down;            /* operations fail fast while set */
+  atomic_int need_reset;      /* the failure lost sessions or the login: reset, don't probe */
+  atomic_llong next_try_ms;   /* monotonic ms before which nobody probes */
+  atomic_ullong errors, recoveries;
+  char down_why[128];
+  /* The audit signing key's handle in the current generation (hsm_sign), under owner_mu. */
+  CK_OBJECT_HANDLE sig_handle;
+  unsigned sig_gen;
+  char sig_id[64];
 };
 
 struct hsm_session {
   hsm *h;
   CK_SESSION_HANDLE sh;
+  unsigned gen; /* the generation |sh| was opened in; another one means reopen */
 };
 
 static const char *ckr_name(CK_RV rv) {
@@ -596,7 +633,7 @@ out:
   return r;
 }
 
-static int ensure_root(hsm *h, uint32_t version, char *err, size_t err_len) {
+static int ensure_root(hsm *h, uint32_t version, bool allow_create, char *err, size_t err_len) {
   int r = KMS_ERR_INTERNAL;
   char id[ROOT_ID_MAX];
   CK_OBJECT_HANDLE found[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
@@ -613,6 +650,12 @@ static int ensure_root(hsm *h, uint32_t version, char *err, size_t err_len) {
   }
   if (n == 1) {
     h->root = found[0];
+  } else if (!allow_create) {
+    /* After a reset: a token without our root is not ours; making a new one would orphan
+     * every key token in the keystore. */
+    set_err(err, err_len, "root key %s not found on the token", id);
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
   } else if ((r = create_root(h, id, err, err_len)) != KMS_OK) {
     goto out;
   }
@@ -622,6 +665,291 @@ static int ensure_root(hsm *h, uint32_t version, char *err, size_t err_len) {
   r = KMS_OK;
 out:
   return r;
+}
+
+/* ---- Fault detection and recovery (hsm.h) ------------------------------------ */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Failures after which sessions or the login are gone: only a reset helps. */
+static bool ckr_lost_session(CK_RV rv) {
+  return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+         rv == CKR_USER_NOT_LOGGED_IN || rv == CKR_DEVICE_REMOVED ||
+         rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED ||
+         rv == CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+/* Failures that may be transient: the owner session is probed before anything is reset. */
+static bool ckr_device_fault(CK_RV rv) {
+  return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_MEMORY || rv == CKR_FUNCTION_FAILED ||
+         rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID;
+}
+
+static void mark_down(hsm *h, const char *why, bool reset) {
+  atomic_fetch_add(&h->errors, 1);
+  if (reset) {
+    atomic_store(&h->need_reset, 1);
+  }
+  if (atomic_exchange(&h->down, 1) == 0) {
+    /* The first caller to see it may probe at once: a lone glitch costs one request. */
+    atomic_store(&h->next_try_ms, mono_ms());
+    if (pthread_mutex_lock(&h->why_mu) == 0) {
+      snprintf(h->down_why, sizeof(h->down_why), "%s", why);
+      pthread_mutex_unlock(&h->why_mu);
+    }
+    log_msg(LOG_ERROR, "event=hsm_down reason=\"%s\" note=\"requests get UNAVAILABLE until it "
+                       "recovers\"", why);
+  }
+}
+
+/* chk notes what a PKCS#11 result says about the HSM's health and returns it unchanged. */
+static CK_RV chk(hsm *h, const char *fn, CK_RV rv) {
+  char why[96];
+
+  if (rv == CKR_OK || (!ckr_lost_session(rv) && !ckr_device_fault(rv))) {
+    return rv;
+  }
+  snprintf(why, sizeof(why), "%s: %s", fn, ckr_name(rv));
+  mark_down(h, why, ckr_lost_session(rv));
+  return rv;
+}
+
+static hsm_key tag_key(unsigned gen, CK_OBJECT_HANDLE obj) {
+  return ((hsm_key)(gen & 0xffffu) << KEY_GEN_SHIFT) | ((hsm_key)obj & KEY_HANDLE_MASK);
+}
+
+/* untag_key: the module's handle of |key| if it is of the current generation. */
+static bool untag_key(hsm *h, hsm_key key, CK_OBJECT_HANDLE *out) {
+  *out = CK_INVALID_HANDLE;
+  if ((key >> KEY_GEN_SHIFT) != (atomic_load(&h->gen) & 0xffffu) ||
+      (key & KEY_HANDLE_MASK) == 0) {
+    return false;
+  }
+  *out = (CK_OBJECT_HANDLE)(key & KEY_HANDLE_MASK);
+  return true;
+}
+
+/*
+ * reset: every session closed, token found again, new owner session, login
+ * with the PIN read again from the file, root key found again (never
+ * created). Called with reset_lock held exclusively and owner_mu held.
+ */
+static int reset(hsm *h, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+
+  /* Old handles may be dead, or alive and about to be reused: close them all by slot. */
+  (void)h->p11->C_CloseAllSessions(h->slot);
+  h->owner_open = false;
+  h->logged_in = false;
+  if ((r = find_slot(h, h->token_label, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  rv = h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                             &h->owner);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_OpenSession", rv);
+    goto out;
+  }
+  h->owner_open = true;
+  if ((r = login(h, h->pin_file, err, err_len)) != KMS_OK ||
+      (r = ensure_root(h, h->root_version, false, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  r = KMS_OK;
+out:
+  if (r != KMS_OK && h->owner_open) {
+    (void)h->p11->C_CloseSession(h->owner);
+    h->owner_open = false;
+    h->logged_in = false;
+  }
+  return r;
+}
+
+/* recover: probe, and reset if the probe says so. Called with recover_mu held. */
+static void recover(hsm *h) {
+  char err[256] = "";
+  CK_SESSION_INFO info;
+  CK_RV rv = CKR_OK;
+  int64_t t0, took;
+  int r;
+
+  if (!atomic_load(&h->need_reset)) {
+    memset(&info, 0, sizeof(info));
+    t0 = mono_ms();
+    if (pthread_mutex_lock(&h->owner_mu) != 0) {
+      return;
+    }
+    rv = h->owner_open ? h->p11->C_GetSessionInfo(h->owner, &info) : CKR_SESSION_CLOSED;
+    pthread_mutex_unlock(&h->owner_mu);
+    took = mono_ms() - t0;
+    if (took > (int64_t)h->call_timeout_ms) {
+      log_msg(LOG_WARN, "event=hsm_probe result=slow ms=%lld", (long long)took);
+      return;
+    }
+    if (rv == CKR_OK && info.state == CKS_RW_USER_FUNCTIONS) {
+      atomic_store(&h->down, 0);
+      atomic_fetch_add(&h->recoveries, 1);
+      log_msg(LOG_INFO, "event=hsm_recovered how=probe generation=%u", atomic_load(&h->gen));
+      return;
+    }
+  }
+  if (pthread_rwlock_wrlock(&h->reset_lock) != 0) {
+    return;
+  }
+  if (pthread_mutex_lock(&h->owner_mu) != 0) {
+    pthread_rwlock_unlock(&h->reset_lock);
+    return;
+  }
+  t0 = mono_ms();
+  r = reset(h, err, sizeof(err));
+  took = mono_ms() - t0;
+  if (r == KMS_OK) {
+    /* Whatever was made in the old generation is gone or must not be touched. */
+    atomic_fetch_add(&h->gen, 1);
+    atomic_store(&h->need_reset, 0);
+    atomic_store(&h->down, 0);
+    atomic_fetch_add(&h->recoveries, 1);
+  }
+  pthread_mutex_unlock(&h->owner_mu);
+  pthread_rwlock_unlock(&h->reset_lock);
+  if (r == KMS_OK) {
+    log_msg(LOG_INFO, "event=hsm_recovered how=reset generation=%u ms=%lld",
+            atomic_load(&h->gen), (long long)took);
+  } else {
+    /* The reason may quote a token label: keep the log line's own quoting intact. */
+    for (char *q = err; *q != '\0'; q++) {
+      *q = *q == '"' ? '\'' : *q;
+    }
+    log_msg(LOG_WARN, "event=hsm_recovery_failed reason=\"%s\" retry_ms=%d", err, RETRY_MS);
+  }
+}
+
+static void maybe_recover(hsm *h) {
+  int64_t now;
+
+  if (!atomic_load(&h->down)) {
+    return;
+  }
+  now = mono_ms();
+  if (now < atomic_load(&h->next_try_ms) || pthread_mutex_trylock(&h->recover_mu) != 0) {
+    return; /* not yet, or someone else is at it: fail fast */
+  }
+  if (atomic_load(&h->down) && now >= atomic_load(&h->next_try_ms)) {
+    atomic_store(&h->next_try_ms, now + RETRY_MS);
+    recover(h);
+  }
+  pthread_mutex_unlock(&h->recover_mu);
+}
+
+/* One operation on a session: from enter (ready to call) to leave. */
+struct call {
+  int64_t t0;
+  bool locked;
+};
+
+/*
+ * enter makes |s| usable: fails fast while the HSM is down (after giving
+ * recovery its chance), reopens the session if the generation moved on, and
+ * holds reset_lock shared until leave.
+ */
+static int enter(hsm_session *s, struct call *c) {
+  hsm *h = s->h;
+  CK_RV rv;
+  unsigned gen;
+
+  c->locked = false;
+  maybe_recover(h);
+  if (atomic_load(&h->down)) {
+    return KMS_ERR_HSM;
+  }
+  if (pthread_rwlock_rdlock(&h->reset_lock) != 0) {
+    return KMS_ERR_INTERNAL;
+  }
+  c->locked = true;
+  gen = atomic_load(&h->gen);
+  if (s->gen != gen) {
+    /* The old handle died in the reset (C_CloseAllSessions): nothing to close. */
+    s->sh = CK_INVALID_HANDLE;
+    rv = chk(h, "C_OpenSession", h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                                       NULL, NULL, &s->sh));
+    if (rv != CKR_OK) {
+      s->sh = CK_INVALID_HANDLE;
+      pthread_rwlock_unlock(&h->reset_lock);
+      c->locked = false;
+      return ckr_to_err(rv);
+    }
+    s->gen = gen;
+  }
+  c->t0 = mono_ms();
+  return KMS_OK;
+}
+
+static void leave(hsm_session *s, struct call *c) {
+  hsm *h = s->h;
+  int64_t took;
+  char why[64];
+
+  if (!c->locked) {
+    return;
+  }
+  took = mono_ms() - c->t0;
+  pthread_rwlock_unlock(&h->reset_lock);
+  c->locked = false;
+  if (took > (int64_t)h->call_timeout_ms) {
+    snprintf(why, sizeof(why), "call took %lld ms", (long long)took);
+    mark_down(h, why, false);
+  }
+}
+
+void hsm_set_call_timeout(hsm *h, unsigned ms) {
+  if (h != NULL && ms > 0) {
+    h->call_timeout_ms = ms;
+  }
+}
+
+int hsm_ready(hsm_session *s) {
+  struct call c = {0, false};
+  int r;
+
+  if (s == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  r = enter(s, &c);
+  leave(s, &c);
+  return r;
+}
+
+bool hsm_key_current(const hsm_session *s, hsm_key key) {
+  CK_OBJECT_HANDLE obj;
+
+  return s != NULL && untag_key(s->h, key, &obj);
+}
+
+bool hsm_status(hsm *h, char *why, size_t why_len, uint64_t *out_errors,
+                uint64_t *out_recoveries) {
+  bool up;
+
+  if (out_errors != NULL) {
+    *out_errors = atomic_load(&h->errors);
+  }
+  if (out_recoveries != NULL) {
+    *out_recoveries = atomic_load(&h->recoveries);
+  }
+  up = !atomic_load(&h->down);
+  if (why != NULL && why_len > 0) {
+    why[0] = '\0';
+    if (!up && pthread_mutex_lock(&h->why_mu) == 0) {
+      snprintf(why, why_len, "%s", h->down_why);
+      pthread_mutex_unlock(&h->why_mu);
+    }
+  }
+  return up;
 }
 
 int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len) {
@@ -660,6 +988,42 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
     goto out;
   }
   h->owner_mu_init = true;
+  {
+    /* Writer preference: a reset must not wait behind an endless stream of operations. */
+    pthread_rwlockattr_t ra;
+    if (pthread_rwlockattr_init(&ra) != 0) {
+      r = KMS_ERR_INTERNAL;
+      goto out;
+    }
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int e = pthread_rwlock_init(&h->reset_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    if (e != 0) {
+      r = KMS_ERR_INTERNAL;
+      goto out;
+    }
+    h->reset_lock_init = true;
+  }
+  if (pthread_mutex_init(&h->recover_mu, NULL) != 0) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  h->recover_mu_init = true;
+  if (pthread_mutex_init(&h->why_mu, NULL) != 0) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  h->why_mu_init = true;
+  atomic_init(&h->gen, 1);
+  memcpy(h->token_label, cfg->token_label, label_len + 1);
+  if (strlen(cfg->pin_file) >= sizeof(h->pin_file)) {
+    set_err(err, err_len, "hsm: pin file path too long");
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  snprintf(h->pin_file, sizeof(h->pin_file), "%s", cfg->pin_file);
+  h->root_version = cfg->root_version != 0 ? cfg->root_version : 1;
+  h->call_timeout_ms = CALL_TIMEOUT_MS_DEFAULT;
 
   h->dl = dlopen(cfg->module_path, RTLD_NOW | RTLD_LOCAL);
   if (h->dl == NULL) {
@@ -702,8 +1066,7 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
   }
   h->owner_open = true;
   if ((r = login(h, cfg->pin_file, err, err_len)) != KMS_OK ||
-      (r = ensure_root(h, cfg->root_version != 0 ? cfg->root_version : 1, err, err_len)) !=
-          KMS_OK) {
+      (r = ensure_root(h, h->root_version, true, err, err_len)) != KMS_OK) {
     goto out;
   }
   *out = h;
@@ -734,6 +1097,15 @@ void hsm_close(hsm *h) {
   if (h->owner_mu_init) {
     pthread_mutex_destroy(&h->owner_mu);
   }
+  if (h->reset_lock_init) {
+    pthread_rwlock_destroy(&h->reset_lock);
+  }
+  if (h->recover_mu_init) {
+    pthread_mutex_destroy(&h->recover_mu);
+  }
+  if (h->why_mu_init) {
+    pthread_mutex_destroy(&h->why_mu);
+  }
   free(h);
 }
 
@@ -757,7 +1129,13 @@ int hsm_session_open(hsm *h, hsm_session **out) {
   }
   s->h = h;
   /* No login here: login state belongs to the application, not the session. */
-  rv = h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s->sh);
+  if (pthread_rwlock_rdlock(&h->reset_lock) != 0) {
+    goto out;
+  }
+  s->gen = atomic_load(&h->gen);
+  rv = chk(h, "C_OpenSession", h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                                     NULL, NULL, &s->sh));
+  pthread_rwlock_unlock(&h->reset_lock);
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
@@ -774,7 +1152,13 @@ void hsm_session_close(hsm_session *s) {
   if (s == NULL) {
     return;
   }
-  (void)s->h->p11->C_CloseSession(s->sh);
+  /* A session of an older generation died in the reset; its number may be reused. */
+  if (pthread_rwlock_rdlock(&s->h->reset_lock) == 0) {
+    if (s->gen == atomic_load(&s->h->gen) && s->sh != CK_INVALID_HANDLE) {
+      (void)s->h->p11->C_CloseSession(s->sh);
+    }
+    pthread_rwlock_unlock(&s->h->reset_lock);
+  }
   free(s);
 }
 
@@ -806,6 +1190,7 @@ int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
   CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
   uint8_t buf[HSM_KEY_TOKEN_MAX];
   CK_ULONG buf_len = sizeof(buf);
+  struct call c = {0, false};
 
   if (out_token_len != NULL) {
     *out_token_len = 0;
@@ -818,7 +1203,11 @@ int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
     goto out;
   }
   h = s->h;
-  rv = h->p11->C_GenerateKey(s->sh, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &kek);
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  rv = chk(h, "C_GenerateKey",
+           h->p11->C_GenerateKey(s->sh, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &kek));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
@@ -826,7 +1215,7 @@ int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
   wrap.mechanism = h->wrap_mech;
   wrap.pParameter = NULL;
   wrap.ulParameterLen = 0;
-  rv = h->p11->C_WrapKey(s->sh, &wrap, h->root, kek, buf, &buf_len);
+  rv = chk(h, "C_WrapKey", h->p11->C_WrapKey(s->sh, &wrap, h->root, kek, buf, &buf_len));
   if (rv != CKR_OK) {
     /* BUFFER_TOO_SMALL here means HSM_KEY_TOKEN_MAX is wrong for this module: a bug. */
     r = ckr_to_err(rv);
@@ -843,6 +1232,9 @@ int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
 out:
   if (kek != CK_INVALID_HANDLE) {
     (void)s->h->p11->C_DestroyObject(s->sh, kek);
+  }
+  if (s != NULL) {
+    leave(s, &c);
   }
   return r;
 }
@@ -870,6 +1262,7 @@ int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_
   };
   CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
   bool locked = false;
+  struct call c = {0, false};
 
   if (out_key != NULL) {
     *out_key = 0;
@@ -880,18 +1273,28 @@ int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_
     goto out;
   }
   h = s->h;
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
   if (pthread_mutex_lock(&h->owner_mu) != 0) {
     r = KMS_ERR_INTERNAL;
     goto out;
   }
   locked = true;
-  rv = h->p11->C_UnwrapKey(h->owner, &unwrap, h->root, (CK_BYTE_PTR)token, token_len, tmpl,
-                           sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+  rv = chk(h, "C_UnwrapKey",
+           h->p11->C_UnwrapKey(h->owner, &unwrap, h->root, (CK_BYTE_PTR)token, token_len, tmpl,
+                               sizeof(tmpl) / sizeof(tmpl[0]), &obj));
   if (rv != CKR_OK) {
     r = ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
     goto out;
   }
-  *out_key = (hsm_key)obj;
+  if (((hsm_key)obj & ~KEY_HANDLE_MASK) != 0) {
+    /* No room for the generation tag: a module with 64-bit handles needs another scheme. */
+    log_msg(LOG_ERROR, "event=hsm_handle_too_large note=\"object handles above 2^48\"");
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  *out_key = tag_key(atomic_load(&h->gen), obj);
   obj = CK_INVALID_HANDLE;
   r = KMS_OK;
 out:
@@ -901,23 +1304,90 @@ out:
   if (locked) {
     pthread_mutex_unlock(&s->h->owner_mu);
   }
+  if (s != NULL) {
+    leave(s, &c);
+  }
+  return r;
+}
+
+int hsm_selftest_key_import(hsm_session *s, const uint8_t *key, size_t len, hsm_key *out_key) {
+  int r = KMS_ERR_INTERNAL;
+  CK_RV rv;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+      {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+      {CKA_ENCRYPT, &yes, sizeof(yes)},   {CKA_DECRYPT, &yes, sizeof(yes)},
+      {CKA_WRAP, &no, sizeof(no)},        {CKA_UNWRAP, &no, sizeof(no)},
+      {CKA_VALUE, (void *)key, len},
+  };
+  CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+  struct call c = {0, false};
+  bool locked = false;
+
+  if (out_key != NULL) {
+    *out_key = 0;
+  }
+  if (s == NULL || key == NULL || (len != 16 && len != 24 && len != 32) || out_key == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  /* On the owner session, like loaded KEKs, so that hsm_kek_unload frees it. */
+  if (pthread_mutex_lock(&s->h->owner_mu) != 0) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  locked = true;
+  rv = chk(s->h, "C_CreateObject",
+           s->h->p11->C_CreateObject(s->h->owner, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj));
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  if (((hsm_key)obj & ~KEY_HANDLE_MASK) != 0) {
+    (void)s->h->p11->C_DestroyObject(s->h->owner, obj);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  *out_key = tag_key(atomic_load(&s->h->gen), obj);
+  r = KMS_OK;
+out:
+  if (locked) {
+    pthread_mutex_unlock(&s->h->owner_mu);
+  }
+  if (s != NULL) {
+    leave(s, &c);
+  }
   return r;
 }
 
 void hsm_kek_unload(hsm_session *s, hsm_key key) {
+  struct call c = {0, false};
+  CK_OBJECT_HANDLE obj;
+
   if (s == NULL || key == 0) {
     return;
   }
-  if (pthread_mutex_lock(&s->h->owner_mu) != 0) {
-    return;
+  if (enter(s, &c) != KMS_OK) {
+    return; /* down: the object goes with the old owner session at the reset */
   }
-  (void)s->h->p11->C_DestroyObject(s->h->owner, (CK_OBJECT_HANDLE)key);
-  pthread_mutex_unlock(&s->h->owner_mu);
+  /* A handle of an older generation died with its owner session; its number may be reused. */
+  if (untag_key(s->h, key, &obj) && pthread_mutex_lock(&s->h->owner_mu) == 0) {
+    (void)chk(s->h, "C_DestroyObject", s->h->p11->C_DestroyObject(s->h->owner, obj));
+    pthread_mutex_unlock(&s->h->owner_mu);
+  }
+  leave(s, &c);
 }
 
 int hsm_random(hsm_session *s, uint8_t *out, size_t len) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
+  struct call c = {0, false};
 
   if (s == NULL || (out == NULL && len > 0)) {
     r = KMS_ERR_INVALID_ARGUMENT;
@@ -927,7 +1397,11 @@ int hsm_random(hsm_session *s, uint8_t *out, size_t len) {
     r = KMS_OK;
     goto out;
   }
-  rv = s->h->p11->C_GenerateRandom(s->sh, out, len);
+  if ((r = enter(s, &c)) != KMS_OK) {
+    OPENSSL_cleanse(out, len);
+    goto out;
+  }
+  rv = chk(s->h, "C_GenerateRandom", s->h->p11->C_GenerateRandom(s->sh, out, len));
   if (rv != CKR_OK) {
     OPENSSL_cleanse(out, len);
     r = ckr_to_err(rv);
@@ -935,6 +1409,9 @@ int hsm_random(hsm_session *s, uint8_t *out, size_t len) {
   }
   r = KMS_OK;
 out:
+  if (s != NULL) {
+    leave(s, &c);
+  }
   return r;
 }
 
@@ -962,6 +1439,8 @@ int hsm_gcm_encrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
   CK_GCM_PARAMS p;
   uint8_t empty = 0;
   CK_ULONG out_len;
+  struct call c = {0, false};
+  CK_OBJECT_HANDLE obj;
 
   if (s == NULL || key == 0 || iv == NULL || (aad == NULL && aad_len > 0) ||
       (pt == NULL && pt_len > 0) || out == NULL || pt_len > SIZE_MAX - HSM_GCM_TAG_LEN) {
@@ -969,15 +1448,23 @@ int hsm_gcm_encrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
     goto out;
   }
   out_len = pt_len + HSM_GCM_TAG_LEN;
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  if (!untag_key(s->h, key, &obj)) {
+    r = KMS_ERR_HSM; /* loaded before a reset: the caller drops it and loads it again */
+    goto out;
+  }
   gcm_mech(&m, &p, iv, aad, aad_len);
-  rv = s->h->p11->C_EncryptInit(s->sh, &m, (CK_OBJECT_HANDLE)key);
+  rv = chk(s->h, "C_EncryptInit", s->h->p11->C_EncryptInit(s->sh, &m, obj));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
   }
   /* SoftHSM2 refuses a NULL input even when it is empty. */
-  rv = s->h->p11->C_Encrypt(s->sh, pt_len > 0 ? (CK_BYTE_PTR)pt : &empty, pt_len, out,
-                            &out_len);
+  rv = chk(s->h, "C_Encrypt",
+           s->h->p11->C_Encrypt(s->sh, pt_len > 0 ? (CK_BYTE_PTR)pt : &empty, pt_len, out,
+                                &out_len));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
@@ -988,6 +1475,9 @@ int hsm_gcm_encrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
   }
   r = KMS_OK;
 out:
+  if (s != NULL) {
+    leave(s, &c);
+  }
   if (r != KMS_OK && out != NULL && pt_len <= SIZE_MAX - HSM_GCM_TAG_LEN) {
     OPENSSL_cleanse(out, pt_len + HSM_GCM_TAG_LEN);
   }
@@ -1005,6 +1495,8 @@ int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
   size_t tmp_cap = 0;
   CK_ULONG tmp_len = 0;
   bool have_out = out != NULL && ct_len >= HSM_GCM_TAG_LEN;
+  struct call c = {0, false};
+  CK_OBJECT_HANDLE obj;
 
   if (s == NULL || key == 0 || iv == NULL || (aad == NULL && aad_len > 0) || ct == NULL ||
       ct_len < HSM_GCM_TAG_LEN || out == NULL) {
@@ -1022,14 +1514,21 @@ int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
     r = KMS_ERR_ALLOC;
     goto out;
   }
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  if (!untag_key(s->h, key, &obj)) {
+    r = KMS_ERR_HSM; /* loaded before a reset: the caller drops it and loads it again */
+    goto out;
+  }
   gcm_mech(&m, &p, iv, aad, aad_len);
-  rv = s->h->p11->C_DecryptInit(s->sh, &m, (CK_OBJECT_HANDLE)key);
+  rv = chk(s->h, "C_DecryptInit", s->h->p11->C_DecryptInit(s->sh, &m, obj));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
   }
   tmp_len = tmp_cap;
-  rv = s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len);
+  rv = chk(s->h, "C_Decrypt", s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len));
   if (rv == CKR_BUFFER_TOO_SMALL && tmp_len > tmp_cap && tmp_len <= ct_len + 64) {
     /* The operation is still active: finish it with the size the module asked for. */
     OPENSSL_cleanse(tmp, tmp_cap);
@@ -1040,7 +1539,8 @@ int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
       r = KMS_ERR_ALLOC;
       goto out;
     }
-    rv = s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len);
+    rv = chk(s->h, "C_Decrypt",
+             s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len));
   }
   if (rv != CKR_OK) {
     r = ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
@@ -1053,6 +1553,9 @@ int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
   memcpy(out, tmp, tmp_len);
   r = KMS_OK;
 out:
+  if (s != NULL) {
+    leave(s, &c);
+  }
   if (tmp != NULL) {
     OPENSSL_cleanse(tmp, tmp_cap);
     free(tmp);
@@ -1071,12 +1574,17 @@ int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractab
       {CKA_SENSITIVE, &sens, sizeof(sens)},
       {CKA_EXTRACTABLE, &extr, sizeof(extr)},
   };
+  struct call c = {0, false};
 
   if (s == NULL || out_sensitive == NULL || out_extractable == NULL) {
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
-  rv = s->h->p11->C_GetAttributeValue(s->sh, s->h->root, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  rv = chk(s->h, "C_GetAttributeValue",
+           s->h->p11->C_GetAttributeValue(s->sh, s->h->root, tmpl, sizeof(tmpl) / sizeof(tmpl[0])));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
@@ -1085,6 +1593,9 @@ int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractab
   *out_extractable = extr != CK_FALSE;
   r = KMS_OK;
 out:
+  if (s != NULL) {
+    leave(s, &c);
+  }
   return r;
 }
 
@@ -1092,24 +1603,33 @@ int hsm_ping(hsm_session *s) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
   CK_SESSION_INFO info;
+  struct call c = {0, false};
 
   if (s == NULL) {
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
+  /* Health asks here: while down this is also what probes the HSM (enter). */
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
   memset(&info, 0, sizeof(info));
-  rv = s->h->p11->C_GetSessionInfo(s->sh, &info);
+  rv = chk(s->h, "C_GetSessionInfo", s->h->p11->C_GetSessionInfo(s->sh, &info));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
   }
   /* A token that reset answers but has forgotten our login: not usable either. */
   if (info.state != CKS_RW_USER_FUNCTIONS) {
+    mark_down(s->h, "session lost its login", true);
     r = KMS_ERR_HSM;
     goto out;
   }
   r = KMS_OK;
 out:
+  if (s != NULL) {
+    leave(s, &c);
+  }
   return r;
 }
 
@@ -1356,7 +1876,13 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
     memcpy(out->pub + sizeof(p256_spki_prefix), raw, 65);
     out->pub_len = sizeof(p256_spki_prefix) + 65;
   }
-  out->priv = (hsm_key)priv;
+  if (strlen(id) >= sizeof(out->id)) {
+    set_err(err, err_len, "signing key id %s too long", id);
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  out->priv = tag_key(atomic_load(&h->gen), priv);
+  snprintf(out->id, sizeof(out->id), "%s", id);
   out->type = type;
   r = KMS_OK;
 out:
@@ -1366,6 +1892,43 @@ out:
   if (r != KMS_OK) {
     memset(out, 0, sizeof(*out));
   }
+  return r;
+}
+
+/*
+ * signing_handle: the private key's handle in the current generation. Token
+ * object handles need not survive a reset (all sessions closed), so after one
+ * the key is found again by its CKA_ID, once per generation. Called inside
+ * enter/leave.
+ */
+static int signing_handle(hsm *h, const struct hsm_signing_key *k, CK_OBJECT_HANDLE *out) {
+  int r = KMS_ERR_INTERNAL;
+  unsigned gen = atomic_load(&h->gen);
+  char err[128];
+
+  if (untag_key(h, k->priv, out)) {
+    return KMS_OK;
+  }
+  if (k->id[0] == '\0' || pthread_mutex_lock(&h->owner_mu) != 0) {
+    return KMS_ERR_HSM;
+  }
+  if (h->sig_gen == gen && strcmp(h->sig_id, k->id) == 0 && h->sig_handle != CK_INVALID_HANDLE) {
+    *out = h->sig_handle;
+    r = KMS_OK;
+    goto out;
+  }
+  r = find_one(h, CKO_PRIVATE_KEY, k->id, out, err, sizeof(err));
+  if (r == KMS_OK && *out == CK_INVALID_HANDLE) {
+    log_msg(LOG_ERROR, "event=signing_key_missing id=%s", k->id);
+    r = KMS_ERR_HSM;
+  }
+  if (r == KMS_OK) {
+    h->sig_handle = *out;
+    h->sig_gen = gen;
+    snprintf(h->sig_id, sizeof(h->sig_id), "%s", k->id);
+  }
+out:
+  pthread_mutex_unlock(&h->owner_mu);
   return r;
 }
 
@@ -1380,6 +1943,8 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
   BIGNUM *br = NULL, *bs = NULL;
   uint8_t *p = sig;
   int der_len;
+  struct call c = {0, false};
+  CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
 
   if (sig_len != NULL) {
     *sig_len = 0;
@@ -1389,14 +1954,21 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  if ((r = signing_handle(s->h, k, &priv)) != KMS_OK) {
+    goto out;
+  }
+  r = KMS_ERR_INTERNAL;
   if (k->type == HSM_SIG_ED25519) {
-    rv = s->h->p11->C_SignInit(s->sh, &m, (CK_OBJECT_HANDLE)k->priv);
+    rv = chk(s->h, "C_SignInit", s->h->p11->C_SignInit(s->sh, &m, priv));
     if (rv != CKR_OK) {
       r = ckr_to_err(rv);
       goto out;
     }
     rs_len = sizeof(rs);
-    rv = s->h->p11->C_Sign(s->sh, (CK_BYTE_PTR)msg, len, rs, &rs_len);
+    rv = chk(s->h, "C_Sign", s->h->p11->C_Sign(s->sh, (CK_BYTE_PTR)msg, len, rs, &rs_len));
     if (rv != CKR_OK || rs_len != 64) {
       r = rv != CKR_OK ? ckr_to_err(rv) : KMS_ERR_HSM;
       goto out;
@@ -1411,12 +1983,12 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
     goto out;
   }
   m.mechanism = CKM_ECDSA;
-  rv = s->h->p11->C_SignInit(s->sh, &m, (CK_OBJECT_HANDLE)k->priv);
+  rv = chk(s->h, "C_SignInit", s->h->p11->C_SignInit(s->sh, &m, priv));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
   }
-  rv = s->h->p11->C_Sign(s->sh, digest, sizeof(digest), rs, &rs_len);
+  rv = chk(s->h, "C_Sign", s->h->p11->C_Sign(s->sh, digest, sizeof(digest), rs, &rs_len));
   if (rv != CKR_OK || rs_len != 64) {
     r = rv != CKR_OK ? ckr_to_err(rv) : KMS_ERR_HSM;
     goto out;
@@ -1437,6 +2009,9 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
   *sig_len = (size_t)der_len;
   r = KMS_OK;
 out:
+  if (s != NULL) {
+    leave(s, &c);
+  }
   ECDSA_SIG_free(es);
   BN_free(br);
   BN_free(bs);

@@ -19,7 +19,13 @@
 
 typedef struct hsm hsm;                 /* module, token, login; thread-safe */
 typedef struct hsm_session hsm_session; /* one PKCS#11 session; one thread at a time */
-typedef uint64_t hsm_key;               /* handle of a loaded KEK (CK_OBJECT_HANDLE) */
+/*
+ * Handle of a loaded KEK or a key of ours (a CK_OBJECT_HANDLE tagged with the
+ * HSM generation it was made in, see hsm_key_current): a handle from before a
+ * session or token reset is refused, never used, since the module may have
+ * given its number to another object since.
+ */
+typedef uint64_t hsm_key;
 
 #define HSM_GCM_IV_LEN 12
 #define HSM_GCM_TAG_LEN 16
@@ -31,6 +37,22 @@ struct hsm_config {
   const char *pin_file;    /* user PIN, first line; wiped from memory after login */
   uint32_t root_version;   /* root key version to use; 1 today */
 };
+
+/*
+ * Recovery (docs/OPERATIONS.md, "When the HSM is unavailable"). A call that
+ * fails because the device, the token, a session or the login went away, or
+ * that takes longer than the call timeout (hsm_set_call_timeout), marks the
+ * HSM down. While down, every operation fails at once with KMS_ERR_HSM
+ * (UNAVAILABLE: no request waits behind a dead or stalled HSM), except that at most every 250 ms one
+ * caller probes it: the owner session is checked, and if it is gone (or the
+ * failure said sessions or the login were lost) every session of the process
+ * is closed, the token is found again by label, a new owner session is opened,
+ * the PIN is read again from the pin file to log in, and the root key is found
+ * again (never created: a token without it stays down). Success starts a new
+ * generation: worker sessions reopen by themselves on their next call, and
+ * key handles of the old generation (loaded KEKs died with the old owner
+ * session) are refused, so callers drop and reload them (hsm_key_current).
+ */
 
 /*
  * hsm_open loads the module, initialises it, finds the token by label, logs in
@@ -95,6 +117,45 @@ int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractab
 int hsm_ping(hsm_session *s);
 
 /*
+ * hsm_set_call_timeout sets how long one operation on the HSM may take before
+ * the HSM counts as down (default 2000 ms). Call before the workers start.
+ */
+void hsm_set_call_timeout(hsm *h, unsigned ms);
+
+/*
+ * hsm_selftest_key_import creates a session object (sensitive, not
+ * extractable, encrypt/decrypt only) holding the AES key |key| of |len| bytes,
+ * for known-answer tests of the HSM's AES-GCM (kmsd/selftest.c). Free it with
+ * hsm_kek_unload.
+ * WARNING: for published test keys only; a real key must never exist outside
+ * the HSM.
+ */
+int hsm_selftest_key_import(hsm_session *s, const uint8_t *key, size_t len, hsm_key *out_key);
+
+/*
+ * hsm_ready returns KMS_OK if |s| can be used now, else KMS_ERR_HSM at once
+ * (the HSM is down). It gives recovery its chance first, so a request that
+ * calls it before looking at cached key handles sees the new generation.
+ */
+int hsm_ready(hsm_session *s);
+
+/*
+ * hsm_key_current returns true if |key| (from hsm_kek_load) belongs to the
+ * HSM's current generation. A cached handle that is not current must be
+ * dropped (its object is gone) and the key loaded again.
+ */
+bool hsm_key_current(const hsm_session *s, hsm_key key);
+
+/*
+ * hsm_status reports whether the HSM is serving (true) or down, with the
+ * reason it went down in |why| (never a PIN or key material), and counts for
+ * metrics: failed calls that marked it down, and successful recoveries.
+ * Any argument but |h| may be NULL.
+ */
+bool hsm_status(hsm *h, char *why, size_t why_len, uint64_t *out_errors,
+                uint64_t *out_recoveries);
+
+/*
  * Audit checkpoint signing key (docs/AUDIT.md): an asymmetric key pair made
  * once as token objects with CKA_ID |id|, private half sensitive, not
  * extractable, sign only. Ed25519 (CKM_EDDSA) when the module offers it,
@@ -107,7 +168,8 @@ int hsm_ping(hsm_session *s);
 #define HSM_SIG_MAX 80
 
 struct hsm_signing_key {
-  hsm_key priv;
+  hsm_key priv;                  /* found again by |id| after an HSM reset */
+  char id[64];
   int type;                      /* HSM_SIG_ED25519 or HSM_SIG_ECDSA_P256 */
   uint8_t pub[HSM_SIG_PUB_MAX];  /* Ed25519: 32 raw bytes; P-256: DER SubjectPublicKeyInfo */
   size_t pub_len;

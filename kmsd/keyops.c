@@ -118,12 +118,35 @@ take_dek(const struct keyops *k, struct worker_ctx *w, uint8_t *out)
   return KMS_OK;
 }
 
+/*
+ * fresh: a cached handle loaded before an HSM reset died with the old owner
+ * session (kmsd/hsm.h, recovery). Such an entry leaves the cache (it is freed
+ * once its last user lets go) and |*e| becomes NULL, so the caller loads the
+ * key token again.
+ */
+static void
+fresh(const struct keyops *k, struct worker_ctx *w, const char *tenant_id, kekcache_entry **e)
+{
+  hsm_key gone;
+  if (*e == NULL || hsm_key_current(w->hs, kekcache_entry_key(*e))) {
+    return;
+  }
+  /* Another worker may have reloaded it already: a current key we pushed out is unloaded
+   * (hsm_kek_unload ignores a stale one, whose object is gone anyway). */
+  if (kekcache_remove(k->cache, tenant_id, kekcache_entry_version(*e), &gone)) {
+    hsm_kek_unload(w->hs, gone);
+  }
+  kekcache_release(k->cache, *e);
+  *e = NULL;
+}
+
 /* Returns the pinned cache entry for |kek|, loading its token into the HSM on a miss. */
 static int
 kek_acquire(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
             kekcache_entry **out)
 {
   *out = kekcache_get(k->cache, kek->tenant_id, kek->version);
+  fresh(k, w, kek->tenant_id, out);
   if (*out != NULL) {
     return KMS_OK;
   }
@@ -257,6 +280,7 @@ current_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
   if (k->state_ttl_ms > 0) {
     *out = kekcache_get_current(k->cache, tenant_id, now, k->state_ttl_ms, &kek->state,
                                 &kek->tenant_state);
+    fresh(k, w, tenant_id, out);
     if (*out != NULL) {
       snprintf(kek->tenant_id, sizeof(kek->tenant_id), "%s", tenant_id);
       kek->version = kekcache_entry_version(*out);
@@ -286,6 +310,7 @@ version_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
 {
   int64_t now = mono_ms();
   *out = kekcache_get(k->cache, tenant_id, version);
+  fresh(k, w, tenant_id, out);
   if (*out != NULL && k->state_ttl_ms > 0 &&
       kekcache_state(k->cache, *out, now, k->state_ttl_ms, &kek->state, &kek->tenant_state)) {
     snprintf(kek->tenant_id, sizeof(kek->tenant_id), "%s", tenant_id);
@@ -318,6 +343,11 @@ keyops_generate(const struct keyops *k, struct worker_ctx *w, struct keyops_resu
   uint8_t aad[DEKWRAP_AAD_MAX];
   size_t aad_len = 0;
 
+  /* Fail fast while the HSM is down; after a reset, cached handles are seen as stale. */
+  r = hsm_ready(w->hs);
+  if (r != KMS_OK) {
+    goto out;
+  }
   for (int attempt = 0;; attempt++) {
     r = current_kek(k, w, tenant_id, &kek, &e);
     if (r != KMS_OK) {
@@ -410,6 +440,10 @@ keyops_decrypt(const struct keyops *k, struct worker_ctx *w, struct keyops_resul
   size_t aad_len = 0;
 
   r = dekwrap_blob_parse(&blob, blob_bytes, blob_len);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  r = hsm_ready(w->hs);
   if (r != KMS_OK) {
     goto out;
   }

@@ -491,3 +491,130 @@ int keystore_receipt_list(keystore *ks, const char *tenant_id, struct ks_receipt
   }
   return ks->ops->receipt_list(ks, tenant_id != NULL ? tenant_id : "", out, out_n);
 }
+
+/* ---- Session keys (schema 3) -------------------------------------------------- */
+
+/* A session id is 1..KS_SESSION_ID_MAX bytes; the wire layer has checked its characters. */
+static int valid_session_id(const char *session_id) {
+  size_t n;
+
+  if (session_id == NULL) {
+    return 0;
+  }
+  n = strnlen(session_id, KS_SESSION_ID_MAX + 1);
+  return n >= 1 && n <= KS_SESSION_ID_MAX;
+}
+
+static int valid_by(const char *by) {
+  return by != NULL && strnlen(by, KS_PRINCIPAL_MAX + 1) <= KS_PRINCIPAL_MAX;
+}
+
+int keystore_session_create(keystore *ks, const struct ks_session *s, int *out_state) {
+  int dummy = 0;
+
+  if (out_state == NULL) {
+    out_state = &dummy;
+  }
+  *out_state = 0;
+  if (ks == NULL || s == NULL || memchr(s->tenant_id, '\0', sizeof(s->tenant_id)) == NULL ||
+      memchr(s->session_id, '\0', sizeof(s->session_id)) == NULL ||
+      !valid_tenant_id(s->tenant_id) || !valid_session_id(s->session_id) ||
+      s->kek_version == 0 || s->wrapped_len == 0 || s->wrapped_len > sizeof(s->wrapped) ||
+      s->metadata_len > sizeof(s->metadata) ||
+      memchr(s->created_by, '\0', sizeof(s->created_by)) == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->session_create(ks, s, out_state);
+}
+
+int keystore_session_get(keystore *ks, const char *tenant_id, const char *session_id,
+                         struct ks_session *out, struct ks_kek *out_kek) {
+  if (out == NULL || out_kek == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks == NULL || !valid_tenant_id(tenant_id) || !valid_session_id(session_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->session_get(ks, tenant_id, session_id, out, out_kek);
+}
+
+int keystore_session_close(keystore *ks, const char *tenant_id, const char *session_id,
+                           const char *by, int64_t now_ms, struct ks_session *out) {
+  if (out == NULL || ks == NULL || !valid_tenant_id(tenant_id) ||
+      !valid_session_id(session_id) || !valid_by(by)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->session_close(ks, tenant_id, session_id, by, now_ms, out);
+}
+
+int keystore_session_shred(keystore *ks, const char *tenant_id, const char *session_id,
+                           const char *by, int64_t now_ms, struct ks_session_receipt *out) {
+  int r;
+
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof(*out));
+  if (ks == NULL || !valid_tenant_id(tenant_id) || !valid_session_id(session_id) ||
+      !valid_by(by)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  r = ks->ops->session_shred(ks, tenant_id, session_id, by, now_ms, out);
+  if (r != KMS_OK) {
+    memset(out, 0, sizeof(*out));
+  }
+  return r;
+}
+
+int keystore_session_list(keystore *ks, const struct ks_session_filter *f,
+                          struct ks_session **out, size_t *out_n, int *out_more) {
+  if (!LIST_OUT_INIT(out, out_n) || out_more == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_more = 0;
+  if (ks == NULL || f == NULL || !valid_tenant_id(f->tenant_id) || f->limit == 0 ||
+      (f->after_session != NULL && f->after_session[0] != '\0' &&
+       !valid_session_id(f->after_session))) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->session_list(ks, f, out, out_n, out_more);
+}
+
+int keystore_rewrap_jobs(keystore *ks, struct ks_rewrap_job *out, size_t cap, size_t *out_n) {
+  if (out_n == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_n = 0;
+  if (ks == NULL || out == NULL || cap == 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->rewrap_jobs(ks, out, cap, out_n);
+}
+
+int keystore_rewrap_batch(keystore *ks, const struct ks_rewrap_job *job, size_t limit,
+                          struct ks_session *out, size_t *out_n) {
+  if (out_n == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_n = 0;
+  if (ks == NULL || job == NULL || out == NULL || limit == 0 ||
+      !valid_tenant_id(job->tenant_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->rewrap_batch(ks, job, limit, out, out_n);
+}
+
+int keystore_rewrap_commit(keystore *ks, const struct ks_rewrap_job *job,
+                           const struct ks_rewrap_update *u, size_t n, const char *after,
+                           int done, size_t *out_moved, int *out_stale) {
+  if (out_moved == NULL || out_stale == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_moved = 0;
+  *out_stale = 0;
+  if (ks == NULL || job == NULL || (n > 0 && u == NULL) || after == NULL ||
+      !valid_tenant_id(job->tenant_id)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->rewrap_commit(ks, job, u, n, after, done, out_moved, out_stale);
+}

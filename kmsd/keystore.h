@@ -325,6 +325,140 @@ int keystore_shred_sync(keystore *ks);
 int keystore_receipt_list(keystore *ks, const char *tenant_id, struct ks_receipt **out,
                           size_t *out_n);
 
+/* ---- Session keys (schema 3; kmsd/sessions.c, docs/SESSIONS.md) ------------------ */
+
+#define KS_SESSION_ID_MAX 128
+#define KS_SESSION_WRAPPED_MAX 128 /* a wrapped session key (kmsd/sessions.c: 65 bytes) */
+#define KS_SESSION_METADATA_MAX 5200 /* encoded metadata (kmsd/sessions.c) */
+
+enum ks_session_state {
+  KS_SESSION_OPEN = 1,     /* the key seals and opens */
+  KS_SESSION_CLOSED = 2,   /* no new encryption; GetSessionKey still answers */
+  KS_SESSION_SHREDDED = 3, /* wrapped key and metadata deleted: the key is gone */
+};
+
+/*
+ * One session. |wrapped| is the session key wrapped under KEK version
+ * |kek_version| of the tenant; |metadata| is opaque to the keystore (the
+ * caller's encoding). A shredded session keeps its row without either, so
+ * its id cannot be opened again and the listing shows who shredded it.
+ */
+struct ks_session {
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  char session_id[KS_SESSION_ID_MAX + 1];
+  int state; /* enum ks_session_state */
+  uint32_t kek_version;
+  uint8_t wrapped[KS_SESSION_WRAPPED_MAX];
+  size_t wrapped_len;
+  uint8_t metadata[KS_SESSION_METADATA_MAX];
+  size_t metadata_len;
+  int64_t created_ms;
+  char created_by[KS_PRINCIPAL_MAX + 1];
+  int64_t closed_ms; /* 0: not closed */
+  char closed_by[KS_PRINCIPAL_MAX + 1];
+  int64_t shredded_ms; /* 0: not shredded */
+  char shredded_by[KS_PRINCIPAL_MAX + 1];
+};
+
+/* What a ShredSession destroyed. */
+struct ks_session_receipt {
+  uint64_t id;
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  char session_id[KS_SESSION_ID_MAX + 1];
+  uint32_t kek_version;
+  int64_t created_ms;
+  int64_t shredded_ms;
+  char shredded_by[KS_PRINCIPAL_MAX + 1];
+};
+
+/* A ListSessions filter and page position. */
+struct ks_session_filter {
+  const char *tenant_id;
+  int64_t created_from_ms;  /* inclusive */
+  int64_t created_to_ms;    /* exclusive; 0: no bound */
+  int state;                /* 0: any */
+  int64_t after_created_ms; /* page position: rows after (after_created_ms, after_session) */
+  const char *after_session; /* NULL or "": from the start */
+  size_t limit;
+};
+
+/* A pending background re-wrap of a tenant's sessions after a rotation. */
+struct ks_rewrap_job {
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  uint32_t target_version;
+  char after[KS_SESSION_ID_MAX + 1]; /* sessions up to this id are done */
+};
+
+/* One re-wrapped session: replaces |old_version|'s wrapped key only if still that one. */
+struct ks_rewrap_update {
+  const char *session_id;
+  uint32_t old_version;
+  const uint8_t *wrapped;
+  size_t wrapped_len;
+};
+
+/*
+ * keystore_session_create records |s| (state open) with its wrapped key.
+ * KMS_ERR_ALREADY_EXISTS if the tenant has a session of that id in any state
+ * (a shredded id is never reused), then *out_state holds its state.
+ */
+int keystore_session_create(keystore *ks, const struct ks_session *s, int *out_state);
+
+/*
+ * keystore_session_get reads a session and, from the same snapshot, the KEK
+ * version wrapping it (with its token) and its tenant's state. One indexed
+ * lookup whatever the number of sessions. KMS_ERR_NOT_FOUND if no such session.
+ */
+int keystore_session_get(keystore *ks, const char *tenant_id, const char *session_id,
+                         struct ks_session *out, struct ks_kek *out_kek);
+
+/*
+ * keystore_session_close moves an open session to closed (by |by| at
+ * |now_ms|); a closed one stays as it is. *out is the session afterwards.
+ * KMS_ERR_NOT_FOUND; KMS_ERR_FAILED_PRECONDITION if shredded.
+ */
+int keystore_session_close(keystore *ks, const char *tenant_id, const char *session_id,
+                           const char *by, int64_t now_ms, struct ks_session *out);
+
+/*
+ * keystore_session_shred deletes the session's wrapped key and metadata
+ * (secure_delete zeroes the bytes; keystore_shred_sync then clears the WAL),
+ * marks it shredded by |by|, and records and returns the receipt, in one
+ * transaction. KMS_ERR_NOT_FOUND; KMS_ERR_FAILED_PRECONDITION if already shredded.
+ */
+int keystore_session_shred(keystore *ks, const char *tenant_id, const char *session_id,
+                           const char *by, int64_t now_ms, struct ks_session_receipt *out);
+
+/*
+ * keystore_session_list lists the sessions matching |f| (up to f->limit),
+ * ordered by (created_ms, session_id), through the (tenant_id, created_ms)
+ * index. Wrapped keys are not read (wrapped_len 0). *out_more is 1 if more follow.
+ */
+int keystore_session_list(keystore *ks, const struct ks_session_filter *f,
+                          struct ks_session **out, size_t *out_n, int *out_more);
+
+/* keystore_rewrap_jobs lists up to |cap| pending re-wrap jobs (one per tenant). */
+int keystore_rewrap_jobs(keystore *ks, struct ks_rewrap_job *out, size_t cap, size_t *out_n);
+
+/*
+ * keystore_rewrap_batch reads up to |limit| sessions of |job| after its
+ * cursor, in session id order, that still hold a key (not shredded), with
+ * their wrapped keys.
+ */
+int keystore_rewrap_batch(keystore *ks, const struct ks_rewrap_job *job, size_t limit,
+                          struct ks_session *out, size_t *out_n);
+
+/*
+ * keystore_rewrap_commit stores the re-wrapped keys |u| (each only if the
+ * session still has its old version and is not shredded) and moves the job's
+ * cursor to |after|, in one transaction; with |done| the job is removed
+ * instead. Nothing happens if the job changed meanwhile (a new rotation
+ * restarted it): *out_stale is then 1. *out_moved counts stored keys.
+ */
+int keystore_rewrap_commit(keystore *ks, const struct ks_rewrap_job *job,
+                           const struct ks_rewrap_update *u, size_t n, const char *after,
+                           int done, size_t *out_moved, int *out_stale);
+
 /* The backend interface (one per storage engine). */
 struct keystore_ops {
   const char *scheme; /* URL scheme, e.g. "sqlite" */
@@ -371,6 +505,22 @@ struct keystore_ops {
   int (*shred_sync)(keystore *ks);
   int (*receipt_list)(keystore *ks, const char *tenant_id, struct ks_receipt **out,
                       size_t *out_n);
+  /* Session keys (schema 3). */
+  int (*session_create)(keystore *ks, const struct ks_session *s, int *out_state);
+  int (*session_get)(keystore *ks, const char *tenant_id, const char *session_id,
+                     struct ks_session *out, struct ks_kek *out_kek);
+  int (*session_close)(keystore *ks, const char *tenant_id, const char *session_id,
+                       const char *by, int64_t now_ms, struct ks_session *out);
+  int (*session_shred)(keystore *ks, const char *tenant_id, const char *session_id,
+                       const char *by, int64_t now_ms, struct ks_session_receipt *out);
+  int (*session_list)(keystore *ks, const struct ks_session_filter *f, struct ks_session **out,
+                      size_t *out_n, int *out_more);
+  int (*rewrap_jobs)(keystore *ks, struct ks_rewrap_job *out, size_t cap, size_t *out_n);
+  int (*rewrap_batch)(keystore *ks, const struct ks_rewrap_job *job, size_t limit,
+                      struct ks_session *out, size_t *out_n);
+  int (*rewrap_commit)(keystore *ks, const struct ks_rewrap_job *job,
+                       const struct ks_rewrap_update *u, size_t n, const char *after, int done,
+                       size_t *out_moved, int *out_stale);
 };
 
 /* Every backend's handle starts with this, so keystore.c can dispatch. */

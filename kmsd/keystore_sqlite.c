@@ -118,6 +118,47 @@ static const char *const migrations[] = {
     "  at_ms INTEGER NOT NULL"
     ") STRICT;"
     "CREATE INDEX key_events_by_tenant ON key_events (tenant_id, id);",
+    /*
+     * 3: session keys (docs/SESSIONS.md). One row per (tenant, session): the
+     * primary key serves OpenSession and GetSessionKey with one B-tree
+     * lookup however many sessions there are, and the index on
+     * (tenant_id, created_ms) serves listings by time. A shredded session
+     * keeps its row without wrapped key or metadata. session_rewrap holds the
+     * resumable background re-wrap after a rotation, one cursor per tenant.
+     */
+    "CREATE TABLE sessions ("
+    "  tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id),"
+    "  session_id TEXT NOT NULL,"
+    "  state INTEGER NOT NULL CHECK (state BETWEEN 1 AND 3),"
+    "  kek_version INTEGER NOT NULL CHECK (kek_version >= 1),"
+    "  wrapped_key BLOB NOT NULL,"
+    "  metadata BLOB NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  created_by TEXT NOT NULL,"
+    "  closed_ms INTEGER NOT NULL DEFAULT 0,"
+    "  closed_by TEXT NOT NULL DEFAULT '',"
+    "  shredded_ms INTEGER NOT NULL DEFAULT 0,"
+    "  shredded_by TEXT NOT NULL DEFAULT '',"
+    "  PRIMARY KEY (tenant_id, session_id),"
+    "  FOREIGN KEY (tenant_id, kek_version) REFERENCES kek_versions(tenant_id, version)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE INDEX sessions_by_created ON sessions (tenant_id, created_ms);"
+    "CREATE TABLE session_receipts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id),"
+    "  session_id TEXT NOT NULL,"
+    "  kek_version INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  shredded_ms INTEGER NOT NULL,"
+    "  shredded_by TEXT NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX session_receipts_by_session ON session_receipts (tenant_id, session_id);"
+    "CREATE TABLE session_rewrap ("
+    "  tenant_id TEXT NOT NULL PRIMARY KEY REFERENCES tenants(tenant_id),"
+    "  target_version INTEGER NOT NULL CHECK (target_version >= 1),"
+    "  after TEXT NOT NULL,"
+    "  started_ms INTEGER NOT NULL"
+    ") STRICT, WITHOUT ROWID;",
 };
 
 #define SCHEMA_VERSION_LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -137,6 +178,8 @@ enum stmt_id {
   ST_KEK_EXISTS,
   ST_KEK_DEMOTE,
   ST_USES_RESERVE,
+  ST_SESSION_INSERT,
+  ST_SESSION_GET,
   ST_COUNT_
 };
 
@@ -152,6 +195,11 @@ enum stmt_id {
 #define TENANT_FROM                                                                      \
   " FROM tenants t LEFT JOIN kek_versions k"                                             \
   " ON k.tenant_id = t.tenant_id AND k.version = t.current_version"
+
+/* The columns read_session takes, in order, starting at its |col| (s: sessions). */
+#define SESSION_COLUMNS                                                                  \
+  "s.session_id, s.state, s.kek_version, s.wrapped_key, s.metadata, s.created_ms,"       \
+  " s.created_by, s.closed_ms, s.closed_by, s.shredded_ms, s.shredded_by"
 
 static const char *const stmt_sql[ST_COUNT_] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -185,6 +233,16 @@ static const char *const stmt_sql[ST_COUNT_] = {
     [ST_USES_RESERVE] = "UPDATE kek_versions SET uses = uses + ?3"
                         " WHERE tenant_id = ?1 AND version = ?2 AND uses <= ?4 - ?3"
                         " RETURNING uses",
+    /* Session keys: these two run on every OpenSession / GetSessionKey. */
+    [ST_SESSION_INSERT] = "INSERT INTO sessions (tenant_id, session_id, state, kek_version,"
+                          " wrapped_key, metadata, created_ms, created_by)"
+                          " VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7)",
+    /* The session, its KEK version and tenant state from one snapshot (KEK_COLUMNS first). */
+    [ST_SESSION_GET] = "SELECT " KEK_COLUMNS ", " SESSION_COLUMNS
+                       " FROM sessions s JOIN tenants t ON t.tenant_id = s.tenant_id"
+                       " JOIN kek_versions k ON k.tenant_id = s.tenant_id"
+                       " AND k.version = s.kek_version"
+                       " WHERE s.tenant_id = ?1 AND s.session_id = ?2",
 };
 
 struct keystore_sqlite {
@@ -908,6 +966,8 @@ static int sqlite_kek_current(keystore *base, const char *tenant_id, struct ks_k
 
 static int add_event(struct keystore_sqlite *ks, const char *tenant_id, uint32_t version,
                      const char *event, const char *by, const char *detail, int64_t at);
+static int run(struct keystore_sqlite *ks, int *out_changes, const char *sql, const char *fmt,
+               ...);
 
 /*
  * add_version is keystore_kek_add_version and keystore_kek_rotate: the new
@@ -976,6 +1036,21 @@ static int add_version(keystore *base, const struct ks_kek *kek, const char *by,
     goto out;
   }
   if ((r = add_event(ks, kek->tenant_id, kek->version, "rotated", by, reason, now)) != KMS_OK) {
+    goto out;
+  }
+  /*
+   * The tenant's stored session keys move to the new version in the
+   * background (kmsd/sessions.c); recording the job in the rotation's own
+   * transaction means no rotation is ever missed. A job still running for an
+   * earlier rotation starts over towards the newer version.
+   */
+  r = run(ks, NULL,
+          "INSERT INTO session_rewrap (tenant_id, target_version, after, started_ms)"
+          " SELECT ?1, ?2, '', ?3 WHERE EXISTS (SELECT 1 FROM sessions WHERE tenant_id = ?1)"
+          " ON CONFLICT (tenant_id) DO UPDATE SET target_version = excluded.target_version,"
+          " after = '', started_ms = excluded.started_ms",
+          "tii", kek->tenant_id, (int64_t)kek->version, now);
+  if (r != KMS_OK) {
     goto out;
   }
   r = tx_commit(ks);
@@ -2061,6 +2136,22 @@ static int sqlite_destroy(keystore *base, const char *tenant_id, uint32_t versio
       goto out;
     }
   }
+  /*
+   * Session keys wrapped under what is destroyed are gone with it: their rows
+   * are shredded in the same transaction (wrapped keys and metadata deleted),
+   * so no listing shows a session as alive whose key no longer exists.
+   */
+  r = run(ks, NULL,
+          "UPDATE sessions SET wrapped_key = x'', metadata = x'', state = 3, shredded_ms = ?3,"
+          " shredded_by = 'kmsd' WHERE tenant_id = ?1 AND state != 3"
+          " AND (?2 = 0 OR kek_version = ?2)",
+          "tii", tenant_id, (int64_t)version, now);
+  if (r == KMS_OK && version == 0) {
+    r = run(ks, NULL, "DELETE FROM session_rewrap WHERE tenant_id = ?1", "t", tenant_id);
+  }
+  if (r != KMS_OK) {
+    goto out;
+  }
   memset(&req, 0, sizeof(req));
   if (req_id != 0 && (r = request_load(ks, (uint64_t)req_id, &req)) != KMS_OK) {
     goto out;
@@ -2175,6 +2266,435 @@ out:
   return KMS_OK;
 }
 
+/* ---- Session keys (schema 3) ----------------------------------------------------- */
+
+/* col_blob copies a BLOB column into |dst| (capacity |cap|); too long is a damaged row. */
+static int col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t cap, size_t *out_len) {
+  const void *p;
+  int n;
+
+  if (sqlite3_column_type(st, col) != SQLITE_BLOB) {
+    return KMS_ERR_INTERNAL;
+  }
+  p = sqlite3_column_blob(st, col);
+  n = sqlite3_column_bytes(st, col);
+  if (n < 0 || (size_t)n > cap || (n > 0 && p == NULL)) {
+    return KMS_ERR_INTERNAL;
+  }
+  if (n > 0) {
+    memcpy(dst, p, (size_t)n);
+  }
+  *out_len = (size_t)n;
+  return KMS_OK;
+}
+
+/*
+ * read_session fills |out| (but its tenant id) from the SESSION_COLUMNS
+ * starting at |col|. Without |with_key| the wrapped key is not read.
+ */
+static int read_session(sqlite3_stmt *st, int col, int with_key, struct ks_session *out) {
+  int64_t state, created, closed, shredded;
+  int r;
+
+  if ((r = col_text(st, col, out->session_id, sizeof(out->session_id))) != KMS_OK ||
+      (r = col_i64(st, col + 1, 1, 3, &state)) != KMS_OK ||
+      (r = col_u32(st, col + 2, &out->kek_version)) != KMS_OK ||
+      (r = col_blob(st, col + 4, out->metadata, sizeof(out->metadata), &out->metadata_len)) !=
+          KMS_OK ||
+      (r = col_i64(st, col + 5, 0, INT64_MAX, &created)) != KMS_OK ||
+      (r = col_text(st, col + 6, out->created_by, sizeof(out->created_by))) != KMS_OK ||
+      (r = col_i64(st, col + 7, 0, INT64_MAX, &closed)) != KMS_OK ||
+      (r = col_text(st, col + 8, out->closed_by, sizeof(out->closed_by))) != KMS_OK ||
+      (r = col_i64(st, col + 9, 0, INT64_MAX, &shredded)) != KMS_OK ||
+      (r = col_text(st, col + 10, out->shredded_by, sizeof(out->shredded_by))) != KMS_OK) {
+    return r;
+  }
+  out->wrapped_len = 0;
+  if (with_key &&
+      (r = col_blob(st, col + 3, out->wrapped, sizeof(out->wrapped), &out->wrapped_len)) !=
+          KMS_OK) {
+    return r;
+  }
+  /* A live session always has its key; a shredded one never does. */
+  if (with_key && ((state == KS_SESSION_SHREDDED) != (out->wrapped_len == 0))) {
+    return KMS_ERR_INTERNAL;
+  }
+  out->state = (int)state;
+  out->created_ms = created;
+  out->closed_ms = closed;
+  out->shredded_ms = shredded;
+  return KMS_OK;
+}
+
+/* session_select reads one session (SESSION_COLUMNS) inside the caller's transaction. */
+static int session_select(struct keystore_sqlite *ks, const char *tenant_id,
+                          const char *session_id, struct ks_session *out) {
+  sqlite3_stmt *st = NULL;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT " SESSION_COLUMNS " FROM sessions s WHERE s.tenant_id = ?1"
+            " AND s.session_id = ?2",
+            "tt", tenant_id, session_id);
+  if (r != KMS_OK) {
+    return r;
+  }
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    r = rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
+  } else {
+    memset(out, 0, sizeof(*out));
+    r = read_session(st, 0, 1, out);
+    snprintf(out->tenant_id, sizeof(out->tenant_id), "%s", tenant_id);
+  }
+  sqlite3_finalize(st);
+  return r;
+}
+
+static int sqlite_session_create(keystore *base, const struct ks_session *s, int *out_state) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = ks->st[ST_SESSION_INSERT];
+  struct ks_session old;
+  int r;
+
+  /* Autocommit: one statement, one transaction, one fsync of the WAL. */
+  if (sqlite3_bind_text(st, 1, s->tenant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+      sqlite3_bind_text(st, 2, s->session_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+      sqlite3_bind_int64(st, 3, s->kek_version) != SQLITE_OK ||
+      sqlite3_bind_blob(st, 4, s->wrapped, (int)s->wrapped_len, SQLITE_STATIC) != SQLITE_OK ||
+      sqlite3_bind_blob(st, 5, s->metadata_len > 0 ? (const void *)s->metadata : "",
+                        (int)s->metadata_len, SQLITE_STATIC) != SQLITE_OK ||
+      sqlite3_bind_int64(st, 6, s->created_ms != 0 ? s->created_ms : now_ms()) != SQLITE_OK ||
+      sqlite3_bind_text(st, 7, s->created_by, -1, SQLITE_STATIC) != SQLITE_OK) {
+    stmt_done(st);
+    return KMS_ERR_INTERNAL;
+  }
+  r = step_done(st);
+  if (r == KMS_ERR_ALREADY_EXISTS && session_select(ks, s->tenant_id, s->session_id, &old) ==
+                                         KMS_OK) {
+    *out_state = old.state;
+  }
+  return r;
+}
+
+static int sqlite_session_get(keystore *base, const char *tenant_id, const char *session_id,
+                              struct ks_session *out, struct ks_kek *out_kek) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = ks->st[ST_SESSION_GET];
+  int rc, r = KMS_ERR_INTERNAL;
+
+  if (sqlite3_bind_text(st, 1, tenant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+      sqlite3_bind_text(st, 2, session_id, -1, SQLITE_STATIC) != SQLITE_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    r = rc == SQLITE_DONE ? KMS_ERR_NOT_FOUND : map_rc(rc);
+    goto out;
+  }
+  memset(out, 0, sizeof(*out));
+  if ((r = read_kek(st, tenant_id, out_kek)) != KMS_OK ||
+      (r = read_session(st, 8, 1, out)) != KMS_OK) {
+    goto out;
+  }
+  snprintf(out->tenant_id, sizeof(out->tenant_id), "%s", tenant_id);
+  r = KMS_OK;
+out:
+  stmt_done(st);
+  return r;
+}
+
+static int sqlite_session_close(keystore *base, const char *tenant_id, const char *session_id,
+                                const char *by, int64_t now, struct ks_session *out) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  int r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if ((r = session_select(ks, tenant_id, session_id, out)) != KMS_OK) {
+    goto out;
+  }
+  if (out->state == KS_SESSION_SHREDDED) {
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  if (out->state == KS_SESSION_OPEN) {
+    r = run(ks, NULL,
+            "UPDATE sessions SET state = 2, closed_ms = ?3, closed_by = ?4"
+            " WHERE tenant_id = ?1 AND session_id = ?2 AND state = 1",
+            "ttit", tenant_id, session_id, now, by);
+    if (r != KMS_OK) {
+      goto out;
+    }
+    out->state = KS_SESSION_CLOSED;
+    out->closed_ms = now;
+    snprintf(out->closed_by, sizeof(out->closed_by), "%s", by);
+  }
+  r = tx_commit(ks);
+out:
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  /* The caller gets the session as officers see it: without its wrapped key. */
+  memset(out->wrapped, 0, sizeof(out->wrapped));
+  out->wrapped_len = 0;
+  return r;
+}
+
+static int sqlite_session_shred(keystore *base, const char *tenant_id, const char *session_id,
+                                const char *by, int64_t now, struct ks_session_receipt *out) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  struct ks_session s;
+  int changes = 0, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  if ((r = session_select(ks, tenant_id, session_id, &s)) != KMS_OK) {
+    goto out;
+  }
+  if (s.state == KS_SESSION_SHREDDED) {
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  /* secure_delete zeroes the old cell's bytes in the page; the WAL is the caller's (shred_sync). */
+  r = run(ks, &changes,
+          "UPDATE sessions SET wrapped_key = x'', metadata = x'', state = 3, shredded_ms = ?3,"
+          " shredded_by = ?4 WHERE tenant_id = ?1 AND session_id = ?2 AND state != 3",
+          "ttit", tenant_id, session_id, now, by);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if (changes != 1) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  r = run(ks, NULL,
+          "INSERT INTO session_receipts (tenant_id, session_id, kek_version, created_ms,"
+          " shredded_ms, shredded_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+          "ttiiit", tenant_id, session_id, (int64_t)s.kek_version, s.created_ms, now, by);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  out->id = (uint64_t)sqlite3_last_insert_rowid(ks->db);
+  if ((r = tx_commit(ks)) != KMS_OK) {
+    goto out;
+  }
+  snprintf(out->tenant_id, sizeof(out->tenant_id), "%s", tenant_id);
+  snprintf(out->session_id, sizeof(out->session_id), "%s", session_id);
+  snprintf(out->shredded_by, sizeof(out->shredded_by), "%s", by);
+  out->kek_version = s.kek_version;
+  out->created_ms = s.created_ms;
+  out->shredded_ms = now;
+out:
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  return r;
+}
+
+static int sqlite_session_list(keystore *base, const struct ks_session_filter *f,
+                               struct ks_session **out, size_t *out_n, int *out_more) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_session *list = NULL;
+  size_t n = 0;
+  int64_t from = f->created_from_ms, to = f->created_to_ms != 0 ? f->created_to_ms : INT64_MAX;
+  const char *after = f->after_session != NULL ? f->after_session : "";
+  int rc, r;
+
+  /*
+   * The scan starts in the (tenant_id, created_ms) index at the page
+   * position: a page costs its own rows, not the ones before it. The index
+   * carries session_id (the primary key), so the order is total.
+   */
+  if (after[0] != '\0' && f->after_created_ms > from) {
+    from = f->after_created_ms;
+  }
+  r = query(ks, &st,
+            "SELECT " SESSION_COLUMNS " FROM sessions s INDEXED BY sessions_by_created"
+            " WHERE s.tenant_id = ?1 AND s.created_ms >= ?2 AND s.created_ms < ?3"
+            " AND (?4 = 0 OR s.state = ?4)"
+            " AND (?6 = '' OR s.created_ms > ?5 OR (s.created_ms = ?5 AND s.session_id > ?6))"
+            " ORDER BY s.created_ms, s.session_id LIMIT ?7",
+            "tiiiiti", f->tenant_id, from, to, (int64_t)f->state, f->after_created_ms, after,
+            (int64_t)f->limit + 1);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if ((list = calloc(f->limit, sizeof(*list))) == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == f->limit) {
+      *out_more = 1;
+      break;
+    }
+    if ((r = read_session(st, 0, 0, &list[n])) != KMS_OK) {
+      goto out;
+    }
+    snprintf(list[n].tenant_id, sizeof(list[n].tenant_id), "%s", f->tenant_id);
+    n++;
+  }
+  r = rc == SQLITE_DONE || rc == SQLITE_ROW ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK || n == 0) {
+    free(list);
+    list = NULL;
+    if (r != KMS_OK) {
+      n = 0;
+      *out_more = 0;
+    }
+  }
+  *out = list;
+  *out_n = n;
+  return r;
+}
+
+static int sqlite_rewrap_jobs(keystore *base, struct ks_rewrap_job *out, size_t cap,
+                              size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int64_t v;
+  size_t n = 0;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT tenant_id, target_version, after FROM session_rewrap"
+            " ORDER BY started_ms, tenant_id LIMIT ?1",
+            "i", (int64_t)cap);
+  if (r != KMS_OK) {
+    return r;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    memset(&out[n], 0, sizeof(out[n]));
+    if ((r = col_text(st, 0, out[n].tenant_id, sizeof(out[n].tenant_id))) != KMS_OK ||
+        (r = col_i64(st, 1, 1, UINT32_MAX, &v)) != KMS_OK ||
+        (r = col_text(st, 2, out[n].after, sizeof(out[n].after))) != KMS_OK) {
+      goto out;
+    }
+    out[n].target_version = (uint32_t)v;
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  *out_n = r == KMS_OK ? n : 0;
+  return r;
+}
+
+static int sqlite_rewrap_batch(keystore *base, const struct ks_rewrap_job *job, size_t limit,
+                               struct ks_session *out, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  size_t n = 0;
+  int rc, r;
+
+  /* Primary-key order from the cursor on: resumable, and each batch costs its own rows. */
+  r = query(ks, &st,
+            "SELECT " SESSION_COLUMNS " FROM sessions s WHERE s.tenant_id = ?1"
+            " AND s.session_id > ?2 AND s.state != 3 ORDER BY s.session_id LIMIT ?3",
+            "tti", job->tenant_id, job->after, (int64_t)limit);
+  if (r != KMS_OK) {
+    return r;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    memset(&out[n], 0, sizeof(out[n]));
+    if ((r = read_session(st, 0, 1, &out[n])) != KMS_OK) {
+      goto out;
+    }
+    snprintf(out[n].tenant_id, sizeof(out[n].tenant_id), "%s", job->tenant_id);
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  *out_n = r == KMS_OK ? n : 0;
+  return r;
+}
+
+static int sqlite_rewrap_commit(keystore *base, const struct ks_rewrap_job *job,
+                                const struct ks_rewrap_update *u, size_t n, const char *after,
+                                int done, size_t *out_moved, int *out_stale) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int rc, changes = 0, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  /* A rotation since the batch was read restarted the job: its keys may be stale. */
+  r = query(ks, &st,
+            "SELECT 1 FROM session_rewrap WHERE tenant_id = ?1 AND target_version = ?2"
+            " AND after = ?3",
+            "tit", job->tenant_id, (int64_t)job->target_version, job->after);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  st = NULL;
+  if (rc == SQLITE_DONE) {
+    *out_stale = 1;
+    r = KMS_OK;
+    goto out;
+  }
+  if (rc != SQLITE_ROW) {
+    r = map_rc(rc);
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    /* Only if unchanged since read: never resurrect a shredded key or undo another move. */
+    rc = sqlite3_prepare_v2(ks->db,
+                            "UPDATE sessions SET wrapped_key = ?3, kek_version = ?4"
+                            " WHERE tenant_id = ?1 AND session_id = ?2 AND kek_version = ?5"
+                            " AND state != 3",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+      r = map_rc(rc);
+      goto out;
+    }
+    if (sqlite3_bind_text(st, 1, job->tenant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(st, 2, u[i].session_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 3, u[i].wrapped, (int)u[i].wrapped_len, SQLITE_STATIC) !=
+            SQLITE_OK ||
+        sqlite3_bind_int64(st, 4, job->target_version) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 5, u[i].old_version) != SQLITE_OK) {
+      r = KMS_ERR_INTERNAL;
+      goto out;
+    }
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc != SQLITE_DONE) {
+      r = map_rc(rc);
+      goto out;
+    }
+    *out_moved += (size_t)sqlite3_changes(ks->db);
+  }
+  if (done) {
+    r = run(ks, &changes, "DELETE FROM session_rewrap WHERE tenant_id = ?1", "t",
+            job->tenant_id);
+  } else {
+    r = run(ks, &changes, "UPDATE session_rewrap SET after = ?2 WHERE tenant_id = ?1", "tt",
+            job->tenant_id, after);
+  }
+  if (r != KMS_OK) {
+    goto out;
+  }
+  r = tx_commit(ks);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK || *out_stale) {
+    tx_rollback(ks);
+    *out_moved = 0;
+  }
+  return r;
+}
+
 const struct keystore_ops keystore_sqlite_ops = {
     .scheme = "sqlite",
     .open = sqlite_open,
@@ -2204,4 +2724,12 @@ const struct keystore_ops keystore_sqlite_ops = {
     .destroy = sqlite_destroy,
     .shred_sync = sqlite_shred_sync,
     .receipt_list = sqlite_receipt_list,
+    .session_create = sqlite_session_create,
+    .session_get = sqlite_session_get,
+    .session_close = sqlite_session_close,
+    .session_shred = sqlite_session_shred,
+    .session_list = sqlite_session_list,
+    .rewrap_jobs = sqlite_rewrap_jobs,
+    .rewrap_batch = sqlite_rewrap_batch,
+    .rewrap_commit = sqlite_rewrap_commit,
 };

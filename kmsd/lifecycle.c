@@ -12,12 +12,14 @@
 #include "keystore.h"
 #include "kms_err.h"
 #include "log.h"
+#include "sessions.h"
 
 #define DAY_MS INT64_C(86400000)
 #define EVENTS_SHOWN 100    /* ListKeys: newest events returned */
 #define TICK_DESTROY_MAX 64 /* destructions per tick; the rest on the next */
 #define TICK_ROTATE_MAX 16  /* automatic rotations per tick (each is an HSM keygen) */
 #define LIST_TENANTS_DEFAULT 500
+#define TICK_REWRAP_MS 200 /* time a tick may spend re-wrapping session keys (kmsd/sessions.c) */
 
 /* Set when a WAL checkpoint after a shred could not finish: the next tick retries. */
 static atomic_int shred_sync_owed;
@@ -777,6 +779,12 @@ shred_sync(struct worker_ctx *w)
   }
 }
 
+void
+lifecycle_shred_sync(struct worker_ctx *w)
+{
+  shred_sync(w);
+}
+
 /* destroy_one crypto-shreds one due target and returns its receipt. */
 static int
 destroy_one(const struct lifecycle *lc, struct worker_ctx *w, const char *tenant_id,
@@ -1035,6 +1043,17 @@ lifecycle_tick(const struct lifecycle *lc, struct worker_ctx *w)
     }
   }
   free(rot);
+  /*
+   * Session keys follow their tenant's rotations in the background, within a
+   * time budget per tick so a tenant with 10^6 sessions never holds a worker
+   * for long. The use budget is the one keyops applies (main.c sets the same).
+   */
+  struct keyops k;
+  memset(&k, 0, sizeof(k));
+  k.cache = lc->cache;
+  k.max_uses = lc->cfg->kek_max_uses;
+  k.reserve_block = lc->cfg->kek_max_uses >= 1u << 20 ? 1024 : 1;
+  (void)sessions_rewrap_tick(&k, w, TICK_REWRAP_MS);
 }
 
 struct tick_job {

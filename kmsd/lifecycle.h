@@ -107,6 +107,13 @@ void lifecycle_tick(const struct lifecycle *lc, struct worker_ctx *w);
  */
 void lifecycle_tick_submit(workers *pool, const struct kmsd_config *cfg, kekcache *cache);
 
+/*
+ * lifecycle_shred_sync makes deletions final in the keystore files (a
+ * truncating WAL checkpoint); if readers keep it from completing, the next
+ * tick retries. Called after every crypto-shred, sessions' included.
+ */
+void lifecycle_shred_sync(struct worker_ctx *w);
+
 /* Names of states and actions, for messages and listings. */
 const char *lifecycle_version_state_name(int state);
 const char *lifecycle_tenant_state_name(int state);

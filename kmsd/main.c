@@ -1,12 +1,16 @@
 /* kmsd: start-up, hardening, signal handling and orderly shutdown. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <libgen.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -20,8 +24,10 @@
 #include "keystore.h"
 #include "kms_err.h"
 #include "lifecycle.h"
+#include "limiter.h"
 #include "log.h"
 #include "rpc.h"
+#include "selftest.h"
 #include "transport.h"
 #include "workers.h"
 
@@ -75,6 +81,77 @@ harden_process(void)
     log_msg(LOG_WARN, "event=harden what=secure_heap result=unavailable "
                       "note=\"secrets fall back to mlocked pages\"");
   }
+}
+
+/*
+ * drop_privileges: started as root with `user` set, become that user once
+ * everything that needs root is open (HSM, keystore, audit log, listening
+ * socket). The files kmsd touches later must belong to the user: the PIN file
+ * (read again to log in after an HSM reset), the keystore's and the audit
+ * log's directories (new WAL and log files), the policy and TLS files
+ * (SIGHUP). Each is checked here, so a wrong owner stops kmsd at start, not
+ * at the first HSM outage. Returns KMS_OK or an error with the reason in |err|.
+ */
+static int
+drop_privileges(const struct kmsd_config *cfg, char *err, size_t err_len)
+{
+  if (geteuid() != 0) {
+    if (cfg->user[0] != '\0') {
+      log_msg(LOG_INFO, "event=privileges note=\"not root: user = %s ignored\"", cfg->user);
+    }
+    return KMS_OK;
+  }
+  if (cfg->user[0] == '\0') {
+    log_msg(LOG_WARN, "event=running_as_root note=\"set user = NAME to drop privileges "
+                      "(docs/HARDENING.md)\"");
+    return KMS_OK;
+  }
+  struct passwd *pw = getpwnam(cfg->user);
+  if (pw == NULL || pw->pw_uid == 0) {
+    snprintf(err, err_len, "user %s: %s", cfg->user,
+             pw == NULL ? "no such user" : "is root: nothing to drop");
+    return KMS_ERR_CONFIG;
+  }
+  uid_t uid = pw->pw_uid;
+  gid_t gid = pw->pw_gid;
+  if (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+    snprintf(err, err_len, "dropping to user %s: %s", cfg->user, strerror(errno));
+    return KMS_ERR_INTERNAL;
+  }
+  /* Gone for good: neither the real, effective nor saved uid may be root now. */
+  if (setuid(0) == 0 || seteuid(0) == 0 || getuid() == 0 || geteuid() == 0 || getegid() == 0) {
+    snprintf(err, err_len, "dropping to user %s: root could be regained", cfg->user);
+    return KMS_ERR_INTERNAL;
+  }
+  /* A uid change resets the dumpable flag from fs.suid_dumpable: set it again. */
+  (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  (void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  char ks_dir[sizeof(cfg->keystore)];
+  const char *ks_path = strncmp(cfg->keystore, "sqlite:", 7) == 0 ? cfg->keystore + 7 : NULL;
+  if (ks_path != NULL) {
+    snprintf(ks_dir, sizeof(ks_dir), "%s", ks_path);
+  }
+  const struct {
+    const char *what, *path;
+    int mode;
+  } need[] = {
+      {"pin_file", cfg->pin_file, R_OK},
+      {"audit_dir", cfg->audit_dir, R_OK | W_OK | X_OK},
+      {"keystore directory", ks_path != NULL ? dirname(ks_dir) : NULL, R_OK | W_OK | X_OK},
+      {"policy", cfg->policy, R_OK},
+      {"tls_key", cfg->tls_key, R_OK},
+      {"tls_crl", cfg->tls_crl[0] != '\0' ? cfg->tls_crl : NULL, R_OK},
+  };
+  for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+    if (need[i].path != NULL && access(need[i].path, need[i].mode) != 0) {
+      snprintf(err, err_len, "user %s cannot use %s %s: %s", cfg->user, need[i].what,
+               need[i].path, strerror(errno));
+      return KMS_ERR_CONFIG;
+    }
+  }
+  log_msg(LOG_INFO, "event=privileges_dropped user=%s uid=%u gid=%u", cfg->user, (unsigned)uid,
+          (unsigned)gid);
+  return KMS_OK;
 }
 
 static void
@@ -172,6 +249,12 @@ main(int argc, char **argv)
   }
   log_set_level(cfg.log_level);
 
+  /* Known answers first: with broken cryptography nothing else is worth starting. */
+  if (selftest_software(err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=selftest reason=\"%s\"", err);
+    goto out;
+  }
+
   /* Policy before the HSM: a refused policy stops kmsd before it logs in anywhere. */
   if (rpc_check_policy_vocabulary(err, sizeof(err)) != KMS_OK ||
       authz_load(cfg.policy, err, sizeof(err)) != KMS_OK) {
@@ -184,6 +267,7 @@ main(int argc, char **argv)
     log_msg(LOG_ERROR, "event=start_failed stage=hsm reason=\"%s\"", err);
     goto out;
   }
+  hsm_set_call_timeout(h, cfg.hsm_timeout_ms);
   /* The first open applies schema migrations before any worker runs. */
   if (keystore_open(&ks, cfg.keystore, err, sizeof(err)) != KMS_OK) {
     log_msg(LOG_ERROR, "event=start_failed stage=keystore reason=\"%s\"", err);
@@ -203,6 +287,16 @@ main(int argc, char **argv)
       goto out;
     }
   }
+  /* The HSM's answers, once its keys exist (the signing key is made by audit_open). */
+  if (selftest_hsm(h, AUDIT_SIGN_KEY_ID, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=selftest reason=\"%s\"", err);
+    goto out;
+  }
+  log_msg(LOG_INFO, "event=selftest result=passed tests=\"aes-256-gcm kwp hkdf-sha256 "
+                    "hkdf-sha512 hsm-gcm hsm-wrap checkpoint-signature\"");
+  if (cfg.rate_limit > 0 && (d.rpc.limits = limits_new(cfg.rate_limit, cfg.rate_burst)) == NULL) {
+    goto out;
+  }
   d.rpc.ops.max_uses = cfg.kek_max_uses;
   d.rpc.ops.reserve_block = cfg.kek_max_uses >= 1u << 20 ? 1024 : 1;
   d.rpc.ops.state_ttl_ms = cfg.kek_state_ttl_ms;
@@ -220,6 +314,11 @@ main(int argc, char **argv)
   if (server_start(&d.srv, d.base, &cfg, &d.rpc, bound, sizeof(bound), err,
                    sizeof(err)) != KMS_OK) {
     log_msg(LOG_ERROR, "event=start_failed stage=listen reason=\"%s\"", err);
+    goto out;
+  }
+  /* Everything that needs root is open: the socket, the HSM, the keystore, the audit log. */
+  if (drop_privileges(&cfg, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=privileges reason=\"%s\"", err);
     goto out;
   }
   sig_term = evsignal_new(d.base, SIGTERM, on_stop_signal, &d);
@@ -262,6 +361,7 @@ out:
     event_free(sig_hup);
   }
   kekcache_free(d.rpc.ops.cache);
+  limits_free(d.rpc.limits);
   authz_shutdown();
   keystore_close(ks);
   hsm_close(h);

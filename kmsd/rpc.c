@@ -13,7 +13,9 @@
 #include "kms_err.h"
 #include "kms_frame.h"
 #include "kms_wire.h"
+#include "limiter.h"
 #include "log.h"
+#include "sessions.h"
 
 #define KMSD_VERSION "0.1.0"
 
@@ -26,6 +28,7 @@ struct rpc_job {
   int err;
   struct keyops_result res;
   ProtobufCMessage *lc_msg; /* key lifecycle answers (kmsd/lifecycle.c), owned */
+  struct sessions_key_info sk; /* OpenSession, GetSessionKey: besides the key in res */
   char audit_why[256];      /* Health: why the audit log is not written */
 };
 
@@ -51,6 +54,14 @@ struct rpc_method {
   variant_fn variant; /* NULL: always policy_ops[0] */
   tenant_fn tenant;   /* NULL: the operation names no tenant */
   context_fn context; /* NULL: no context */
+  /*
+   * Access attributes (not in any AAD), the session a request names and
+   * GetSessionKey's purpose: the policy sees them as context entries beside
+   * the encryption context, and the audit record keeps them (docs/POLICY.md).
+   */
+  context_fn attributes; /* NULL: none */
+  tenant_fn session;     /* NULL: no session */
+  tenant_fn purpose;     /* NULL or "": no purpose parameter */
   run_fn run;
   fill_fn fill;
 };
@@ -194,6 +205,20 @@ context_decrypt(const Tkms__Request *req, Tkms__ContextEntry *const **out)
 {
   *out = req->decrypt->context;
   return req->decrypt->n_context;
+}
+
+static size_t
+attributes_generate(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->generate_data_key->attributes;
+  return req->generate_data_key->n_attributes;
+}
+
+static size_t
+attributes_decrypt(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->decrypt->attributes;
+  return req->decrypt->n_attributes;
 }
 
 /* ---- Key lifecycle (kmsd/lifecycle.c; docs/LIFECYCLE.md) -------------------- */
@@ -465,6 +490,175 @@ tenant_set_rotation_period(const Tkms__Request *req)
   return req->set_rotation_period->tenant_id;
 }
 
+static size_t
+attributes_re_encrypt(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->re_encrypt->attributes;
+  return req->re_encrypt->n_attributes;
+}
+
+static size_t
+attributes_re_encrypt_batch(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->re_encrypt_batch->attributes;
+  return req->re_encrypt_batch->n_attributes;
+}
+
+/* ---- Session keys (kmsd/sessions.c; docs/SESSIONS.md) ------------------------------- */
+
+static int
+run_open_session(struct rpc_job *job, struct worker_ctx *w)
+{
+  return sessions_open(&job->rpc->ops, w, conn_principal(job->c), job->req->open_session,
+                       &job->res, &job->sk);
+}
+
+static void
+fill_open_session(struct rpc_job *job, Tkms__Response *resp, void *storage)
+{
+  Tkms__OpenSessionResponse *o = storage;
+  tkms__open_session_response__init(o);
+  o->kek_version = job->res.kek_version;
+  o->plaintext.data = kms_secret_data(job->res.plaintext);
+  o->plaintext.len = kms_secret_len(job->res.plaintext);
+  o->state = (uint32_t)job->sk.state;
+  o->created_ms = job->sk.created_ms;
+  resp->result_case = TKMS__RESPONSE__RESULT_OPEN_SESSION;
+  resp->open_session = o;
+}
+
+static int
+run_get_session_key(struct rpc_job *job, struct worker_ctx *w)
+{
+  return sessions_get_key(&job->rpc->ops, w, job->req->get_session_key, &job->res, &job->sk);
+}
+
+static void
+fill_get_session_key(struct rpc_job *job, Tkms__Response *resp, void *storage)
+{
+  Tkms__GetSessionKeyResponse *g = storage;
+  tkms__get_session_key_response__init(g);
+  g->kek_version = job->res.kek_version;
+  g->plaintext.data = kms_secret_data(job->res.plaintext);
+  g->plaintext.len = kms_secret_len(job->res.plaintext);
+  g->state = (uint32_t)job->sk.state;
+  g->created_ms = job->sk.created_ms;
+  g->closed_ms = job->sk.closed_ms;
+  resp->result_case = TKMS__RESPONSE__RESULT_GET_SESSION_KEY;
+  resp->get_session_key = g;
+}
+
+static int
+run_close_session(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__CloseSessionResponse *out = NULL;
+  int r = sessions_close(w, conn_principal(job->c), job->req->close_session, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, out != NULL && out->session != NULL ? out->session->kek_version : 0);
+  return r;
+}
+LC_FILL(fill_close_session, TKMS__RESPONSE__RESULT_CLOSE_SESSION, close_session,
+        Tkms__CloseSessionResponse)
+
+static int
+run_shred_session(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ShredSessionResponse *out = NULL;
+  uint32_t v = 0;
+  int r = sessions_shred(w, conn_principal(job->c), job->req->shred_session, LC_WHY(job), &out,
+                         &v);
+  LC_KEEP(job, out);
+  LC_AUDIT_VERSION(job, v);
+  return r;
+}
+LC_FILL(fill_shred_session, TKMS__RESPONSE__RESULT_SHRED_SESSION, shred_session,
+        Tkms__ShredSessionResponse)
+
+static int
+run_list_sessions(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ListSessionsResponse *out = NULL;
+  int r = sessions_list(w, job->req->list_sessions, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_list_sessions, TKMS__RESPONSE__RESULT_LIST_SESSIONS, list_sessions,
+        Tkms__ListSessionsResponse)
+
+static const char *
+tenant_open_session(const Tkms__Request *req)
+{
+  return req->open_session->tenant_id;
+}
+
+static const char *
+session_open_session(const Tkms__Request *req)
+{
+  return req->open_session->session_id;
+}
+
+static size_t
+attributes_open_session(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->open_session->attributes;
+  return req->open_session->n_attributes;
+}
+
+static const char *
+tenant_get_session_key(const Tkms__Request *req)
+{
+  return req->get_session_key->tenant_id;
+}
+
+static const char *
+session_get_session_key(const Tkms__Request *req)
+{
+  return req->get_session_key->session_id;
+}
+
+static const char *
+purpose_get_session_key(const Tkms__Request *req)
+{
+  return req->get_session_key->purpose;
+}
+
+static size_t
+attributes_get_session_key(const Tkms__Request *req, Tkms__ContextEntry *const **out)
+{
+  *out = req->get_session_key->attributes;
+  return req->get_session_key->n_attributes;
+}
+
+static const char *
+tenant_close_session(const Tkms__Request *req)
+{
+  return req->close_session->tenant_id;
+}
+
+static const char *
+session_close_session(const Tkms__Request *req)
+{
+  return req->close_session->session_id;
+}
+
+static const char *
+tenant_shred_session(const Tkms__Request *req)
+{
+  return req->shred_session->tenant_id;
+}
+
+static const char *
+session_shred_session(const Tkms__Request *req)
+{
+  return req->shred_session->session_id;
+}
+
+static const char *
+tenant_list_sessions(const Tkms__Request *req)
+{
+  return req->list_sessions->tenant_id;
+}
+
 /*
  * Every callable operation. An op_case not listed here cannot be called, and
  * an entry without a policy operation stops kmsd at start.
@@ -478,10 +672,10 @@ static const struct rpc_method methods[] = {
   {.op = TKMS__REQUEST__OP_GENERATE_DATA_KEY, .name = "GenerateDataKey",
    .policy_ops = {"GenerateDataKey", "GenerateDataKeyWithoutPlaintext"},
    .variant = variant_generate, .tenant = tenant_generate, .context = context_generate,
-   .run = run_generate, .fill = fill_generate},
+   .attributes = attributes_generate, .run = run_generate, .fill = fill_generate},
   {.op = TKMS__REQUEST__OP_DECRYPT, .name = "Decrypt", .policy_ops = {"Decrypt"},
-   .tenant = tenant_decrypt, .context = context_decrypt, .run = run_decrypt,
-   .fill = fill_decrypt},
+   .tenant = tenant_decrypt, .context = context_decrypt, .attributes = attributes_decrypt,
+   .run = run_decrypt, .fill = fill_decrypt},
   /* Key lifecycle. Listings and the rotation period map to the nearest vocabulary name. */
   {.op = TKMS__REQUEST__OP_ROTATE_KEY, .name = "RotateKey", .policy_ops = {"RotateKey"},
    .tenant = tenant_rotate_key, .run = run_rotate_key, .fill = fill_rotate_key},
@@ -503,11 +697,12 @@ static const struct rpc_method methods[] = {
   {.op = TKMS__REQUEST__OP_LIST_REQUESTS, .name = "ListRequests", .policy_ops = {"ListKeys"},
    .tenant = tenant_list_requests, .run = run_list_requests, .fill = fill_list_requests},
   {.op = TKMS__REQUEST__OP_RE_ENCRYPT, .name = "ReEncrypt", .policy_ops = {"ReEncrypt"},
-   .tenant = tenant_re_encrypt, .context = context_re_encrypt, .run = run_re_encrypt,
-   .fill = fill_re_encrypt},
+   .tenant = tenant_re_encrypt, .context = context_re_encrypt,
+   .attributes = attributes_re_encrypt, .run = run_re_encrypt, .fill = fill_re_encrypt},
   {.op = TKMS__REQUEST__OP_RE_ENCRYPT_BATCH, .name = "ReEncryptBatch",
    .policy_ops = {"ReEncrypt"}, .tenant = tenant_re_encrypt_batch,
-   .run = run_re_encrypt_batch, .fill = fill_re_encrypt_batch},
+   .attributes = attributes_re_encrypt_batch, .run = run_re_encrypt_batch,
+   .fill = fill_re_encrypt_batch},
   {.op = TKMS__REQUEST__OP_LIST_TENANTS, .name = "ListTenants", .policy_ops = {"ListKeys"},
    .run = run_list_tenants, .fill = fill_list_tenants},
   {.op = TKMS__REQUEST__OP_LIST_RECEIPTS, .name = "ListReceipts", .policy_ops = {"ListKeys"},
@@ -515,7 +710,85 @@ static const struct rpc_method methods[] = {
   {.op = TKMS__REQUEST__OP_SET_ROTATION_PERIOD, .name = "SetRotationPeriod",
    .policy_ops = {"RotateKey"}, .tenant = tenant_set_rotation_period,
    .run = run_set_rotation_period, .fill = fill_set_rotation_period},
+  /* Session keys: the policy sees the session id as the context entry session_id. */
+  {.op = TKMS__REQUEST__OP_OPEN_SESSION, .name = "OpenSession", .policy_ops = {"OpenSession"},
+   .tenant = tenant_open_session, .session = session_open_session,
+   .attributes = attributes_open_session, .run = run_open_session, .fill = fill_open_session},
+  {.op = TKMS__REQUEST__OP_GET_SESSION_KEY, .name = "GetSessionKey",
+   .policy_ops = {"GetSessionKey"}, .tenant = tenant_get_session_key,
+   .session = session_get_session_key, .purpose = purpose_get_session_key,
+   .attributes = attributes_get_session_key, .run = run_get_session_key,
+   .fill = fill_get_session_key},
+  {.op = TKMS__REQUEST__OP_CLOSE_SESSION, .name = "CloseSession",
+   .policy_ops = {"CloseSession"}, .tenant = tenant_close_session,
+   .session = session_close_session, .run = run_close_session, .fill = fill_close_session},
+  {.op = TKMS__REQUEST__OP_SHRED_SESSION, .name = "ShredSession",
+   .policy_ops = {"ShredSession"}, .tenant = tenant_shred_session,
+   .session = session_shred_session, .run = run_shred_session, .fill = fill_shred_session},
+  {.op = TKMS__REQUEST__OP_LIST_SESSIONS, .name = "ListSessions",
+   .policy_ops = {"ListSessions"}, .tenant = tenant_list_sessions, .run = run_list_sessions,
+   .fill = fill_list_sessions},
 };
+
+/*
+ * What the policy and the audit record see of a request besides its tenant:
+ * the encryption context, then the session id and purpose the request names
+ * as context entries, then its access attributes. kms_wire has refused a key
+ * that appears twice; the counts are capped here too, because a request that
+ * failed validation is still audited.
+ */
+struct request_view {
+  Tkms__ContextEntry named[2]; /* session_id, purpose */
+  Tkms__ContextEntry *policy[AUTHZ_VIEW_MAX];
+  size_t n_policy;
+  Tkms__ContextEntry *const *context;
+  size_t n_context;
+  Tkms__ContextEntry *attrs[KMS_CONTEXT_MAX_ENTRIES + 1]; /* purpose, then attributes */
+  size_t n_attrs;
+  const char *session;
+};
+
+static void
+view_build(struct request_view *v, const struct rpc_method *m, const Tkms__Request *req)
+{
+  Tkms__ContextEntry *const *a = NULL;
+  size_t n_a = 0;
+
+  memset(v, 0, sizeof(*v));
+  if (m == NULL || req == NULL) {
+    return;
+  }
+  if (m->context != NULL) {
+    v->n_context = m->context(req, &v->context);
+    if (v->n_context > KMS_CONTEXT_MAX_ENTRIES) {
+      v->n_context = KMS_CONTEXT_MAX_ENTRIES;
+    }
+  }
+  for (size_t i = 0; i < v->n_context; i++) {
+    v->policy[v->n_policy++] = v->context[i];
+  }
+  if (m->session != NULL && (v->session = m->session(req)) != NULL) {
+    tkms__context_entry__init(&v->named[0]);
+    v->named[0].key = KMS_SESSION_KEY;
+    v->named[0].value = (char *)v->session;
+    v->policy[v->n_policy++] = &v->named[0];
+  }
+  const char *purpose = m->purpose != NULL ? m->purpose(req) : NULL;
+  if (purpose != NULL && purpose[0] != '\0') {
+    tkms__context_entry__init(&v->named[1]);
+    v->named[1].key = KMS_PURPOSE_KEY;
+    v->named[1].value = (char *)purpose;
+    v->policy[v->n_policy++] = &v->named[1];
+    v->attrs[v->n_attrs++] = &v->named[1];
+  }
+  if (m->attributes != NULL) {
+    n_a = m->attributes(req, &a);
+  }
+  for (size_t i = 0; i < n_a && i < KMS_CONTEXT_MAX_ENTRIES; i++) {
+    v->policy[v->n_policy++] = a[i];
+    v->attrs[v->n_attrs++] = a[i];
+  }
+}
 
 int
 rpc_check_policy_vocabulary(char *err, size_t err_len)
@@ -648,9 +921,13 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
   f.peer = conn_peer(c);
   f.op = m != NULL ? m->name : "unknown";
   f.tenant = m != NULL && m->tenant != NULL && req != NULL ? m->tenant(req) : NULL;
-  if (m != NULL && m->context != NULL && req != NULL) {
-    f.n_context = m->context(req, &f.context);
-  }
+  struct request_view v;
+  view_build(&v, m, req);
+  f.context = v.context;
+  f.n_context = v.n_context;
+  f.attributes = v.attrs;
+  f.n_attributes = v.n_attrs;
+  f.session = v.session;
   f.kek_version = kek_version;
   f.status = (int)resp->status;
   h = calloc(1, sizeof(*h));
@@ -705,8 +982,11 @@ job_work(struct work_item *item, struct worker_ctx *w)
   /* Cached KEK state (kekcache.h) must not outlive a change made here: any
    * method but these four may change key state, so it forgets all of it. */
   Tkms__Request__OpCase op = job->req->op_case;
+  /* Session operations change no key state (a forced rotation forgets it itself). */
+  int session_op = op >= TKMS__REQUEST__OP_OPEN_SESSION && op <= TKMS__REQUEST__OP_LIST_SESSIONS;
   if (op != TKMS__REQUEST__OP_HEALTH && op != TKMS__REQUEST__OP_CREATE_TENANT &&
-      op != TKMS__REQUEST__OP_GENERATE_DATA_KEY && op != TKMS__REQUEST__OP_DECRYPT) {
+      op != TKMS__REQUEST__OP_GENERATE_DATA_KEY && op != TKMS__REQUEST__OP_DECRYPT &&
+      !session_op) {
     keyops_forget_state(&job->rpc->ops);
   }
 }
@@ -730,6 +1010,8 @@ job_done(struct work_item *item)
       Tkms__CreateTenantResponse t;
       Tkms__GenerateDataKeyResponse g;
       Tkms__DecryptResponse d;
+      Tkms__OpenSessionResponse o;
+      Tkms__GetSessionKeyResponse s;
     } storage;
     Tkms__Response resp;
     tkms__response__init(&resp);
@@ -765,11 +1047,19 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
     tkms__request__free_unpacked(req, NULL);
     return;
   }
-  struct authz_request az = {conn_principal(c), policy_op_of(m, req),
-                             m->tenant != NULL ? m->tenant(req) : NULL, NULL, 0};
-  if (m->context != NULL) {
-    az.n_context = m->context(req, &az.context);
+  /* Per-principal rate (token bucket) before any policy, keystore or HSM work. */
+  if (!limits_rate_allow_now(rpc->limits, conn_principal(c))) {
+    log_msg(LOG_DEBUG, "event=rate_limited id=%llu principal=%s peer=%s",
+            (unsigned long long)req->request_id, conn_principal(c), conn_peer(c));
+    respond_error(rpc, c, req, m, req->request_id, KMS_ERR_RESOURCE_EXHAUSTED,
+                  "rate limit exceeded", false);
+    tkms__request__free_unpacked(req, NULL);
+    return;
   }
+  struct request_view v;
+  view_build(&v, m, req);
+  struct authz_request az = {conn_principal(c), policy_op_of(m, req),
+                             m->tenant != NULL ? m->tenant(req) : NULL, v.policy, v.n_policy};
   const char *rule = "-";
   r = authz_check(&az, &rule);
   if (r != KMS_OK) {

@@ -18,6 +18,7 @@ struct rpc {
   workers *pool;
   struct keyops ops;
   int draining; /* set on SIGTERM: new requests get UNAVAILABLE */
+  struct limits *limits; /* per-principal rate limit (kmsd/limiter.h); NULL: none */
 };
 
 /*

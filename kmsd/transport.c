@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -21,6 +22,7 @@
 #include "identity.h"
 #include "kms_err.h"
 #include "kms_frame.h"
+#include "limiter.h"
 #include "log.h"
 #include "rpc.h"
 
@@ -31,6 +33,9 @@ struct server {
   const struct kmsd_config *cfg;
   struct rpc *rpc;
   unsigned nconns;
+  unsigned nhandshakes; /* connections still in the TLS handshake (max_handshakes) */
+  limits *peers;        /* open connections per peer address (max_connections_per_peer) */
+  limits *hs_peers;     /* handshaking connections per peer address (a quarter of max_handshakes) */
   conn *conns; /* all open connections, for shutdown */
   struct event *flush_ev; /* hands coalesced responses to libevent (conn_send) */
   conn *flush_head;       /* connections with a pending response block */
@@ -42,8 +47,18 @@ struct conn {
   conn *prev, *next;
   char principal[IDENTITY_MAX];
   char peer[64];
+  char ip[INET6_ADDRSTRLEN]; /* the peer's address alone: what max_connections_per_peer counts */
   unsigned inflight;
   int authenticated;
+  int handshaking; /* counted in srv->nhandshakes */
+  /*
+   * One absolute deadline at a time (timeouts restarted by every byte would let
+   * a peer trickling bytes hold the connection forever): the handshake from
+   * accept on, a frame from its first byte on, or idleness from the last
+   * complete frame on.
+   */
+  struct event *timer;
+  int deadline; /* DEADLINE_*: what |timer| is armed for */
   int paused;      /* reading disabled: too many requests in flight */
   int closing;     /* close once the output is flushed */
   uint8_t *obuf;   /* pending response block (conn_send), CONN_OBUF_CAP bytes */
@@ -51,6 +66,8 @@ struct conn {
   conn *flush_prev, *flush_next;
   int flush_queued;
 };
+
+enum { DEADLINE_NONE, DEADLINE_HANDSHAKE, DEADLINE_FRAME, DEADLINE_IDLE };
 
 static void process_input(conn *c);
 static void conn_flush(conn *c);
@@ -200,6 +217,16 @@ conn_close(conn *c)
   }
   bufferevent_free(c->bev);
   c->bev = NULL;
+  if (c->timer != NULL) {
+    event_free(c->timer);
+    c->timer = NULL;
+  }
+  if (c->handshaking) {
+    c->handshaking = 0;
+    c->srv->nhandshakes--;
+    limits_peer_release(c->srv->hs_peers, c->ip);
+  }
+  limits_peer_release(c->srv->peers, c->ip);
   conn_flush(c); /* no connection left: wipes and frees the pending block */
   if (c->prev != NULL) {
     c->prev->next = c->next;
@@ -211,6 +238,57 @@ conn_close(conn *c)
   }
   c->srv->nconns--;
   conn_free_if_done(c);
+}
+
+/* ---- Deadlines ---------------------------------------------------------------- */
+
+static void
+arm(conn *c, int kind)
+{
+  const struct kmsd_config *cfg = c->srv->cfg;
+  unsigned ms = kind == DEADLINE_HANDSHAKE ? cfg->handshake_timeout_ms
+                : kind == DEADLINE_FRAME   ? cfg->frame_timeout_ms
+                                           : cfg->idle_timeout_ms;
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  c->deadline = kind;
+  evtimer_add(c->timer, &tv); /* re-adding reschedules */
+}
+
+/* want_deadline keeps a running deadline of the same kind: bytes never push it back. */
+static void
+want_deadline(conn *c, int kind)
+{
+  if (c->deadline != kind) {
+    arm(c, kind);
+  }
+}
+
+static size_t
+output_pending(const conn *c)
+{
+  return evbuffer_get_length(bufferevent_get_output(c->bev)) + c->olen;
+}
+
+static void
+on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+  conn *c = arg;
+  int kind = c->deadline;
+  static const char *const stage[] = {"-", "handshake", "frame", "idle"};
+
+  c->deadline = DEADLINE_NONE;
+  if (c->bev == NULL) {
+    return;
+  }
+  /* Waiting for us is not idling, and a frame we stopped reading is not the peer's fault. */
+  if ((kind == DEADLINE_IDLE && (c->inflight > 0 || output_pending(c) > 0)) ||
+      (kind == DEADLINE_FRAME && c->paused)) {
+    arm(c, kind);
+    return;
+  }
+  log_msg(LOG_INFO, "event=timeout peer=%s principal=%s stage=%s", c->peer, c->principal,
+          stage[kind]);
+  conn_close(c);
 }
 
 static void
@@ -245,15 +323,19 @@ on_event(struct bufferevent *bev, short what, void *arg)
       return;
     }
     c->authenticated = 1;
+    c->handshaking = 0;
+    c->srv->nhandshakes--;
+    limits_peer_release(c->srv->hs_peers, c->ip);
+    /* Reading is timed by our deadlines; this one catches a peer that stops taking answers. */
     struct timeval idle = {c->srv->cfg->idle_timeout_ms / 1000,
                            (c->srv->cfg->idle_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(bev, &idle, NULL);
+    bufferevent_set_timeouts(bev, NULL, &idle);
+    arm(c, DEADLINE_IDLE);
     log_msg(LOG_DEBUG, "event=connected peer=%s principal=%s", c->peer, c->principal);
     return;
   }
   if (what & BEV_EVENT_TIMEOUT) {
-    log_msg(LOG_INFO, "event=timeout peer=%s stage=%s", c->peer,
-            c->authenticated ? "idle" : "handshake");
+    log_msg(LOG_INFO, "event=timeout peer=%s principal=%s stage=write", c->peer, c->principal);
   } else if (what & BEV_EVENT_ERROR) {
     log_tls_failure(c);
   } else if (what & BEV_EVENT_EOF) {
@@ -308,9 +390,12 @@ on_write(struct bufferevent *bev, void *arg)
   maybe_resume(c);
 }
 
-/* Hands every complete frame in the input buffer to the RPC layer. */
-static void
-process_input(conn *c)
+/*
+ * Hands every complete frame in the input buffer to the RPC layer. Returns 0
+ * if |c| may have been freed (it was closed), else 1.
+ */
+static int
+process_frames(conn *c)
 {
   const struct kmsd_config *cfg = c->srv->cfg;
   while (c->bev != NULL && !c->closing) {
@@ -319,14 +404,14 @@ process_input(conn *c)
         bufferevent_disable(c->bev, EV_READ);
         c->paused = 1;
       }
-      return;
+      return 1;
     }
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t avail = evbuffer_get_length(in);
     uint8_t hdr[KMS_FRAME_HDR_LEN];
     size_t plen = 0;
     if (avail < KMS_FRAME_HDR_LEN) {
-      return;
+      return 1;
     }
     evbuffer_copyout(in, hdr, sizeof(hdr));
     int r = kms_frame_peek(hdr, sizeof(hdr), cfg->max_frame, &plen);
@@ -335,17 +420,17 @@ process_input(conn *c)
               c->principal, cfg->max_frame);
       rpc_send_error(c, 0, r, "frame exceeds the size limit");
       conn_close_after_send(c);
-      return;
+      return 0;
     }
     if (avail < KMS_FRAME_HDR_LEN + plen) {
-      return; /* wait for the rest; the cap bounds what we buffer */
+      return 1; /* wait for the rest; the cap bounds what we buffer */
     }
     evbuffer_drain(in, KMS_FRAME_HDR_LEN);
     static const uint8_t empty[1];
     const uint8_t *payload = plen > 0 ? evbuffer_pullup(in, (ev_ssize_t)plen) : empty;
     if (payload == NULL) {
       conn_close(c);
-      return;
+      return 0;
     }
     /* Hold the connection: the handler may close it (malformed request). */
     c->inflight++;
@@ -353,10 +438,44 @@ process_input(conn *c)
     c->inflight--;
     if (c->bev == NULL) {
       conn_free_if_done(c);
-      return;
+      return 0;
     }
     evbuffer_drain(bufferevent_get_input(c->bev), plen);
+    c->deadline = DEADLINE_NONE; /* a whole frame: the next deadline starts afresh */
   }
+  return 1;
+}
+
+/*
+ * The minimum data rate: a frame once begun must arrive whole within
+ * frame_timeout_ms, and a connection with nothing to say closes after
+ * idle_timeout_ms, however the bytes trickle in.
+ */
+static void
+process_input(conn *c)
+{
+  if (!process_frames(c) || c->bev == NULL || c->closing || !c->authenticated || c->paused) {
+    return;
+  }
+  size_t avail = evbuffer_get_length(bufferevent_get_input(c->bev));
+  want_deadline(c, avail > 0 ? DEADLINE_FRAME : DEADLINE_IDLE);
+}
+
+/* One refusal line per second at most: a flood must not turn into a flood of log lines. */
+static void
+log_refusal(const char *peer, const char *reason)
+{
+  static time_t last;
+  static unsigned suppressed;
+  time_t now = time(NULL);
+  if (now == last) {
+    suppressed++;
+    return;
+  }
+  log_msg(LOG_WARN, "event=connection_refused peer=%s reason=%s suppressed=%u", peer, reason,
+          suppressed);
+  last = now;
+  suppressed = 0;
 }
 
 static void
@@ -365,37 +484,65 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 {
   server *s = arg;
   char peer[64] = "?";
+  char ip[INET6_ADDRSTRLEN] = "?";
   if (sa->sa_family == AF_INET) {
     struct sockaddr_in *in = (struct sockaddr_in *)sa;
-    char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
     snprintf(peer, sizeof(peer), "%s:%u", ip, ntohs(in->sin_port));
   } else if (sa->sa_family == AF_INET6) {
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
-    char ip[INET6_ADDRSTRLEN];
     inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
     snprintf(peer, sizeof(peer), "[%s]:%u", ip, ntohs(in6->sin6_port));
   }
+  /*
+   * Half-open TLS connections have their own, lower limit, and each peer
+   * address may hold only a quarter of it and max_connections_per_peer in
+   * all: a flood from one place can neither take every slot nor keep other
+   * clients from finishing their handshakes.
+   */
+  const char *refused = NULL;
+  unsigned hs_per_peer = s->cfg->max_handshakes / 4 > 0 ? s->cfg->max_handshakes / 4 : 1;
   if (s->nconns >= s->cfg->max_connections) {
-    log_msg(LOG_WARN, "event=connection_refused peer=%s reason=max_connections", peer);
+    refused = "max_connections";
+  } else if (s->nhandshakes >= s->cfg->max_handshakes) {
+    refused = "max_handshakes";
+  } else if (!limits_peer_acquire(s->peers, ip, s->cfg->max_conns_per_peer)) {
+    refused = "max_connections_per_peer";
+  } else if (!limits_peer_acquire(s->hs_peers, ip, hs_per_peer)) {
+    limits_peer_release(s->peers, ip);
+    refused = "max_handshakes_per_peer";
+  }
+  if (refused != NULL) {
+    log_refusal(peer, refused);
     evutil_closesocket(fd);
     return;
   }
   conn *c = calloc(1, sizeof(*c));
   SSL *ssl = SSL_new(s->ctx);
-  if (c == NULL || ssl == NULL) {
+  struct event *timer = c != NULL ? evtimer_new(s->base, on_deadline, c) : NULL;
+  if (c == NULL || ssl == NULL || timer == NULL) {
+    if (timer != NULL) {
+      event_free(timer);
+    }
     free(c);
     SSL_free(ssl);
+    limits_peer_release(s->peers, ip);
+    limits_peer_release(s->hs_peers, ip);
     evutil_closesocket(fd);
     return;
   }
   c->srv = s;
+  c->timer = timer;
   memcpy(c->peer, peer, sizeof(c->peer));
+  memcpy(c->ip, ip, sizeof(c->ip));
   snprintf(c->principal, sizeof(c->principal), "-");
   c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
   if (c->bev == NULL) {
+    event_free(c->timer);
     free(c);
+    limits_peer_release(s->peers, ip);
+    limits_peer_release(s->hs_peers, ip);
     evutil_closesocket(fd);
     return;
   }
@@ -405,9 +552,10 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
   }
   s->conns = c;
   s->nconns++;
-  struct timeval hs = {s->cfg->handshake_timeout_ms / 1000,
-                       (s->cfg->handshake_timeout_ms % 1000) * 1000};
-  bufferevent_set_timeouts(c->bev, &hs, &hs);
+  s->nhandshakes++;
+  c->handshaking = 1;
+  /* From accept on, however slowly the peer talks. */
+  arm(c, DEADLINE_HANDSHAKE);
   /* Never buffer more than one maximal frame plus a TLS record of the next. */
   bufferevent_setwatermark(c->bev, EV_READ, 0, KMS_FRAME_HDR_LEN + s->cfg->max_frame + 16384);
   bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
@@ -575,14 +723,26 @@ server_start(server **out, struct event_base *base, const struct kmsd_config *cf
   s->base = base;
   s->cfg = cfg;
   s->rpc = rpc;
+  s->peers = limits_new(0, 0);
+  s->hs_peers = limits_new(0, 0);
+  if (s->peers == NULL || s->hs_peers == NULL) {
+    limits_free(s->peers);
+    limits_free(s->hs_peers);
+    free(s);
+    return KMS_ERR_ALLOC;
+  }
   s->ctx = make_tls_ctx(cfg, err, err_len);
   if (s->ctx == NULL) {
+    limits_free(s->peers);
+    limits_free(s->hs_peers);
     free(s);
     return KMS_ERR_TLS;
   }
   s->flush_ev = event_new(base, -1, 0, on_flush, s);
   if (s->flush_ev == NULL) {
     SSL_CTX_free(s->ctx);
+    limits_free(s->peers);
+    limits_free(s->hs_peers);
     free(s);
     return KMS_ERR_ALLOC;
   }
@@ -679,5 +839,7 @@ server_free(server *s)
     event_free(s->flush_ev);
   }
   SSL_CTX_free(s->ctx);
+  limits_free(s->peers);
+  limits_free(s->hs_peers);
   free(s);
 }

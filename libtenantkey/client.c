@@ -34,6 +34,19 @@ struct tk_endpoint {
   char port[8];
 };
 
+/*
+ * Access attributes applied to every request of a client
+ * (tk_client_set_attributes). A snapshot is immutable once published and
+ * reference counted under the client's mutex, so a call in flight keeps the
+ * set it started with while another thread replaces it.
+ */
+struct tk_attrs {
+  unsigned refs;
+  size_t n;
+  Tkms__ContextEntry entries[KMS_CONTEXT_MAX_ENTRIES];
+  Tkms__ContextEntry *ptrs[KMS_CONTEXT_MAX_ENTRIES];
+};
+
 /* One pooled connection. Only the thread that borrowed it (busy) touches ssl/fd. */
 struct tk_conn {
   SSL *ssl; /* NULL when not connected */
@@ -55,6 +68,7 @@ struct tk_client {
   struct tk_conn conns[TK_POOL_MAX];
   size_t preferred; /* endpoint that last worked: new connections start there */
   uint64_t next_id;
+  struct tk_attrs *attrs; /* NULL: none */
 
   pthread_mutex_t msg_mu;
   char last_message[256];
@@ -291,12 +305,129 @@ disconnect(struct tk_conn *cn)
   }
 }
 
+static void
+attrs_free(struct tk_attrs *a)
+{
+  if (a == NULL) {
+    return;
+  }
+  for (size_t i = 0; i < a->n; i++) {
+    free(a->entries[i].key);
+    free(a->entries[i].value);
+  }
+  free(a);
+}
+
+/* attrs_release drops one reference; the caller holds c->mu. */
+static void
+attrs_release(struct tk_attrs *a)
+{
+  if (a != NULL && --a->refs == 0) {
+    attrs_free(a);
+  }
+}
+
+TK_EXPORT int
+tk_client_set_attributes(tk_client *client, const tk_context *attrs)
+{
+  Tkms__ContextEntry **src = NULL;
+  size_t n = tk_context_entries(attrs, &src);
+  struct tk_attrs *a = NULL;
+  const char *why = NULL;
+
+  if (client == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (n > 0) {
+    if ((a = calloc(1, sizeof(*a))) == NULL) {
+      return KMS_ERR_ALLOC;
+    }
+    a->refs = 1;
+    for (size_t i = 0; i < n; i++) {
+      tkms__context_entry__init(&a->entries[i]);
+      a->entries[i].key = strdup(src[i]->key);
+      a->entries[i].value = strdup(src[i]->value != NULL ? src[i]->value : "");
+      a->ptrs[i] = &a->entries[i];
+      a->n++;
+      if (a->entries[i].key == NULL || a->entries[i].value == NULL) {
+        attrs_free(a);
+        return KMS_ERR_ALLOC;
+      }
+    }
+    if (!kms_wire_context_ok(a->n, a->ptrs, &why)) {
+      attrs_free(a);
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+  }
+  pthread_mutex_lock(&client->mu);
+  struct tk_attrs *old = client->attrs;
+  client->attrs = a;
+  attrs_release(old);
+  pthread_mutex_unlock(&client->mu);
+  return KMS_OK;
+}
+
+/* The attributes field of a request that carries one; NULL for the others. */
+static int
+request_attributes(Tkms__Request *req, size_t **out_n, Tkms__ContextEntry ****out_e)
+{
+  switch (req->op_case) {
+  case TKMS__REQUEST__OP_GENERATE_DATA_KEY:
+    *out_n = &req->generate_data_key->n_attributes;
+    *out_e = &req->generate_data_key->attributes;
+    return 1;
+  case TKMS__REQUEST__OP_DECRYPT:
+    *out_n = &req->decrypt->n_attributes;
+    *out_e = &req->decrypt->attributes;
+    return 1;
+  case TKMS__REQUEST__OP_RE_ENCRYPT:
+    *out_n = &req->re_encrypt->n_attributes;
+    *out_e = &req->re_encrypt->attributes;
+    return 1;
+  case TKMS__REQUEST__OP_RE_ENCRYPT_BATCH:
+    *out_n = &req->re_encrypt_batch->n_attributes;
+    *out_e = &req->re_encrypt_batch->attributes;
+    return 1;
+  case TKMS__REQUEST__OP_OPEN_SESSION:
+    *out_n = &req->open_session->n_attributes;
+    *out_e = &req->open_session->attributes;
+    return 1;
+  case TKMS__REQUEST__OP_GET_SESSION_KEY:
+    *out_n = &req->get_session_key->n_attributes;
+    *out_e = &req->get_session_key->attributes;
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+int
+tk_client_attributes_clash(tk_client *c, Tkms__ContextEntry **ctx, size_t n_ctx)
+{
+  int clash = 0;
+  const char *why = NULL;
+  if (c == NULL) {
+    return 0;
+  }
+  pthread_mutex_lock(&c->mu);
+  if (c->attrs != NULL &&
+      !kms_wire_attributes_ok(c->attrs->n, c->attrs->ptrs, n_ctx, ctx, NULL, &why)) {
+    clash = 1;
+  }
+  pthread_mutex_unlock(&c->mu);
+  if (clash) {
+    set_message(c, "%s", why);
+  }
+  return clash;
+}
+
 TK_EXPORT void
 tk_client_free(tk_client *client)
 {
   if (client == NULL) {
     return;
   }
+  attrs_free(client->attrs);
   for (size_t i = 0; i < TK_POOL_MAX; i++) {
     disconnect(&client->conns[i]);
   }
@@ -845,8 +976,19 @@ tk_client_call(tk_client *c, Tkms__Request *req, Tkms__Response **out_resp)
     return KMS_ERR_INVALID_ARGUMENT;
   }
   uint64_t deadline = now_ms() + c->deadline_ms;
+  size_t *n_attr = NULL;
+  Tkms__ContextEntry **attr_saved = NULL, ***attr_field = NULL;
+  struct tk_attrs *attrs = NULL;
   pthread_mutex_lock(&c->mu);
   req->request_id = ++c->next_id;
+  /* The client's attributes go with every request that carries some, unless it has its own. */
+  if (c->attrs != NULL && request_attributes(req, &n_attr, &attr_field) && *n_attr == 0) {
+    attrs = c->attrs;
+    attrs->refs++;
+    attr_saved = *attr_field;
+    *attr_field = attrs->ptrs;
+    *n_attr = attrs->n;
+  }
   pthread_mutex_unlock(&c->mu);
   r = kms_wire_request_check(req, &why);
   if (r != KMS_OK) {
@@ -879,6 +1021,14 @@ out:
     OPENSSL_cleanse(frame, frame_len);
     free(frame);
   }
+  if (attrs != NULL) {
+    /* The caller's request points at its own fields again. */
+    *attr_field = attr_saved;
+    *n_attr = 0;
+    pthread_mutex_lock(&c->mu);
+    attrs_release(attrs);
+    pthread_mutex_unlock(&c->mu);
+  }
   return r;
 }
 
@@ -896,6 +1046,15 @@ tk_client_response_free(Tkms__Response *resp)
   if (resp->result_case == TKMS__RESPONSE__RESULT_DECRYPT &&
       resp->decrypt->plaintext.data != NULL) {
     OPENSSL_cleanse(resp->decrypt->plaintext.data, resp->decrypt->plaintext.len);
+  }
+  if (resp->result_case == TKMS__RESPONSE__RESULT_OPEN_SESSION &&
+      resp->open_session->plaintext.data != NULL) {
+    OPENSSL_cleanse(resp->open_session->plaintext.data, resp->open_session->plaintext.len);
+  }
+  if (resp->result_case == TKMS__RESPONSE__RESULT_GET_SESSION_KEY &&
+      resp->get_session_key->plaintext.data != NULL) {
+    OPENSSL_cleanse(resp->get_session_key->plaintext.data,
+                    resp->get_session_key->plaintext.len);
   }
   tkms__response__free_unpacked(resp, NULL);
 }

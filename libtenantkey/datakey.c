@@ -98,9 +98,9 @@ tk_tenant_create(tk_client *client, uint32_t *out_kek_version, const char *tenan
   return r;
 }
 
-static tk_data_key *
-data_key_new(const uint8_t *pt, size_t pt_len, const uint8_t *wrapped, size_t wrapped_len,
-             uint32_t version)
+tk_data_key *
+tk_data_key_new_from(const uint8_t *pt, size_t pt_len, const uint8_t *wrapped,
+                     size_t wrapped_len, uint32_t version)
 {
   tk_data_key *k = calloc(1, sizeof(*k));
   if (k == NULL || wrapped_len > sizeof(k->wrapped)) {
@@ -145,7 +145,7 @@ tk_data_key_generate(tk_client *client, tk_data_key **out_key, const char *tenan
   } else if (!with_plaintext && gr->plaintext.len != 0) {
     r = KMS_ERR_PROTOCOL; /* kmsd sent what we declined to receive */
   } else {
-    *out_key = data_key_new(gr->plaintext.data, gr->plaintext.len, gr->wrapped_key.data,
+    *out_key = tk_data_key_new_from(gr->plaintext.data, gr->plaintext.len, gr->wrapped_key.data,
                             gr->wrapped_key.len, gr->kek_version);
     r = *out_key != NULL ? KMS_OK : KMS_ERR_ALLOC;
   }
@@ -183,7 +183,7 @@ tk_data_key_decrypt_entries(tk_client *client, tk_data_key **out_key, const char
     return r;
   }
   const Tkms__DecryptResponse *dr = resp->decrypt;
-  *out_key = data_key_new(dr->plaintext.data, dr->plaintext.len, wrapped, wrapped_len,
+  *out_key = tk_data_key_new_from(dr->plaintext.data, dr->plaintext.len, wrapped, wrapped_len,
                           dr->kek_version);
   r = *out_key != NULL ? KMS_OK : KMS_ERR_ALLOC;
   tk_client_response_free(resp);

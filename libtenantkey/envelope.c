@@ -336,3 +336,22 @@ tk_env_header_parse(struct tk_env_header *out, const uint8_t *buf, size_t len,
   }
   return KMS_OK;
 }
+
+int
+tk_env_header_is_session(const struct tk_env_header *h, const char **out_session_id)
+{
+  *out_session_id = NULL;
+  if (h->wrapped_len != TK_ENV_SESSION_MARKER_LEN ||
+      memcmp(h->wrapped, TK_ENV_SESSION_MARKER, TK_ENV_SESSION_MARKER_LEN) != 0) {
+    return 0;
+  }
+  for (size_t i = 0; i < h->n_context; i++) {
+    if (strcmp(h->keys[i], TK_ENV_SESSION_KEY) == 0) {
+      if (kms_wire_session_id_ok(h->values[i])) {
+        *out_session_id = h->values[i];
+      }
+      break;
+    }
+  }
+  return 1;
+}

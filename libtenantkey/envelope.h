@@ -30,6 +30,19 @@
    KMS_CONTEXT_MAX_ENTRIES * TK_ENV_ENTRY_MAX)
 
 /*
+ * A session envelope (docs/ENVELOPE.md, "Session envelopes") is a format 1
+ * header whose wrapped-key field holds this 20-byte marker instead of a
+ * wrapped key, and whose context has the entry session_id: its key is the
+ * session key, fetched by name with GetSessionKey. No copy of the session's
+ * wrapped key ever leaves kmsd, so shredding the session destroys the key.
+ * The marker cannot be a kmsd wrapped key: those start with their format
+ * byte, 0x01.
+ */
+#define TK_ENV_SESSION_MARKER "tenantkms/session/v1"
+#define TK_ENV_SESSION_MARKER_LEN 20
+#define TK_ENV_SESSION_KEY "session_id"
+
+/*
  * A parsed (or to-be-encoded) header. Strings are NUL-terminated copies;
  * |entries|/|ptrs| point into |keys|/|values| so that the context can be
  * handed to kmsd as it is (tk_env_header_fix_pointers after copying).
@@ -88,5 +101,13 @@ int tk_env_header_peek_len(size_t *out_len, const uint8_t *buf, size_t len);
  */
 int tk_env_header_parse(struct tk_env_header *out, const uint8_t *buf, size_t len,
                         const char **why);
+
+/*
+ * tk_env_header_is_session returns 1 if |h| is a session envelope's header
+ * (the marker in the wrapped-key field) and then points |*out_session_id| at
+ * its session_id entry, or at NULL if it has none or not a valid id (such a
+ * header is not authentic). 0 for an ordinary envelope.
+ */
+int tk_env_header_is_session(const struct tk_env_header *h, const char **out_session_id);
 
 #endif

@@ -41,7 +41,37 @@ unwrap_header_key(tk_client *client, tk_data_key **out_key, struct tk_env_header
 {
   tk_data_key *k = NULL;
   size_t klen = 0;
+  const char *session_id = NULL;
   *out_key = NULL;
+  if (tk_env_header_is_session(h, &session_id)) {
+    /*
+     * A session envelope: its key is fetched by name (GetSessionKey), so the
+     * header's KEK version may be older (kmsd re-wraps after rotations) and a
+     * shredded or unknown session is TK_ENOTFOUND, passed through: the key is
+     * gone, not the envelope altered (a header naming another session fails
+     * the key commitment instead). docs/ENVELOPE.md, "Session envelopes".
+     */
+    if (session_id == NULL) {
+      return KMS_ERR_DECRYPT;
+    }
+    int r = tk_session_header_key(client, &k, h, session_id);
+    if (r == KMS_ERR_INVALID_ARGUMENT) {
+      return KMS_ERR_DECRYPT; /* our request passed our checks: kmsd refused the names */
+    }
+    if (r != KMS_OK) {
+      return r;
+    }
+    if (tk_data_key_plaintext(k, &klen) == NULL || klen != TK_COB_KEY_LEN) {
+      tk_data_key_free(k);
+      return KMS_ERR_DECRYPT;
+    }
+    *out_key = k;
+    return KMS_OK;
+  }
+  /* A clash between the client's attributes and this context is misuse, not a bad envelope. */
+  if (tk_client_attributes_clash(client, h->ptrs, h->n_context)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
   int r = tk_data_key_decrypt_entries(client, &k, h->tenant, h->ptrs, h->n_context,
                                       h->wrapped, h->wrapped_len);
   if (r != KMS_OK) {
@@ -104,6 +134,20 @@ out:
   return r;
 }
 
+/*
+ * key_and_header: a fresh data key from kmsd, or (|session| not NULL) the
+ * session's key with a session envelope header, without a round trip.
+ */
+static int
+key_and_header(tk_client *client, const tk_session *session, tk_data_key **out_key,
+               uint8_t *hdr, size_t *hdr_len, const char *tenant_id, const tk_context *ctx)
+{
+  if (session != NULL) {
+    return tk_session_seal_header(session, ctx, out_key, hdr, hdr_len);
+  }
+  return new_key_and_header(client, out_key, hdr, hdr_len, tenant_id, ctx);
+}
+
 /* ---- One-shot ------------------------------------------------------------- */
 
 TK_EXPORT size_t
@@ -116,9 +160,10 @@ tk_seal_max_len(size_t pt_len)
   return (size_t)ct + TK_ENV_HEADER_MAX;
 }
 
-TK_EXPORT int
-tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const char *tenant_id,
-        const tk_context *ctx, const uint8_t *pt, size_t pt_len)
+static int
+seal_one(tk_client *client, const tk_session *session, uint8_t *out, size_t out_cap,
+         size_t *out_len, const char *tenant_id, const tk_context *ctx, const uint8_t *pt,
+         size_t pt_len)
 {
   int r = KMS_ERR_INTERNAL;
   tk_data_key *k = NULL;
@@ -131,7 +176,7 @@ tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const 
       out_cap < TK_ENV_HEADER_MIN || out_cap - TK_ENV_HEADER_MIN < body) {
     return KMS_ERR_INVALID_ARGUMENT; /* refused before asking kmsd for a key */
   }
-  r = new_key_and_header(client, &k, hdr, &hdr_len, tenant_id, ctx);
+  r = key_and_header(client, session, &k, hdr, &hdr_len, tenant_id, ctx);
   if (r != KMS_OK) {
     goto out;
   }
@@ -150,6 +195,27 @@ tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const 
 out:
   tk_data_key_free(k);
   return r;
+}
+
+TK_EXPORT int
+tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const char *tenant_id,
+        const tk_context *ctx, const uint8_t *pt, size_t pt_len)
+{
+  return seal_one(client, NULL, out, out_cap, out_len, tenant_id, ctx, pt, pt_len);
+}
+
+TK_EXPORT int
+tk_seal_session(const tk_session *session, uint8_t *out, size_t out_cap, size_t *out_len,
+                const tk_context *ctx, const uint8_t *pt, size_t pt_len)
+{
+  if (out_len == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_len = 0;
+  if (session == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return seal_one(NULL, session, out, out_cap, out_len, NULL, ctx, pt, pt_len);
 }
 
 /* Parses the header at the start of a complete in-memory envelope. */
@@ -259,9 +325,9 @@ tk_stream_update_max(size_t in_len)
   return enc > dec ? enc : dec;
 }
 
-TK_EXPORT int
-tk_stream_seal_new(tk_client *client, tk_stream **out_st, const char *tenant_id,
-                   const tk_context *ctx)
+static int
+stream_seal_new(tk_client *client, const tk_session *session, tk_stream **out_st,
+                const char *tenant_id, const tk_context *ctx)
 {
   int r = KMS_ERR_INTERNAL;
   tk_data_key *k = NULL;
@@ -275,7 +341,7 @@ tk_stream_seal_new(tk_client *client, tk_stream **out_st, const char *tenant_id,
   }
   st->sealing = 1;
   st->client = client;
-  r = new_key_and_header(client, &k, st->buf, &hl, tenant_id, ctx);
+  r = key_and_header(client, session, &k, st->buf, &hl, tenant_id, ctx);
   if (r != KMS_OK) {
     goto out;
   }
@@ -291,6 +357,26 @@ out:
   tk_data_key_free(k);
   tk_stream_free(st);
   return r;
+}
+
+TK_EXPORT int
+tk_stream_seal_new(tk_client *client, tk_stream **out_st, const char *tenant_id,
+                   const tk_context *ctx)
+{
+  return stream_seal_new(client, NULL, out_st, tenant_id, ctx);
+}
+
+TK_EXPORT int
+tk_stream_seal_session_new(tk_stream **out_st, const tk_session *session, const tk_context *ctx)
+{
+  if (out_st == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_st = NULL;
+  if (session == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return stream_seal_new(NULL, session, out_st, NULL, ctx);
 }
 
 TK_EXPORT int

@@ -201,7 +201,12 @@ TK_EXPORT void tk_data_key_free(tk_data_key *key);
  * or the service are passed through: TK_EPERM (kmsd refuses this principal
  * the tenant in the header), TK_EPRECONDITION (that KEK version is disabled
  * or destroyed), TK_EUNAVAILABLE, TK_ETIMEOUT, TK_ETLS, TK_ENOMEM, TK_EINVAL
- * (misuse, e.g. an output buffer too small).
+ * (misuse, e.g. an output buffer too small, or the client's access attributes
+ * repeating a key of the header's context).
+ *
+ * Session envelopes (tk_seal_session) are opened the same way: the key is
+ * fetched with GetSessionKey instead of Decrypt, and a shredded or unknown
+ * session is TK_ENOTFOUND (the key is gone; the envelope is not at fault).
  */
 
 /* The largest envelope header: a 64-byte tenant, a 256-byte wrapped key and
@@ -487,6 +492,143 @@ TK_EXPORT int tk_data_key_rewrap_batch(tk_client *client, tk_rewrap_item *items,
                                        const char *tenant_id, uint32_t target_version);
 
 /* ==== End of key lifecycle ========================================================= */
+
+/* ==== Session keys and access attributes (issue 7; docs/SESSIONS.md) ============== */
+/*
+ * A session key is a data key that kmsd keeps (wrapped) for one therapy
+ * session of a tenant: the recording service opens it and seals the
+ * recording under it, allowed services fetch it again to open the
+ * recording, and one officer command shreds it (GDPR erasure), after which
+ * nothing sealed under it can be opened by anybody. Session ids are 1-128
+ * characters of [A-Za-z0-9._-], the first a letter or digit.
+ *
+ * Access attributes are key=value pairs that kmsd's policy may condition on
+ * (e.g. purpose=transcription) but that are not bound into any wrapped key:
+ * unlike the encryption context they may differ between sealing and opening.
+ * They are recorded in the audit log (values as keyed HMACs).
+ */
+
+/*
+ * tk_client_set_attributes makes |attrs| (copied; NULL or empty: none) the
+ * access attributes of every later request of |client| that carries
+ * attributes: data keys, envelopes (tk_seal, tk_open, streams, readers),
+ * rewrap, and sessions. Same limits as a context. A key that is also in the
+ * request's encryption context (or a session request's own session_id or
+ * purpose) is refused with TK_EINVAL, by the library and by kmsd, so an
+ * attribute can never stand in for a context entry. Thread-safe: a request
+ * in flight keeps the attributes it started with.
+ */
+TK_EXPORT int tk_client_set_attributes(tk_client *client, const tk_context *attrs);
+
+/* Session states (tk_session_state, tk_session_info.state). */
+#define TK_SESSION_OPEN 1     /* seals and opens */
+#define TK_SESSION_CLOSED 2   /* opens only: the library refuses to seal under it */
+#define TK_SESSION_SHREDDED 3 /* the key is destroyed (listings only) */
+
+/* The largest session id, in bytes. */
+#define TK_SESSION_ID_MAX 128
+
+/* A session key held by the caller: the plaintext key in locked, wiped memory. */
+typedef struct tk_session tk_session;
+
+/*
+ * tk_session_open asks kmsd to create session |session_id| of |tenant_id|
+ * with |metadata| (NULL: none; stored in clear with the session, shown to
+ * officers, wiped when shredded: no personal data) and returns its key in
+ * |*out_session|, state open. TK_EEXIST if the id was ever used (open,
+ * closed or shredded ids are never reused).
+ */
+TK_EXPORT int tk_session_open(tk_client *client, tk_session **out_session, const char *tenant_id,
+                              const char *session_id, const tk_context *metadata);
+
+/*
+ * tk_session_get fetches the key of session |session_id| of |tenant_id| for
+ * |purpose| (NULL or "": none; the policy sees it as the attribute purpose,
+ * so the client's attributes must not name one too). TK_ENOTFOUND if the
+ * session does not exist or was shredded.
+ */
+TK_EXPORT int tk_session_get(tk_client *client, tk_session **out_session, const char *tenant_id,
+                             const char *session_id, const char *purpose);
+
+/*
+ * tk_session_close ends new encryption under the session: kmsd records it
+ * closed, tk_session_get still answers (with state closed) and the library
+ * refuses to seal under a closed session. Closing a closed session is TK_OK.
+ */
+TK_EXPORT int tk_session_close(tk_client *client, const char *tenant_id, const char *session_id);
+
+/* What tk_session_shred destroyed, when and on whose word. */
+typedef struct tk_session_receipt {
+  uint64_t id;
+  uint32_t kek_version;  /* the KEK version of the wrapped key that was deleted */
+  int64_t created_ms;    /* UTC milliseconds */
+  int64_t shredded_ms;
+  char shredded_by[256]; /* the officer's certificate identity */
+} tk_session_receipt;
+
+/*
+ * tk_session_shred (officers) crypto-shreds the session: kmsd deletes the
+ * only copy of its wrapped key (and its metadata) from the keystore and its
+ * WAL, and returns the receipt in |*out_receipt|.
+ * WARNING: irreversible. Every envelope sealed under the session becomes
+ * unreadable for everybody, forever.
+ */
+TK_EXPORT int tk_session_shred(tk_client *client, tk_session_receipt *out_receipt,
+                               const char *tenant_id, const char *session_id);
+
+/* One session as tk_session_list shows it. */
+typedef struct tk_session_info {
+  char session_id[TK_SESSION_ID_MAX + 1];
+  int state; /* TK_SESSION_* */
+  uint32_t kek_version;
+  int64_t created_ms, closed_ms, shredded_ms; /* 0: not (yet) */
+  char created_by[256], closed_by[256], shredded_by[256];
+} tk_session_info;
+
+/*
+ * tk_session_list (officers, auditors) lists up to 1000 sessions of
+ * |tenant_id| created in [|from_ms|, |to_ms|) (0: unbounded) in |state| (0:
+ * any), oldest first, from |page_token| (NULL or "": the start). The array
+ * goes to |*out| (free with free()), its length to |*out_n|; if more follow,
+ * a token for the next page is written to |next_token| (capacity
+ * |next_cap|, 256 always suffices), else "".
+ */
+TK_EXPORT int tk_session_list(tk_client *client, tk_session_info **out, size_t *out_n,
+                              char *next_token, size_t next_cap, const char *tenant_id,
+                              int64_t from_ms, int64_t to_ms, int state,
+                              const char *page_token);
+
+/* tk_session_state returns the session's state when it was fetched (TK_SESSION_*). */
+TK_EXPORT int tk_session_state(const tk_session *session);
+
+/* tk_session_kek_version returns the KEK version wrapping the stored key when fetched. */
+TK_EXPORT uint32_t tk_session_kek_version(const tk_session *session);
+
+/* tk_session_free wipes the key and frees |session|. NULL is a no-op. */
+TK_EXPORT void tk_session_free(tk_session *session);
+
+/*
+ * tk_seal_session is tk_seal under the session key of |session| instead of a
+ * fresh data key: the envelope (format 1, docs/ENVELOPE.md) names the
+ * session, and tk_open, tk_stream_open_new and tk_reader_open fetch its key
+ * with GetSessionKey (the client's attributes, e.g. purpose, go with it).
+ * |ctx| is authenticated in the header but not sent to kmsd; the library
+ * adds the entry session_id (a different session_id in |ctx| is TK_EINVAL).
+ * No round trip. TK_EPRECONDITION if |session| is not open (as fetched).
+ */
+TK_EXPORT int tk_seal_session(const tk_session *session, uint8_t *out, size_t out_cap,
+                              size_t *out_len, const tk_context *ctx, const uint8_t *pt,
+                              size_t pt_len);
+
+/*
+ * tk_stream_seal_session_new is tk_stream_seal_new under the session key of
+ * |session| (see tk_seal_session): constant memory, for live recordings.
+ * |session| may be freed once this returns.
+ */
+TK_EXPORT int tk_stream_seal_session_new(tk_stream **out_st, const tk_session *session,
+                                         const tk_context *ctx);
+
+/* ==== End of session keys =========================================================== */
 
 #ifdef __cplusplus
 }

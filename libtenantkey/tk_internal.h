@@ -28,4 +28,33 @@ int tk_data_key_decrypt_entries(tk_client *client, tk_data_key **out_key, const 
                                 Tkms__ContextEntry **entries, size_t n_entries,
                                 const uint8_t *wrapped, size_t wrapped_len);
 
+/*
+ * tk_client_attributes_clash returns 1 (and sets the client's message) if the
+ * client's access attributes share a key with the |n_ctx| context entries:
+ * kmsd would refuse such a request (docs/POLICY.md). 0 otherwise.
+ */
+int tk_client_attributes_clash(tk_client *c, Tkms__ContextEntry **ctx, size_t n_ctx);
+
+/* tk_data_key_new_from returns a data key holding copies of the bytes (NULL: out of memory). */
+tk_data_key *tk_data_key_new_from(const uint8_t *pt, size_t pt_len, const uint8_t *wrapped,
+                                  size_t wrapped_len, uint32_t version);
+
+struct tk_env_header;
+
+/*
+ * tk_session_header_key fetches the session key named by a session
+ * envelope's header (GetSessionKey, with the client's attributes) as a data
+ * key. Errors as kmsd answered them.
+ */
+int tk_session_header_key(tk_client *client, tk_data_key **out_key,
+                          const struct tk_env_header *h, const char *session_id);
+
+/*
+ * tk_session_seal_header builds the header of a session envelope for |s|
+ * and |ctx| (the session_id entry added) and returns the session key as a
+ * data key. KMS_ERR_FAILED_PRECONDITION unless |s| is open.
+ */
+int tk_session_seal_header(const tk_session *s, const tk_context *ctx, tk_data_key **out_key,
+                           uint8_t *hdr, size_t *hdr_len);
+
 #endif

@@ -1,5 +1,5 @@
 /* kmsctl for security officers: tenants, key versions, rotation, dual control, destruction
- * receipts. */
+ * receipts, sessions. */
 #include "kmsctl_keys.h"
 
 #include <errno.h>
@@ -27,6 +27,8 @@ struct args {
   int has_version, has_wait, has_tenant, has_days;
   uint32_t version, wait_days, days;
   const char *tenant; /* --tenant filter */
+  uint32_t state;     /* --state (sessions): 0 any */
+  int64_t from_ms, to_ms; /* --from, --to (sessions): 0 unbounded */
 };
 
 enum {
@@ -36,7 +38,43 @@ enum {
   OPT_ALL = 1 << 3,
   OPT_TENANT = 1 << 4,
   OPT_DAYS = 1 << 5,
+  OPT_SESSIONS = 1 << 6, /* --state, --from, --to */
 };
+
+/*
+ * parse_time accepts milliseconds since the epoch, or UTC as YYYY-MM-DD or
+ * YYYY-MM-DDTHH:MM:SSZ (what kmsctl prints).
+ */
+static int
+parse_time(const char *s, int64_t *out)
+{
+  struct tm tm;
+  const char *end = NULL;
+  if (s == NULL || s[0] == '\0') {
+    return 0;
+  }
+  if (strspn(s, "0123456789") == strlen(s) && strlen(s) <= 15) {
+    *out = (int64_t)strtoll(s, NULL, 10);
+    return 1;
+  }
+  memset(&tm, 0, sizeof(tm));
+  end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (end == NULL || *end != '\0') {
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(s, "%Y-%m-%d", &tm);
+  }
+  if (end == NULL || *end != '\0') {
+    return 0;
+  }
+  time_t t = timegm(&tm);
+  if (t < 0) {
+    return 0;
+  }
+  *out = (int64_t)t * 1000;
+  return 1;
+}
+
+static const char *const session_states[] = {"-", "open", "closed", "shredded"};
 
 static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -113,6 +151,25 @@ parse_args(struct args *a, const char *cmd, int argc, char **argv, unsigned allo
                            i + 1 < argc ? argv[i + 1] : "");
       }
       a->has_days = 1;
+      i++;
+    } else if ((allowed & OPT_SESSIONS) && strcmp(s, "--state") == 0) {
+      a->state = 0;
+      for (uint32_t k = 1; k <= 3 && i + 1 < argc; k++) {
+        if (strcmp(argv[i + 1], session_states[k]) == 0) {
+          a->state = k;
+        }
+      }
+      if (a->state == 0) {
+        return usage_error(cmd, "--state needs open, closed or shredded, got '%s'",
+                           i + 1 < argc ? argv[i + 1] : "");
+      }
+      i++;
+    } else if ((allowed & OPT_SESSIONS) &&
+               (strcmp(s, "--from") == 0 || strcmp(s, "--to") == 0)) {
+      if (i + 1 >= argc || !parse_time(argv[i + 1], s[2] == 'f' ? &a->from_ms : &a->to_ms)) {
+        return usage_error(cmd, "%s needs a time (YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or ms), got '%s'",
+                           s, i + 1 < argc ? argv[i + 1] : "");
+      }
       i++;
     } else if ((allowed & OPT_TENANT) && strcmp(s, "--tenant") == 0) {
       if (i + 1 >= argc || !kms_wire_tenant_id_ok(argv[i + 1])) {
@@ -784,6 +841,122 @@ cmd_receipt_list(tk_client *c, const struct args *a)
   return KMSCTL_OK;
 }
 
+/* ---- Sessions (docs/SESSIONS.md) ------------------------------------------------------- */
+
+static void
+json_session(const Tkms__SessionInfo *x)
+{
+  char t[3][32];
+  printf("{\"session\":");
+  json_str(x->session_id);
+  printf(",\"state\":\"%s\",\"kek_version\":%" PRIu32 ",\"created\":\"%s\",\"created_by\":",
+         session_states[x->state <= 3 ? x->state : 0], x->kek_version,
+         fmt_time(t[0], sizeof(t[0]), x->created_ms));
+  json_str(x->created_by);
+  printf(",\"closed\":\"%s\",\"closed_by\":", fmt_time(t[1], sizeof(t[1]), x->closed_ms));
+  json_str(x->closed_by);
+  printf(",\"shredded\":\"%s\",\"shredded_by\":", fmt_time(t[2], sizeof(t[2]), x->shredded_ms));
+  json_str(x->shredded_by);
+  printf(",\"metadata\":{");
+  for (size_t i = 0; i < x->n_metadata; i++) {
+    printf(i > 0 ? "," : "");
+    json_str(x->metadata[i]->key);
+    printf(":");
+    json_str(x->metadata[i]->value);
+  }
+  printf("}}");
+}
+
+/* Pages through every match (500 a round trip) with --all, else prints the first page. */
+static int
+cmd_session_list(tk_client *c, const struct args *a)
+{
+  Tkms__Request req;
+  Tkms__ListSessionsRequest m;
+  Tkms__Response *resp = NULL;
+  char token[KMS_PAGE_TOKEN_MAX + 1] = "";
+  size_t shown = 0;
+  int r = TK_OK;
+
+  if (a->json) {
+    printf("[");
+  } else {
+    printf("%-40s %-9s %4s %-20s %-20s %s\n", "SESSION", "STATE", "KEK", "CREATED", "CLOSED",
+           "SHREDDED (BY)");
+  }
+  do {
+    tkms__request__init(&req);
+    tkms__list_sessions_request__init(&m);
+    m.tenant_id = (char *)a->pos[0];
+    m.created_from_ms = a->from_ms;
+    m.created_to_ms = a->to_ms;
+    m.state = a->state;
+    m.page_token = token;
+    req.op_case = TKMS__REQUEST__OP_LIST_SESSIONS;
+    req.list_sessions = &m;
+    r = call(c, &req, &resp);
+    if (r != TK_OK) {
+      if (a->json) {
+        printf("]\n");
+      }
+      return fail(c, a->cmd, r);
+    }
+    const Tkms__ListSessionsResponse *l = resp->list_sessions;
+    for (size_t i = 0; i < l->n_sessions; i++, shown++) {
+      const Tkms__SessionInfo *x = l->sessions[i];
+      if (a->json) {
+        printf(shown > 0 ? "," : "");
+        json_session(x);
+      } else {
+        char t[3][32];
+        printf("%-40s %-9s %4" PRIu32 " %-20s %-20s %s%s%s%s\n", x->session_id,
+               session_states[x->state <= 3 ? x->state : 0], x->kek_version,
+               fmt_time(t[0], sizeof(t[0]), x->created_ms),
+               fmt_time(t[1], sizeof(t[1]), x->closed_ms),
+               fmt_time(t[2], sizeof(t[2]), x->shredded_ms), x->shredded_ms != 0 ? " (" : "",
+               x->shredded_ms != 0 ? x->shredded_by : "", x->shredded_ms != 0 ? ")" : "");
+      }
+    }
+    snprintf(token, sizeof(token), "%s", l->next_page_token != NULL ? l->next_page_token : "");
+    tk_client_response_free(resp);
+    resp = NULL;
+  } while (a->all && token[0] != '\0');
+  if (a->json) {
+    printf("]\n");
+  } else if (token[0] != '\0') {
+    printf("(more: kmsctl session list %s --all)\n", a->pos[0]);
+  }
+  return KMSCTL_OK;
+}
+
+static int
+cmd_session_shred(tk_client *c, const struct args *a)
+{
+  tk_session_receipt rc;
+  char t[2][32];
+  int r = tk_session_shred(c, &rc, a->pos[0], a->pos[1]);
+  if (r != TK_OK) {
+    return fail(c, a->cmd, r);
+  }
+  if (a->json) {
+    printf("{\"receipt\":%" PRIu64 ",\"tenant\":", rc.id);
+    json_str(a->pos[0]);
+    printf(",\"session\":");
+    json_str(a->pos[1]);
+    printf(",\"kek_version\":%" PRIu32 ",\"created\":\"%s\",\"shredded\":\"%s\",\"by\":",
+           rc.kek_version, fmt_time(t[0], sizeof(t[0]), rc.created_ms),
+           fmt_time(t[1], sizeof(t[1]), rc.shredded_ms));
+    json_str(rc.shredded_by);
+    printf("}\n");
+  } else {
+    printf("receipt %" PRIu64 ": session %s of tenant %s crypto-shredded at %s by %s (its key, "
+           "wrapped under KEK version %" PRIu32 ", is deleted; created %s)\n",
+           rc.id, a->pos[1], a->pos[0], fmt_time(t[1], sizeof(t[1]), rc.shredded_ms),
+           rc.shredded_by, rc.kek_version, fmt_time(t[0], sizeof(t[0]), rc.created_ms));
+  }
+  return KMSCTL_OK;
+}
+
 /* ---- Dispatch ------------------------------------------------------------------------- */
 
 struct command {
@@ -831,6 +1004,17 @@ static const struct command commands[] = {
     {"receipt", "list", "receipt list [--tenant TENANT] [--json]",
      "Destruction receipts: what was shredded, when, requested and approved by whom.",
      OPT_JSON | OPT_TENANT, 0, 0},
+    {"session", "list",
+     "session list TENANT [--state open|closed|shredded] [--from T] [--to T] [--all] [--json]",
+     "Sessions of a tenant created in [T, T), oldest first: state, KEK version, who\n"
+     "  closed or shredded them. The first 500; --all pages through every one.\n"
+     "  T: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ (UTC) or milliseconds since the epoch.",
+     OPT_JSON | OPT_ALL | OPT_SESSIONS, 1, 1},
+    {"session", "shred", "session shred TENANT SESSION [--json]",
+     "Crypto-shred one session (GDPR erasure): its key is deleted from the keystore and its\n"
+     "  WAL at once, and every recording sealed under it becomes unreadable for ever.\n"
+     "  Prints the destruction receipt.",
+     OPT_JSON, 2, 1},
     {"approve", NULL, "approve ID [--json]",
      "Approve another officer's request; the last approval makes it take effect.", OPT_JSON, 1, 0},
     {"root", "rotate", "root rotate", "Root key rotation: not built yet (docs/LIFECYCLE.md).", 0, 0,
@@ -928,6 +1112,12 @@ kmsctl_keys(const char *config, int argc, char **argv)
       return usage_error(name, "'%s' is not a request id (see kmsctl request list)", a.pos[0]);
     }
   }
+  if (strcmp(name, "session shred") == 0 && !kms_wire_session_id_ok(a.pos[1])) {
+    return usage_error(name,
+                       "'%s' is not a session id (1-128 characters of [A-Za-z0-9._-], "
+                       "starting with a letter or digit)",
+                       a.pos[1]);
+  }
   if (strcmp(name, "tenant set-rotation") == 0) {
     uint32_t d = 0;
     if (!parse_u32(a.pos[1], KMS_LIFECYCLE_DAYS_MAX, &d)) {
@@ -965,6 +1155,10 @@ kmsctl_keys(const char *config, int argc, char **argv)
     r = cmd_request_list(c, &a);
   } else if (strcmp(name, "receipt list") == 0) {
     r = cmd_receipt_list(c, &a);
+  } else if (strcmp(name, "session list") == 0) {
+    r = cmd_session_list(c, &a);
+  } else if (strcmp(name, "session shred") == 0) {
+    r = cmd_session_shred(c, &a);
   } else {
     r = cmd_approve(c, &a);
   }

@@ -35,11 +35,18 @@ usage(FILE *f)
           "usage: tk [--config FILE] COMMAND ...\n"
           "\n"
           "commands:\n"
-          "  seal --tenant T [--context K=V]... IN OUT\n"
+          "  seal --tenant T [--context K=V]... [--attr K=V]... IN OUT\n"
           "        encrypt IN into the envelope OUT under a fresh data key of tenant T\n"
-          "  open IN OUT\n"
-          "        authenticate and decrypt the envelope IN into OUT (tenant and context\n"
-          "        come from the envelope)\n"
+          "  seal --session S --tenant T [--context K=V]... [--purpose P] IN OUT\n"
+          "        encrypt IN under the key of session S of tenant T: opens the session if\n"
+          "        it is new, else fetches its key (for purpose P, default recording);\n"
+          "        refused if the session is closed\n"
+          "  open [--purpose P] [--attr K=V]... IN OUT\n"
+          "        authenticate and decrypt the envelope IN into OUT (tenant, context or\n"
+          "        session come from the envelope); P and K=V are access attributes for\n"
+          "        kmsd's policy (purpose=P), not part of the envelope\n"
+          "  session close --tenant T S\n"
+          "        close session S: no new encryption under its key, opening still works\n"
           "  datakey generate --tenant T [--context K=V]... [--no-plaintext] [--base64]\n"
           "        print a new data key: kek_version, wrapped, and (unless --no-plaintext)\n"
           "        plaintext, in hex (or base64)\n"
@@ -60,7 +67,8 @@ usage(FILE *f)
           "\n"
           "exit codes: 0 ok, 1 usage, 2 configuration, 3 kmsd unavailable (or TLS failure),\n"
           "  4 permission denied, 5 authentication failed or corrupt input, 6 I/O error,\n"
-          "  7 other kmsd error (e.g. unknown tenant, key disabled)\n");
+          "  7 other kmsd error (e.g. unknown tenant, key disabled, session closed,\n"
+          "  session shredded or unknown)\n");
 }
 
 static int
@@ -324,6 +332,46 @@ add_context(tk_context *ctx, const char *kv)
   return EXIT_OK;
 }
 
+/* ---- sessions ---------------------------------------------------------------------- */
+
+/*
+ * seal_session: a new session is opened here (the recording service starts
+ * it); an existing one is fetched with GetSessionKey, and the library refuses
+ * to seal under it once closed.
+ */
+static int
+seal_session(tk_client *c, const char *tenant, const char *session_id, const char *purpose,
+             const tk_context *ctx, const char *in_path, const char *out_path)
+{
+  tk_session *s = NULL;
+  tk_stream *st = NULL;
+  int rc = EXIT_OK;
+  int r = tk_session_open(c, &s, tenant, session_id, NULL);
+  if (r == TK_EEXIST) {
+    r = tk_session_get(c, &s, tenant, session_id, purpose != NULL ? purpose : "recording");
+  }
+  if (r != TK_OK) {
+    rc = fail(c, "seal: session", r);
+    goto out;
+  }
+  r = tk_stream_seal_session_new(&st, s, ctx);
+  if (r == TK_EPRECONDITION) {
+    fprintf(stderr, "tk: seal: session %s of tenant %s is closed: no new encryption under it\n",
+            session_id, tenant);
+    rc = exit_code(r);
+    goto out;
+  }
+  if (r != TK_OK) {
+    rc = fail(NULL, "seal", r);
+    goto out;
+  }
+  rc = run_stream(c, st, "seal", in_path, out_path);
+out:
+  tk_stream_free(st);
+  tk_session_free(s);
+  return rc;
+}
+
 /* ---- datakey ----------------------------------------------------------------------- */
 
 static void
@@ -448,12 +496,15 @@ main(int argc, char **argv)
       {"context", required_argument, NULL, 'x'},
       {"no-plaintext", no_argument, NULL, 'n'},
       {"base64", no_argument, NULL, 'b'},
+      {"session", required_argument, NULL, 's'},
+      {"purpose", required_argument, NULL, 'p'},
+      {"attr", required_argument, NULL, 'a'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   const char *config = getenv("TKMS_CONFIG");
   int opt, rc = EXIT_OK;
-  tk_context *ctx = NULL;
+  tk_context *ctx = NULL, *attrs = NULL;
   tk_client *c = NULL;
   tk_stream *st = NULL;
 
@@ -476,7 +527,7 @@ main(int argc, char **argv)
   }
   const char *cmd = argv[optind];
   const char *sub = NULL;
-  int is_datakey = strcmp(cmd, "datakey") == 0;
+  int is_datakey = strcmp(cmd, "datakey") == 0 || strcmp(cmd, "session") == 0;
   if (is_datakey) {
     if (optind + 1 >= argc) {
       usage(stderr);
@@ -488,15 +539,16 @@ main(int argc, char **argv)
   int first = optind + (is_datakey ? 2 : 1);
   int cargc = argc - first + 1;
   char **cargv = argv + first - 1;
-  const char *tenant = NULL;
+  const char *tenant = NULL, *session = NULL, *purpose = NULL;
   int no_pt = 0, b64 = 0;
   ctx = tk_context_new();
-  if (ctx == NULL) {
+  attrs = tk_context_new();
+  if (ctx == NULL || attrs == NULL) {
     fprintf(stderr, "tk: out of memory\n");
     return EXIT_OTHER;
   }
   optind = 0; /* glibc: 0 re-initialises getopt for the new argument vector */
-  while ((opt = getopt_long(cargc, cargv, "t:x:nbh", cmd_opts, NULL)) != -1) {
+  while ((opt = getopt_long(cargc, cargv, "t:x:nbs:p:a:h", cmd_opts, NULL)) != -1) {
     switch (opt) {
     case 't':
       tenant = optarg;
@@ -509,6 +561,18 @@ main(int argc, char **argv)
       break;
     case 'n':
       no_pt = 1;
+      break;
+    case 's':
+      session = optarg;
+      break;
+    case 'p':
+      purpose = optarg;
+      break;
+    case 'a':
+      rc = add_context(attrs, optarg);
+      if (rc != EXIT_OK) {
+        goto out;
+      }
       break;
     case 'b':
       b64 = 1;
@@ -525,12 +589,22 @@ main(int argc, char **argv)
   int nargs = cargc - optind;
   char **args = cargv + optind;
   int is_seal = strcmp(cmd, "seal") == 0, is_open = strcmp(cmd, "open") == 0;
-  int is_gen = is_datakey && strcmp(sub, "generate") == 0;
-  int is_dec = is_datakey && strcmp(sub, "decrypt") == 0;
-  int ok = (is_seal && nargs == 2 && tenant != NULL) ||
-           (is_open && nargs == 2 && tenant == NULL) ||
-           (is_gen && nargs == 0 && tenant != NULL) ||
-           (is_dec && nargs == 1 && tenant != NULL && !no_pt);
+  int is_session = strcmp(cmd, "session") == 0;
+  int is_gen = !is_session && is_datakey && strcmp(sub, "generate") == 0;
+  int is_dec = !is_session && is_datakey && strcmp(sub, "decrypt") == 0;
+  int is_close = is_session && strcmp(sub, "close") == 0;
+  /* --purpose names why a session key (or a data key) is fetched: seal --session and open. */
+  int ok = (is_seal && nargs == 2 && tenant != NULL && (session != NULL || purpose == NULL)) ||
+           (is_open && nargs == 2 && tenant == NULL && session == NULL) ||
+           (is_gen && nargs == 0 && tenant != NULL && session == NULL && purpose == NULL) ||
+           (is_dec && nargs == 1 && tenant != NULL && !no_pt && session == NULL &&
+            purpose == NULL) ||
+           (is_close && nargs == 1 && tenant != NULL && session == NULL && purpose == NULL);
+  if (ok && is_open && purpose != NULL && tk_context_add(attrs, "purpose", purpose) != TK_OK) {
+    fprintf(stderr, "tk: --purpose: invalid, or given with --attr purpose=...\n");
+    rc = EXIT_USAGE;
+    goto out;
+  }
   if (!ok) {
     usage(stderr);
     rc = EXIT_USAGE;
@@ -548,7 +622,17 @@ main(int argc, char **argv)
     rc = r == TK_ENOMEM ? EXIT_OTHER : EXIT_CONFIG;
     goto out;
   }
-  if (is_seal) {
+  r = tk_client_set_attributes(c, attrs);
+  if (r != TK_OK) {
+    rc = fail(c, "attributes", r);
+    goto out;
+  }
+  if (is_seal && session != NULL) {
+    rc = seal_session(c, tenant, session, purpose, ctx, args[0], args[1]);
+  } else if (is_close) {
+    r = tk_session_close(c, tenant, args[0]);
+    rc = r == TK_OK ? EXIT_OK : fail(c, "session close", r);
+  } else if (is_seal) {
     r = tk_stream_seal_new(c, &st, tenant, ctx);
     if (r != TK_OK) {
       rc = fail(c, "seal", r);
@@ -571,5 +655,6 @@ out:
   tk_stream_free(st);
   tk_client_free(c);
   tk_context_free(ctx);
+  tk_context_free(attrs);
   return rc;
 }

@@ -18,9 +18,10 @@
 
 /*
  * Principals follow the example policies (the files in policies/): the recording
- * service seals (GenerateDataKey, needs a session_id), the AI service opens
- * (Decrypt, needs a session_id and purpose transcription|report); storage,
- * auditor and officer may not decrypt.
+ * service seals (GenerateDataKey, needs a session_id in the context), the AI
+ * service opens (Decrypt, needs the session_id and states its purpose,
+ * transcription|report, as an access attribute: tk_client_set_attributes, tk
+ * open --purpose); storage, auditor and officer may not decrypt.
  */
 static int port;
 static tk_client *officer, *rec, *ai;
@@ -68,6 +69,17 @@ write_conf(const char *name, const char *endpoints, const char *extra)
   return path;
 }
 
+/* set_purpose makes purpose=|p| an access attribute of every request of |c|. */
+static void
+set_purpose(tk_client *c, const char *p)
+{
+  tk_context *a = tk_context_new();
+  ck_assert_ptr_nonnull(a);
+  ck_assert_int_eq(tk_context_add(a, "purpose", p), TK_OK);
+  ck_assert_int_eq(tk_client_set_attributes(c, a), TK_OK);
+  tk_context_free(a);
+}
+
 static tk_client *
 client_for(const char *name, const char *extra)
 {
@@ -77,6 +89,9 @@ client_for(const char *name, const char *extra)
   char err[512];
   int r = tk_client_new_from_file(&c, write_conf(name, ep, extra), err, sizeof(err));
   ck_assert_msg(r == TK_OK, "%s: %s", name, err);
+  if (strcmp(name, "ai") == 0) {
+    set_purpose(c, "report"); /* the AI service says why it decrypts */
+  }
   return c;
 }
 
@@ -483,14 +498,25 @@ START_TEST(test_principals_without_decrypt_rights_cannot_open)
     ck_assert_int_eq(tk_open_range(c, out, env, el, 0, 10), TK_EPERM);
     tk_client_free(c);
   }
-  /* A purpose the AI service is not granted: bound into the header, refused by policy. */
+  /*
+   * A purpose the AI service is not granted: stated as an attribute when
+   * opening (the envelope names no purpose), refused by the policy; the same
+   * envelope opens for an allowed purpose. A purpose in the context too would
+   * be refused as ambiguous (TK_EINVAL).
+   */
   tk_context *other = tk_context_new();
   ck_assert_int_eq(tk_context_add(other, "session_id", "s-1"), TK_OK);
-  ck_assert_int_eq(tk_context_add(other, "purpose", "marketing"), TK_OK);
   size_t cap = tk_seal_max_len(100), el2 = 0;
   uint8_t *env2 = malloc(cap);
   ck_assert_int_eq(tk_seal(rec, env2, cap, &el2, TENANT, other, pt, 100), TK_OK);
+  set_purpose(ai, "marketing");
   ck_assert_int_eq(tk_open(ai, out, sizeof(out), &ol, env2, el2), TK_EPERM);
+  set_purpose(ai, "transcription");
+  ck_assert_int_eq(tk_open(ai, out, sizeof(out), &ol, env2, el2), TK_OK);
+  ck_assert_int_eq(tk_context_add(other, "purpose", "report"), TK_OK);
+  ck_assert_int_eq(tk_seal(rec, env2, cap, &el2, TENANT, other, pt, 100), TK_OK);
+  ck_assert_int_eq(tk_open(ai, out, sizeof(out), &ol, env2, el2), TK_EINVAL);
+  set_purpose(ai, "report");
   /* The auditor may not seal either. */
   tk_client *aud = client_for("auditor", NULL);
   ck_assert_int_eq(tk_seal(aud, env2, cap, &el2, TENANT, ctx, pt, 100), TK_EPERM);
@@ -594,6 +620,7 @@ START_TEST(test_fails_over_to_the_next_endpoint)
   ck_assert_int_eq(tk_client_new_from_file(&c, write_conf("ai", eps, "retries = 0\n"), err,
                                            sizeof(err)),
                    TK_OK);
+  set_purpose(c, "report");
   size_t el = 0, ol = 0;
   uint8_t *pt = random_bytes(50);
   uint8_t *env = seal(pt, 50, &el);
@@ -690,13 +717,14 @@ START_TEST(test_tk_seals_and_opens_files_and_pipes)
   snprintf(opened, sizeof(opened), "%s/tk-out.raw", d);
   snprintf(piped, sizeof(piped), "%s/tk-piped.raw", d);
   write_file(in, pt, n);
-  const char *cx = "--context session_id=s-1 --context purpose=report";
+  const char *cx = "--context session_id=s-1";
 
   /* Files. */
   snprintf(cmd, sizeof(cmd), "'%s' --config '%s' seal --tenant %s %s '%s' '%s'", tk, rconf,
            TENANT, cx, in, sealed);
   ck_assert_int_eq(run(cmd), 0);
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open '%s' '%s'", tk, aconf, sealed, opened);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open --purpose report '%s' '%s'", tk, aconf,
+           sealed, opened);
   ck_assert_int_eq(run(cmd), 0);
   uint8_t *back = read_file(opened, &got);
   ck_assert_uint_eq(got, n);
@@ -712,7 +740,8 @@ START_TEST(test_tk_seals_and_opens_files_and_pipes)
 
   /* A pipe: stdin -> seal -> open -> stdout. */
   snprintf(cmd, sizeof(cmd),
-           "'%s' --config '%s' seal --tenant %s %s - - < '%s' | '%s' --config '%s' open - - > '%s'",
+           "'%s' --config '%s' seal --tenant %s %s - - < '%s' | '%s' --config '%s' open "
+           "--purpose report - - > '%s'",
            tk, rconf, TENANT, cx, in, tk, aconf, piped);
   ck_assert_int_eq(run(cmd), 0);
   back = read_file(piped, &got);
@@ -727,12 +756,13 @@ START_TEST(test_tk_seals_and_opens_files_and_pipes)
   snprintf(bad_out, sizeof(bad_out), "%s/tk-bad.raw", d);
   write_file(bad, env, el);
   env[el / 2] ^= 0x10;
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open '%s' '%s' 2>/dev/null", tk, aconf, bad,
-           bad_out);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' open --purpose report '%s' '%s' 2>/dev/null", tk,
+           aconf, bad, bad_out);
   ck_assert_int_eq(run(cmd), 5);
   ck_assert_int_ne(access(bad_out, F_OK), 0);
   /* Truncated input to stdout: streamed, then exit 5 at the end. */
-  snprintf(cmd, sizeof(cmd), "head -c %zu '%s' | '%s' --config '%s' open - - >/dev/null 2>&1",
+  snprintf(cmd, sizeof(cmd),
+           "head -c %zu '%s' | '%s' --config '%s' open --purpose report - - >/dev/null 2>&1",
            el - 100, sealed, tk, aconf);
   ck_assert_int_eq(run(cmd), 5);
   /* Denied principal: exit 4, no output. */
@@ -757,7 +787,8 @@ START_TEST(test_tk_seals_and_opens_files_and_pipes)
   ck_assert_int_eq(run(cmd), 0);
   snprintf(cmd, sizeof(cmd),
            "w=$(sed -n 's/^wrapped: //p' '%s'); p=$(sed -n 's/^plaintext: //p' '%s'); "
-           "[ ${#p} -eq 64 ] && '%s' --config '%s' datakey decrypt --tenant %s %s \"$w\" | "
+           "[ ${#p} -eq 64 ] && '%s' --config '%s' datakey decrypt --tenant %s %s "
+           "--attr purpose=report \"$w\" | "
            "grep -qx \"plaintext: $p\"",
            keys, keys, tk, aconf, TENANT, cx);
   ck_assert_int_eq(run(cmd), 0);
@@ -819,11 +850,20 @@ main(void)
   uint32_t v = 0;
   if (officer == NULL || rec == NULL || ai == NULL || ctx == NULL ||
       tk_context_add(ctx, "session_id", "s-1") != TK_OK ||
-      tk_context_add(ctx, "purpose", "report") != TK_OK ||
       tk_tenant_create(officer, &v, TENANT) != TK_OK) {
     fprintf(stderr, "test_library: set-up failed; see %s/kmsd.log\n", harness_dir());
     harness_stop_kmsd();
     return 99;
+  }
+  {
+    /* The AI service states its purpose as an access attribute, not in the context. */
+    tk_context *a = tk_context_new();
+    if (a == NULL || tk_context_add(a, "purpose", "report") != TK_OK ||
+        tk_client_set_attributes(ai, a) != TK_OK) {
+      fprintf(stderr, "test_library: attributes failed\n");
+      return 99;
+    }
+    tk_context_free(a);
   }
   SRunner *sr = srunner_create(library_suite());
   srunner_set_fork_status(sr, CK_NOFORK); /* tests share the one kmsd process */

@@ -13,15 +13,34 @@
 
 /* ---- Raw requests -------------------------------------------------------------------- */
 
-enum rpc { R_HEALTH, R_CREATE, R_GENERATE, R_GENERATE_NP, R_DECRYPT, N_RPC };
-static const char *const rpc_names[N_RPC] = {"Health", "CreateTenant", "GenerateDataKey",
-                                             "GenerateDataKey (no plaintext)", "Decrypt"};
+enum rpc {
+  R_HEALTH,
+  R_CREATE,
+  R_GENERATE,
+  R_GENERATE_NP,
+  R_DECRYPT,
+  R_OPEN_SESSION,
+  R_GET_SESSION_KEY,
+  R_CLOSE_SESSION,
+  R_SHRED_SESSION,
+  R_LIST_SESSIONS,
+  N_RPC
+};
+static const char *const rpc_names[N_RPC] = {
+    "Health",        "CreateTenant",  "GenerateDataKey", "GenerateDataKey (no plaintext)",
+    "Decrypt",       "OpenSession",   "GetSessionKey",   "CloseSession",
+    "ShredSession",  "ListSessions"};
 
+/*
+ * One request. For data-key RPCs session_id is a context entry (bound into
+ * the wrapped key); for session RPCs it is the session the request names.
+ * purpose is always an access attribute (docs/POLICY.md): never in the AAD.
+ */
 struct call {
   enum rpc rpc;
   const char *tenant;
-  const char *session_id; /* NULL: not in the context */
-  const char *purpose;    /* NULL: not in the context */
+  const char *session_id; /* NULL: none */
+  const char *purpose;    /* NULL: no purpose attribute */
   const uint8_t *blob;    /* Decrypt */
   size_t blob_len;
 };
@@ -42,24 +61,27 @@ build_frame(const struct call *c, uint8_t *out, size_t cap)
   Tkms__CreateTenantRequest ct;
   Tkms__GenerateDataKeyRequest g;
   Tkms__DecryptRequest d;
-  Tkms__ContextEntry ents[2];
-  Tkms__ContextEntry *pents[2];
-  size_t n = 0;
+  Tkms__OpenSessionRequest os;
+  Tkms__GetSessionKeyRequest gs;
+  Tkms__CloseSessionRequest cs;
+  Tkms__ShredSessionRequest ss;
+  Tkms__ListSessionsRequest ls;
+  Tkms__ContextEntry ctx_e, attr_e;
+  Tkms__ContextEntry *pctx[1] = {&ctx_e}, *pattr[1] = {&attr_e};
+  size_t n = 0, n_attr = 0;
   tkms__request__init(&req);
   req.request_id = 42;
+  tkms__context_entry__init(&ctx_e);
+  tkms__context_entry__init(&attr_e);
   if (c->session_id != NULL) {
-    tkms__context_entry__init(&ents[n]);
-    ents[n].key = "session_id";
-    ents[n].value = (char *)c->session_id;
-    pents[n] = &ents[n];
-    n++;
+    ctx_e.key = "session_id";
+    ctx_e.value = (char *)c->session_id;
+    n = 1;
   }
   if (c->purpose != NULL) {
-    tkms__context_entry__init(&ents[n]);
-    ents[n].key = "purpose";
-    ents[n].value = (char *)c->purpose;
-    pents[n] = &ents[n];
-    n++;
+    attr_e.key = "purpose";
+    attr_e.value = (char *)c->purpose;
+    n_attr = 1;
   }
   switch (c->rpc) {
   case R_HEALTH:
@@ -79,9 +101,49 @@ build_frame(const struct call *c, uint8_t *out, size_t cap)
     g.tenant_id = (char *)c->tenant;
     g.without_plaintext = c->rpc == R_GENERATE_NP;
     g.n_context = n;
-    g.context = pents;
+    g.context = pctx;
+    g.n_attributes = n_attr;
+    g.attributes = pattr;
     req.op_case = TKMS__REQUEST__OP_GENERATE_DATA_KEY;
     req.generate_data_key = &g;
+    break;
+  case R_OPEN_SESSION:
+    tkms__open_session_request__init(&os);
+    os.tenant_id = (char *)c->tenant;
+    os.session_id = (char *)c->session_id;
+    os.n_attributes = n_attr;
+    os.attributes = pattr;
+    req.op_case = TKMS__REQUEST__OP_OPEN_SESSION;
+    req.open_session = &os;
+    break;
+  case R_GET_SESSION_KEY:
+    tkms__get_session_key_request__init(&gs);
+    gs.tenant_id = (char *)c->tenant;
+    gs.session_id = (char *)c->session_id;
+    gs.n_attributes = n_attr;
+    gs.attributes = pattr;
+    req.op_case = TKMS__REQUEST__OP_GET_SESSION_KEY;
+    req.get_session_key = &gs;
+    break;
+  case R_CLOSE_SESSION:
+    tkms__close_session_request__init(&cs);
+    cs.tenant_id = (char *)c->tenant;
+    cs.session_id = (char *)c->session_id;
+    req.op_case = TKMS__REQUEST__OP_CLOSE_SESSION;
+    req.close_session = &cs;
+    break;
+  case R_SHRED_SESSION:
+    tkms__shred_session_request__init(&ss);
+    ss.tenant_id = (char *)c->tenant;
+    ss.session_id = (char *)c->session_id;
+    req.op_case = TKMS__REQUEST__OP_SHRED_SESSION;
+    req.shred_session = &ss;
+    break;
+  case R_LIST_SESSIONS:
+    tkms__list_sessions_request__init(&ls);
+    ls.tenant_id = (char *)c->tenant;
+    req.op_case = TKMS__REQUEST__OP_LIST_SESSIONS;
+    req.list_sessions = &ls;
     break;
   case R_DECRYPT:
   default:
@@ -90,7 +152,9 @@ build_frame(const struct call *c, uint8_t *out, size_t cap)
     d.wrapped_key.data = (uint8_t *)c->blob;
     d.wrapped_key.len = c->blob_len;
     d.n_context = n;
-    d.context = pents;
+    d.context = pctx;
+    d.n_attributes = n_attr;
+    d.attributes = pattr;
     req.op_case = TKMS__REQUEST__OP_DECRYPT;
     req.decrypt = &d;
     break;
@@ -232,8 +296,28 @@ static const char *const col_names[N_COL] = {"own tenant", "other tenant", "all-
 enum expect { ALLOW, DENY, TLS };
 
 /* For the all-tenant column: the example role that holds the operation for every tenant. */
-static const char *const all_tenant_role[N_RPC] = {"officer", "officer", "recording", "storage",
-                                                   "ai"};
+static const char *const all_tenant_role[N_RPC] = {
+    "officer", "officer", "recording", "storage", "ai",
+    "recording", "ai", "recording", "officer", "auditor"};
+
+/*
+ * The session a matrix cell names: OpenSession needs a new id per cell;
+ * ShredSession in the all-tenant column shreds one kept for it; the others
+ * use SID, opened in both tenants at start-up.
+ */
+static const char *
+cell_session(int r, int k)
+{
+  static const char *const open_ids[N_COL] = {"m-open-0", "m-open-1", "m-open-2", "m-open-3",
+                                              "m-open-4"};
+  if (r == R_OPEN_SESSION) {
+    return open_ids[k];
+  }
+  if (r == R_SHRED_SESSION) {
+    return "m-shred";
+  }
+  return SID;
+}
 
 START_TEST(test_matrix_every_rpc_against_every_kind_of_caller)
 {
@@ -244,6 +328,12 @@ START_TEST(test_matrix_every_rpc_against_every_kind_of_caller)
       [R_GENERATE] = {ALLOW, DENY, ALLOW, DENY, TLS},
       [R_GENERATE_NP] = {ALLOW, DENY, ALLOW, DENY, TLS},
       [R_DECRYPT] = {ALLOW, DENY, ALLOW, DENY, TLS},
+      /* Sessions: an integration's own tenant only; shredding and listing are officers'. */
+      [R_OPEN_SESSION] = {ALLOW, DENY, ALLOW, DENY, TLS},
+      [R_GET_SESSION_KEY] = {ALLOW, DENY, ALLOW, DENY, TLS},
+      [R_CLOSE_SESSION] = {ALLOW, DENY, ALLOW, DENY, TLS},
+      [R_SHRED_SESSION] = {DENY, DENY, ALLOW, DENY, TLS},
+      [R_LIST_SESSIONS] = {DENY, DENY, ALLOW, DENY, TLS},
   };
   int bad = 0;
   printf("# %-31s | %-18s | %-18s | %-18s | %-18s | %-18s\n", "RPC", col_names[0], col_names[1],
@@ -282,7 +372,7 @@ START_TEST(test_matrix_every_rpc_against_every_kind_of_caller)
       if (r == R_CREATE && k == C_ALL) {
         tenant = "matrix-new";
       }
-      struct call c = {(enum rpc)r, tenant, SID, PURPOSE, blob, blob_len};
+      struct call c = {(enum rpc)r, tenant, cell_session(r, k), PURPOSE, blob, blob_len};
       struct answer a = ask(certdir, who, &c);
       int match = expected[r][k] == ALLOW  ? is_ok(&a)
                   : expected[r][k] == DENY ? is_denied(&a)
@@ -337,34 +427,36 @@ END_TEST
 
 START_TEST(test_ai_decrypts_only_for_an_allowed_purpose)
 {
-  uint8_t tx[128], mk[128], none[128];
-  size_t tx_len, mk_len, none_len;
-  /* Blobs whose context (AAD) matches each request, so only the policy can say no. */
-  struct call g = {R_GENERATE, "acme", "s-7", "transcription", NULL, 0};
+  uint8_t blob[128];
+  size_t blob_len;
+  /*
+   * One key, generated for the session only: purpose is an access attribute
+   * the AI service states when it decrypts, never part of the AAD, so the
+   * same blob is allowed or denied by the policy alone.
+   */
+  struct call g = {R_GENERATE, "acme", "s-7", NULL, NULL, 0};
   struct answer a = ask("clients", "recording", &g);
   ASSERT_OK(a);
-  memcpy(tx, a.wrapped, tx_len = a.wrapped_len);
-  g.purpose = "marketing";
-  a = ask("clients", "recording", &g);
-  ASSERT_OK(a);
-  memcpy(mk, a.wrapped, mk_len = a.wrapped_len);
-  g.purpose = NULL;
-  a = ask("clients", "recording", &g);
-  ASSERT_OK(a);
-  memcpy(none, a.wrapped, none_len = a.wrapped_len);
+  memcpy(blob, a.wrapped, blob_len = a.wrapped_len);
 
-  struct call d = {R_DECRYPT, "acme", "s-7", "transcription", tx, tx_len};
-  a = ask("clients", "ai", &d);
-  ASSERT_OK(a);
-  d = (struct call){R_DECRYPT, "acme", "s-7", "marketing", mk, mk_len};
-  a = ask("clients", "ai", &d);
-  ASSERT_DENIED(a);
-  d = (struct call){R_DECRYPT, "acme", "s-7", NULL, none, none_len};
-  a = ask("clients", "ai", &d);
-  ASSERT_DENIED(a);
-  d = (struct call){R_DECRYPT, "acme", NULL, "transcription", tx, tx_len};
-  a = ask("clients", "ai", &d);
-  ASSERT_DENIED(a);
+  struct call d = {R_DECRYPT, "acme", "s-7", "transcription", blob, blob_len};
+  ASSERT_OK(ask("clients", "ai", &d));
+  d.purpose = "report";
+  ASSERT_OK(ask("clients", "ai", &d));
+  d.purpose = "marketing";
+  ASSERT_DENIED(ask("clients", "ai", &d));
+  d.purpose = NULL;
+  ASSERT_DENIED(ask("clients", "ai", &d));
+  /* Without the session in the context: denied (and it would not authenticate either). */
+  d = (struct call){R_DECRYPT, "acme", NULL, "transcription", blob, blob_len};
+  ASSERT_DENIED(ask("clients", "ai", &d));
+  /* The same purposes govern the session key itself. */
+  struct call gs = {R_GET_SESSION_KEY, "acme", SID, "transcription", NULL, 0};
+  ASSERT_OK(ask("clients", "ai", &gs));
+  gs.purpose = "marketing";
+  ASSERT_DENIED(ask("clients", "ai", &gs));
+  gs.purpose = NULL;
+  ASSERT_DENIED(ask("clients", "ai", &gs));
   /* Recording must name the session it generates for. */
   g = (struct call){R_GENERATE, "acme", NULL, NULL, NULL, 0};
   a = ask("clients", "recording", &g);
@@ -642,6 +734,19 @@ main(void)
       make_blob("integration-globex", "globex", blob_globex, &blob_globex_len) != 0) {
     harness_stop_kmsd();
     return 99;
+  }
+  /* Sessions the matrix names: SID in both tenants, and one for the officer to shred. */
+  static const char *const opens[][3] = {{"integration-acme", "acme", SID},
+                                         {"integration-globex", "globex", SID},
+                                         {"integration-globex", "globex", "m-shred"}};
+  for (size_t i = 0; i < 3; i++) {
+    struct call c = {R_OPEN_SESSION, opens[i][1], opens[i][2], NULL, NULL, 0};
+    struct answer a = ask("clients", opens[i][0], &c);
+    if (!is_ok(&a)) {
+      fprintf(stderr, "opening %s/%s: %s %s\n", opens[i][1], opens[i][2], outcome(&a), a.message);
+      harness_stop_kmsd();
+      return 99;
+    }
   }
   SRunner *sr = srunner_create(policy_suite());
   srunner_set_fork_status(sr, CK_NOFORK); /* tests share the one kmsd process */

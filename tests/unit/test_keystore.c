@@ -18,7 +18,7 @@
 #include "kms_err.h"
 
 /* Migrations applied to a new keystore: 1 tenants and KEKs, 2 key lifecycle. */
-#define SCHEMA_LATEST 2
+#define SCHEMA_LATEST 3 /* 3: session keys (docs/SESSIONS.md) */
 
 /* Each test gets a fresh directory; the fixture runs in the test's own process. */
 static char dir[PATH_MAX / 2];
