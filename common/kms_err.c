@@ -1,7 +1,9 @@
 /* Descriptions of the error codes and their mapping to wire status codes. */
 #include "kms_err.h"
 
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 
 /* Wire status numbers; the same as tkms.StatusCode in proto/kms.proto. */
 enum {
@@ -96,4 +98,17 @@ kms_status_to_err(int status)
   default:
     return KMS_ERR_INTERNAL;
   }
+}
+
+void
+kms_set_err(char *err, size_t err_len, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (err == NULL || err_len == 0) {
+    return;
+  }
+  va_start(ap, fmt);
+  vsnprintf(err, err_len, fmt, ap);
+  va_end(ap);
 }

@@ -2,6 +2,8 @@
 #ifndef KMS_ERR_H
 #define KMS_ERR_H
 
+#include <stddef.h>
+
 /*
  * Every function that can fail returns int: KMS_OK or one of the codes below.
  * The public library re-exports the same values as TK_E* (tenantkey.h); a
@@ -39,5 +41,13 @@ int kms_err_to_status(int err);
 
 /* kms_status_to_err maps a wire status number back to an error code. */
 int kms_status_to_err(int status);
+
+/*
+ * kms_set_err formats a human-readable reason into the caller's buffer |err|
+ * (|err_len| bytes, always terminated, truncated if longer). A NULL |err| or
+ * a zero |err_len| means the caller does not want one: nothing is written.
+ */
+void kms_set_err(char *err, size_t err_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -346,6 +346,38 @@ session_request_check(const Tkms__Request *req, const char **why)
   }
 }
 
+/* Audit export (field number 50; docs/AUDIT.md). */
+static int
+export_audit_check(const Tkms__ExportAuditRequest *x, const char **why)
+{
+  if (check_tenant_filter(x->tenant_id, why) != KMS_OK) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (x->session_id != NULL && x->session_id[0] != '\0' &&
+      !kms_wire_session_id_ok(x->session_id)) {
+    *why = "session_id: 1-128 characters of [A-Za-z0-9._-], the first a letter or digit";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (x->operation != NULL && strnlen(x->operation, 65) > 64) {
+    *why = "operation: at most 64 bytes";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (x->limit > KMS_LIST_SESSIONS_MAX) {
+    *why = "limit: at most 1000";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (x->from_ms < 0 || x->to_ms < 0 || (x->to_ms != 0 && x->to_ms < x->from_ms)) {
+    *why = "from_ms, to_ms: not a time range";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (x->page_token != NULL &&
+      strnlen(x->page_token, KMS_PAGE_TOKEN_MAX + 1) > KMS_PAGE_TOKEN_MAX) {
+    *why = "page_token: too long";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return KMS_OK;
+}
+
 int
 kms_wire_request_check(const Tkms__Request *req, const char **why)
 {
@@ -356,6 +388,7 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
   }
   switch (req->op_case) {
   case TKMS__REQUEST__OP_HEALTH:
+  case TKMS__REQUEST__OP_BACKUP:
     return KMS_OK;
   case TKMS__REQUEST__OP_CREATE_TENANT:
     return check_tenant(req->create_tenant->tenant_id, why);
@@ -407,6 +440,8 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
   case TKMS__REQUEST__OP_SHRED_SESSION:
   case TKMS__REQUEST__OP_LIST_SESSIONS:
     return session_request_check(req, why);
+  case TKMS__REQUEST__OP_EXPORT_AUDIT:
+    return export_audit_check(req->export_audit, why);
   default:
     *why = "unknown method";
     return KMS_ERR_UNIMPLEMENTED;
@@ -482,6 +517,16 @@ kms_wire_response_check(const Tkms__Response *resp, Tkms__Request__OpCase op)
   case TKMS__RESPONSE__RESULT_LIST_RECEIPTS:
   case TKMS__RESPONSE__RESULT_SET_ROTATION_PERIOD:
     return KMS_OK;
+  case TKMS__RESPONSE__RESULT_EXPORT_AUDIT:
+    for (size_t i = 0; i < resp->export_audit->n_records; i++) {
+      if (resp->export_audit->records[i] == NULL) {
+        return KMS_ERR_PROTOCOL;
+      }
+    }
+    return resp->export_audit->checkpoint != NULL ? KMS_OK : KMS_ERR_PROTOCOL;
+  case TKMS__RESPONSE__RESULT_BACKUP:
+    return resp->backup->path != NULL && resp->backup->path[0] != '\0' ? KMS_OK
+                                                                       : KMS_ERR_PROTOCOL;
   default:
     return KMS_ERR_PROTOCOL;
   }

@@ -19,7 +19,9 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/core_names.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 
 #include "kms_auditlog.h"
 #include "kms_err.h"
@@ -47,6 +49,7 @@ struct audit {
   struct kms_note_vkey vk;
   hsm_session *hs;  /* the writer's own session, for signing */
   kms_secret *hmac; /* context-value HMAC key, derived from an HSM key */
+  EVP_MAC_CTX *hmac_ctx; /* keyed with it, for the loop thread (audit_hmac_compute) */
 
   /* Writer-thread state (and audit_open's before the thread starts). */
   int fd;
@@ -264,35 +267,74 @@ pwrite_all(int fd, const char *p, size_t len, uint64_t off)
 
 /* ---- Records ---------------------------------------------------------------- */
 
+struct evp_mac_ctx_st *
+audit_hmac_prepare(const uint8_t *k, size_t k_len)
+{
+  EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  EVP_MAC_CTX *ctx = NULL;
+  OSSL_PARAM params[2];
+
+  if (mac == NULL) {
+    goto out;
+  }
+  ctx = EVP_MAC_CTX_new(mac);
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+  params[1] = OSSL_PARAM_construct_end();
+  if (ctx != NULL && EVP_MAC_init(ctx, k, k_len, params) != 1) {
+    EVP_MAC_CTX_free(ctx);
+    ctx = NULL;
+  }
+out:
+  EVP_MAC_free(mac);
+  return ctx;
+}
+
+void
+audit_hmac_release(struct evp_mac_ctx_st *ctx)
+{
+  EVP_MAC_CTX_free(ctx);
+}
+
+int
+audit_hmac_compute(struct evp_mac_ctx_st *prepared, const char *key, const char *value, char *out)
+{
+  static const uint8_t zero = 0;
+  uint8_t mac[EVP_MAX_MD_SIZE];
+  size_t mac_len = 0;
+  int r = KMS_ERR_INTERNAL;
+  EVP_MAC_CTX *ctx = prepared != NULL ? EVP_MAC_CTX_dup(prepared) : NULL;
+
+  if (ctx == NULL) {
+    goto out;
+  }
+  /* key || 0x00 || value: the NUL keeps ("ab","c") and ("a","bc") apart. */
+  if (EVP_MAC_update(ctx, (const uint8_t *)key, strlen(key)) != 1 ||
+      EVP_MAC_update(ctx, &zero, 1) != 1 ||
+      EVP_MAC_update(ctx, (const uint8_t *)value, strlen(value)) != 1 ||
+      EVP_MAC_final(ctx, mac, &mac_len, sizeof(mac)) != 1 || mac_len < CONTEXT_HMAC_LEN) {
+    goto out;
+  }
+  for (size_t i = 0; i < CONTEXT_HMAC_LEN; i++) {
+    snprintf(out + 2 * i, 3, "%02x", mac[i]);
+  }
+  r = KMS_OK;
+out:
+  OPENSSL_cleanse(mac, sizeof(mac));
+  EVP_MAC_CTX_free(ctx);
+  return r;
+}
+
+/* context_hmac runs on the loop thread only: the prepared context is the loop's. */
 static void
 context_hmac(audit *a, struct sbuf *b, const char *key, const char *value)
 {
-  uint8_t mac[EVP_MAX_MD_SIZE];
-  unsigned mac_len = 0;
-  size_t kl = strlen(key), vl = strlen(value);
-  uint8_t *msg = malloc(kl + 1 + vl + 1);
   char hex[2 * CONTEXT_HMAC_LEN + 1];
 
-  if (msg == NULL) {
+  if (audit_hmac_compute(a->hmac_ctx, key, value, hex) != KMS_OK) {
     b->oom = true;
     return;
   }
-  /* key || 0x00 || value: the NUL keeps ("ab","c") and ("a","bc") apart. */
-  memcpy(msg, key, kl);
-  msg[kl] = 0;
-  memcpy(msg + kl + 1, value, vl);
-  if (HMAC(EVP_sha256(), kms_secret_cdata(a->hmac), (int)kms_secret_len(a->hmac), msg, kl + 1 + vl,
-           mac, &mac_len) == NULL ||
-      mac_len < CONTEXT_HMAC_LEN) {
-    b->oom = true;
-  } else {
-    for (size_t i = 0; i < CONTEXT_HMAC_LEN; i++) {
-      snprintf(hex + 2 * i, 3, "%02x", mac[i]);
-    }
-    sb_json_str(b, hex);
-  }
-  OPENSSL_cleanse(msg, kl + 1 + vl);
-  free(msg);
+  sb_json_str(b, hex);
 }
 
 /* entries_hmac writes {"key":"hmac",...}: keys in clear, values as keyed HMACs. */
@@ -926,7 +968,8 @@ audit_open(audit **out, const struct audit_config *cfg, hsm *h, struct event_bas
   r = hsm_hmac_derive(h, AUDIT_HMAC_KEY_ID, HMAC_LABEL, key, err, err_len);
   if (r == KMS_OK) {
     a->hmac = kms_secret_from(key, sizeof(key));
-    r = a->hmac != NULL ? KMS_OK : KMS_ERR_ALLOC;
+    a->hmac_ctx = audit_hmac_prepare(key, sizeof(key));
+    r = a->hmac != NULL && a->hmac_ctx != NULL ? KMS_OK : KMS_ERR_ALLOC;
   }
   OPENSSL_cleanse(key, sizeof(key));
   if (r != KMS_OK) {
@@ -988,6 +1031,7 @@ audit_close(audit *a)
   }
   hsm_session_close(a->hs);
   kms_secret_free(a->hmac);
+  audit_hmac_release(a->hmac_ctx);
   if (a->mu_init) {
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->cv);
@@ -1033,4 +1077,26 @@ uint64_t
 audit_size(audit *a)
 {
   return atomic_load(&a->size_pub);
+}
+
+const char *
+audit_dir(const audit *a)
+{
+  return a->dir;
+}
+
+const struct kms_note_vkey *
+audit_vkey(const audit *a)
+{
+  return &a->vk;
+}
+
+int
+audit_hmac_hex(audit *a, const char *key, const char *value, char *out)
+{
+  /* Not the loop's prepared context: this runs on a worker. */
+  EVP_MAC_CTX *ctx = audit_hmac_prepare(kms_secret_cdata(a->hmac), kms_secret_len(a->hmac));
+  int r = audit_hmac_compute(ctx, key, value, out);
+  audit_hmac_release(ctx);
+  return r;
 }

@@ -10,6 +10,7 @@
 #include <event2/event.h>
 
 #include "hsm.h"
+#include "kms_note.h"
 #include "kms.pb-c.h"
 
 /*
@@ -106,5 +107,28 @@ int audit_verifier_key(audit *a, char *out, size_t cap);
 
 /* audit_size returns the number of durable records (the tree size). */
 uint64_t audit_size(audit *a);
+
+/* For the export (kmsd/audit_export.c): the log's directory and note verifier key. */
+const char *audit_dir(const audit *a);
+const struct kms_note_vkey *audit_vkey(const audit *a);
+
+/*
+ * audit_hmac_hex writes the keyed HMAC a record holds for the context entry
+ * (|key|, |value|) as 32 hex digits (|out|: 33 bytes). Any thread.
+ */
+int audit_hmac_hex(audit *a, const char *key, const char *value, char *out);
+
+/*
+ * The context-value HMAC with a prepared key (docs/AUDIT.md):
+ * HMAC-SHA256(K, key || 0x00 || value)[:16] as hex. audit_hmac_prepare makes
+ * the keyed context once (no algorithm fetch per value); audit_hmac_compute
+ * duplicates it per value, so one prepared context serves one thread at a
+ * time. Exposed for the unit test that pins the output.
+ */
+struct evp_mac_ctx_st;
+struct evp_mac_ctx_st *audit_hmac_prepare(const uint8_t *k, size_t k_len);
+void audit_hmac_release(struct evp_mac_ctx_st *ctx);
+int audit_hmac_compute(struct evp_mac_ctx_st *prepared, const char *key, const char *value,
+                       char *out);
 
 #endif

@@ -49,6 +49,32 @@ parse_listen(struct kmsd_config *c, const char *value, char *why, size_t why_len
   return KMS_OK;
 }
 
+/* metrics_listen = HOST:PORT, HOST a loopback name: the metrics port is never remote. */
+static int
+parse_metrics_listen(struct kmsd_config *c, const char *value, char *why, size_t why_len)
+{
+  const char *colon = strrchr(value, ':');
+  unsigned long long port;
+  if (colon == NULL || colon == value || (size_t)(colon - value) >= sizeof(c->metrics_host) ||
+      kms_conf_uint(colon + 1, 0, 65535, &port) != KMS_OK) {
+    snprintf(why, why_len, "expected HOST:PORT");
+    return KMS_ERR_CONFIG;
+  }
+  memcpy(c->metrics_host, value, (size_t)(colon - value));
+  c->metrics_host[colon - value] = '\0';
+  if (strcmp(c->metrics_host, "localhost") != 0 && strcmp(c->metrics_host, "::1") != 0 &&
+      strcmp(c->metrics_host, "[::1]") != 0 && strncmp(c->metrics_host, "127.", 4) != 0) {
+    snprintf(why, why_len, "must be a loopback address (127.0.0.1, ::1 or localhost)");
+    return KMS_ERR_CONFIG;
+  }
+  if (strcmp(c->metrics_host, "[::1]") == 0) {
+    snprintf(c->metrics_host, sizeof(c->metrics_host), "::1");
+  }
+  c->metrics_port = (uint16_t)port;
+  c->metrics_enabled = 1;
+  return KMS_OK;
+}
+
 static int
 on_entry(void *arg, const char *key, const char *value, char *why, size_t why_len)
 {
@@ -226,6 +252,12 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
   }
   if (strcmp(key, "tls_crl") == 0) {
     return set_str(c->tls_crl, sizeof(c->tls_crl), value, why, why_len);
+  }
+  if (strcmp(key, "metrics_listen") == 0) {
+    return parse_metrics_listen(c, value, why, why_len);
+  }
+  if (strcmp(key, "backup_dir") == 0) {
+    return set_str(c->backup_dir, sizeof(c->backup_dir), value, why, why_len);
   }
   /* Say where the interim role lists went rather than just "unknown key". */
   if (strcmp(key, "officer") == 0 || strcmp(key, "service") == 0) {

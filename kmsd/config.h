@@ -56,6 +56,12 @@ struct kmsd_config {
   unsigned rate_limit;              /* requests per second per principal; 0: no limit */
   unsigned rate_burst;              /* token bucket size; 0: 2 * rate_limit */
   char user[64];                    /* started as root: drop to this user; empty: stay */
+  /* Metrics and health over HTTP (kmsd/metrics.h): loopback only; port 0 picks one. */
+  int metrics_enabled;              /* metrics_listen was set */
+  char metrics_host[64];            /* 127.0.0.1, ::1 or localhost */
+  uint16_t metrics_port;
+  /* Keystore snapshots (Backup, docs/RUNBOOK.md); empty: Backup is refused. */
+  char backup_dir[CONFIG_PATH_MAX];
 };
 
 /* Defaults and limits, documented in docs/OPERATIONS.md. */

@@ -7,13 +7,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -21,6 +19,7 @@
 #include <openssl/evp.h>
 
 #include "kms_err.h"
+#include "kms_time.h"
 #include "log.h"
 
 /*
@@ -220,20 +219,8 @@ static bool ckr_is_auth_failure(CK_RV rv) {
          rv == CKR_WRAPPED_KEY_LEN_RANGE;
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t err_len,
-                                                         const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL || err_len == 0) {
-    return;
-  }
-  va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
-  va_end(ap);
-}
-
 static int ckr_fail(char *err, size_t err_len, const char *fn, CK_RV rv) {
-  set_err(err, err_len, "PKCS#11 %s: %s (0x%lx)", fn, ckr_name(rv), (unsigned long)rv);
+  kms_set_err(err, err_len, "PKCS#11 %s: %s (0x%lx)", fn, ckr_name(rv), (unsigned long)rv);
   return ckr_to_err(rv);
 }
 
@@ -252,23 +239,23 @@ static int read_pin(const char *path, char *pin, size_t *out_len, char *err, siz
   *out_len = 0;
   fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
-    set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
+    kms_set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
     r = KMS_ERR_IO;
     goto out;
   }
   /* fstat the open file, not the path, so the file checked is the file read. */
   if (fstat(fd, &st) != 0) {
-    set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
+    kms_set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
     r = KMS_ERR_IO;
     goto out;
   }
   if (!S_ISREG(st.st_mode)) {
-    set_err(err, err_len, "pin file %s is not a regular file", path);
+    kms_set_err(err, err_len, "pin file %s is not a regular file", path);
     r = KMS_ERR_CONFIG;
     goto out;
   }
   if ((st.st_mode & 077) != 0) {
-    set_err(err, err_len,
+    kms_set_err(err, err_len,
             "pin file %s must not be accessible by group or others (mode %04o)", path,
             (unsigned)(st.st_mode & 07777));
     r = KMS_ERR_CONFIG;
@@ -280,7 +267,7 @@ static int read_pin(const char *path, char *pin, size_t *out_len, char *err, siz
       continue;
     }
     if (n < 0) {
-      set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
+      kms_set_err(err, err_len, "pin file %s: %s", path, strerror(errno));
       r = KMS_ERR_IO;
       goto out;
     }
@@ -294,7 +281,7 @@ static int read_pin(const char *path, char *pin, size_t *out_len, char *err, siz
   }
   nl = memchr(pin, '\n', got);
   if (nl == NULL && got == PIN_MAX - 1) {
-    set_err(err, err_len, "pin file %s: first line longer than %d bytes", path, PIN_MAX - 2);
+    kms_set_err(err, err_len, "pin file %s: first line longer than %d bytes", path, PIN_MAX - 2);
     r = KMS_ERR_CONFIG;
     goto out;
   }
@@ -305,7 +292,7 @@ static int read_pin(const char *path, char *pin, size_t *out_len, char *err, siz
     got--;
   }
   if (got == 0) {
-    set_err(err, err_len, "pin file %s: first line is empty", path);
+    kms_set_err(err, err_len, "pin file %s: first line is empty", path);
     r = KMS_ERR_CONFIG;
     goto out;
   }
@@ -338,7 +325,7 @@ static int find_slot(hsm *h, const char *label, char *err, size_t err_len) {
       goto out;
     }
     if (n_slots == 0) {
-      set_err(err, err_len, "no PKCS#11 token present (looking for label \"%s\")", label);
+      kms_set_err(err, err_len, "no PKCS#11 token present (looking for label \"%s\")", label);
       r = KMS_ERR_HSM;
       goto out;
     }
@@ -372,12 +359,12 @@ static int find_slot(hsm *h, const char *label, char *err, size_t err_len) {
     }
   }
   if (matches == 0) {
-    set_err(err, err_len, "no PKCS#11 token labelled \"%s\"", label);
+    kms_set_err(err, err_len, "no PKCS#11 token labelled \"%s\"", label);
     r = KMS_ERR_HSM;
     goto out;
   }
   if (matches > 1) {
-    set_err(err, err_len, "%d PKCS#11 tokens are labelled \"%s\": ambiguous", matches, label);
+    kms_set_err(err, err_len, "%d PKCS#11 tokens are labelled \"%s\": ambiguous", matches, label);
     r = KMS_ERR_CONFIG;
     goto out;
   }
@@ -401,7 +388,8 @@ static int check_mech(hsm *h, CK_MECHANISM_TYPE mech, CK_FLAGS need, const char 
     goto out;
   }
   if ((info.flags & need) != need) {
-    set_err(err, err_len, "PKCS#11 token does not allow %s for the operations kmsd needs", name);
+    kms_set_err(err, err_len, "PKCS#11 token does not allow %s for the operations kmsd needs",
+                name);
     r = KMS_ERR_HSM;
     goto out;
   }
@@ -449,7 +437,7 @@ static int pick_mechanisms(hsm *h, const char *label, char *err, size_t err_len)
   } else if (pad) {
     h->wrap_mech = CKM_AES_KEY_WRAP_PAD;
   } else {
-    set_err(err, err_len,
+    kms_set_err(err, err_len,
             "PKCS#11 token \"%s\" offers no RFC 5649 key wrap "
             "(CKM_AES_KEY_WRAP_KWP or CKM_AES_KEY_WRAP_PAD)",
             label);
@@ -457,12 +445,12 @@ static int pick_mechanisms(hsm *h, const char *label, char *err, size_t err_len)
     goto out;
   }
   if (!gcm) {
-    set_err(err, err_len, "PKCS#11 token \"%s\" does not offer CKM_AES_GCM", label);
+    kms_set_err(err, err_len, "PKCS#11 token \"%s\" does not offer CKM_AES_GCM", label);
     r = KMS_ERR_HSM;
     goto out;
   }
   if (!keygen) {
-    set_err(err, err_len, "PKCS#11 token \"%s\" does not offer CKM_AES_KEY_GEN", label);
+    kms_set_err(err, err_len, "PKCS#11 token \"%s\" does not offer CKM_AES_KEY_GEN", label);
     r = KMS_ERR_HSM;
     goto out;
   }
@@ -621,7 +609,7 @@ static int check_root(hsm *h, const char *id, char *err, size_t err_len) {
     goto out;
   }
   if (kt != CKK_AES || len != KEK_LEN || !sens || extr || !wrap || !unwrap || enc || dec) {
-    set_err(err, err_len,
+    kms_set_err(err, err_len,
             "root key %s is not a sensitive, non-extractable AES-256 key for wrap/unwrap "
             "only; refusing to use it",
             id);
@@ -644,7 +632,7 @@ static int ensure_root(hsm *h, uint32_t version, bool allow_create, char *err, s
     goto out;
   }
   if (n > 1) {
-    set_err(err, err_len, "more than one root key with CKA_ID %s: ambiguous, refusing", id);
+    kms_set_err(err, err_len, "more than one root key with CKA_ID %s: ambiguous, refusing", id);
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
   }
@@ -653,7 +641,7 @@ static int ensure_root(hsm *h, uint32_t version, bool allow_create, char *err, s
   } else if (!allow_create) {
     /* After a reset: a token without our root is not ours; making a new one would orphan
      * every key token in the keystore. */
-    set_err(err, err_len, "root key %s not found on the token", id);
+    kms_set_err(err, err_len, "root key %s not found on the token", id);
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
   } else if ((r = create_root(h, id, err, err_len)) != KMS_OK) {
@@ -668,13 +656,6 @@ out:
 }
 
 /* ---- Fault detection and recovery (hsm.h) ------------------------------------ */
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Failures after which sessions or the login are gone: only a reset helps. */
 static bool ckr_lost_session(CK_RV rv) {
@@ -697,7 +678,7 @@ static void mark_down(hsm *h, const char *why, bool reset) {
   }
   if (atomic_exchange(&h->down, 1) == 0) {
     /* The first caller to see it may probe at once: a lone glitch costs one request. */
-    atomic_store(&h->next_try_ms, mono_ms());
+    atomic_store(&h->next_try_ms, kms_mono_ms());
     if (pthread_mutex_lock(&h->why_mu) == 0) {
       snprintf(h->down_why, sizeof(h->down_why), "%s", why);
       pthread_mutex_unlock(&h->why_mu);
@@ -781,13 +762,13 @@ static void recover(hsm *h) {
 
   if (!atomic_load(&h->need_reset)) {
     memset(&info, 0, sizeof(info));
-    t0 = mono_ms();
+    t0 = kms_mono_ms();
     if (pthread_mutex_lock(&h->owner_mu) != 0) {
       return;
     }
     rv = h->owner_open ? h->p11->C_GetSessionInfo(h->owner, &info) : CKR_SESSION_CLOSED;
     pthread_mutex_unlock(&h->owner_mu);
-    took = mono_ms() - t0;
+    took = kms_mono_ms() - t0;
     if (took > (int64_t)h->call_timeout_ms) {
       log_msg(LOG_WARN, "event=hsm_probe result=slow ms=%lld", (long long)took);
       return;
@@ -806,9 +787,9 @@ static void recover(hsm *h) {
     pthread_rwlock_unlock(&h->reset_lock);
     return;
   }
-  t0 = mono_ms();
+  t0 = kms_mono_ms();
   r = reset(h, err, sizeof(err));
-  took = mono_ms() - t0;
+  took = kms_mono_ms() - t0;
   if (r == KMS_OK) {
     /* Whatever was made in the old generation is gone or must not be touched. */
     atomic_fetch_add(&h->gen, 1);
@@ -836,7 +817,7 @@ static void maybe_recover(hsm *h) {
   if (!atomic_load(&h->down)) {
     return;
   }
-  now = mono_ms();
+  now = kms_mono_ms();
   if (now < atomic_load(&h->next_try_ms) || pthread_mutex_trylock(&h->recover_mu) != 0) {
     return; /* not yet, or someone else is at it: fail fast */
   }
@@ -886,7 +867,7 @@ static int enter(hsm_session *s, struct call *c) {
     }
     s->gen = gen;
   }
-  c->t0 = mono_ms();
+  c->t0 = kms_mono_ms();
   return KMS_OK;
 }
 
@@ -898,7 +879,7 @@ static void leave(hsm_session *s, struct call *c) {
   if (!c->locked) {
     return;
   }
-  took = mono_ms() - c->t0;
+  took = kms_mono_ms() - c->t0;
   pthread_rwlock_unlock(&h->reset_lock);
   c->locked = false;
   if (took > (int64_t)h->call_timeout_ms) {
@@ -960,20 +941,20 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
   CK_C_INITIALIZE_ARGS init_args;
   size_t label_len;
 
-  set_err(err, err_len, "%s", "");
+  kms_set_err(err, err_len, "%s", "");
   if (out == NULL) {
     return KMS_ERR_INVALID_ARGUMENT;
   }
   *out = NULL;
   if (cfg == NULL || cfg->module_path == NULL || cfg->token_label == NULL ||
       cfg->pin_file == NULL) {
-    set_err(err, err_len, "hsm: module path, token label and pin file are all required");
+    kms_set_err(err, err_len, "hsm: module path, token label and pin file are all required");
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
   label_len = strlen(cfg->token_label);
   if (label_len == 0 || label_len > TOKEN_LABEL_LEN) {
-    set_err(err, err_len, "hsm: token label \"%s\" must be 1 to %d bytes", cfg->token_label,
+    kms_set_err(err, err_len, "hsm: token label \"%s\" must be 1 to %d bytes", cfg->token_label,
             TOKEN_LABEL_LEN);
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
@@ -1017,7 +998,7 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
   atomic_init(&h->gen, 1);
   memcpy(h->token_label, cfg->token_label, label_len + 1);
   if (strlen(cfg->pin_file) >= sizeof(h->pin_file)) {
-    set_err(err, err_len, "hsm: pin file path too long");
+    kms_set_err(err, err_len, "hsm: pin file path too long");
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
@@ -1027,13 +1008,13 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
 
   h->dl = dlopen(cfg->module_path, RTLD_NOW | RTLD_LOCAL);
   if (h->dl == NULL) {
-    set_err(err, err_len, "cannot load PKCS#11 module %s: %s", cfg->module_path, dlerror());
+    kms_set_err(err, err_len, "cannot load PKCS#11 module %s: %s", cfg->module_path, dlerror());
     r = KMS_ERR_HSM;
     goto out;
   }
   *(void **)&get_list = dlsym(h->dl, "C_GetFunctionList");
   if (get_list == NULL) {
-    set_err(err, err_len, "%s is not a PKCS#11 module (no C_GetFunctionList)",
+    kms_set_err(err, err_len, "%s is not a PKCS#11 module (no C_GetFunctionList)",
             cfg->module_path);
     r = KMS_ERR_HSM;
     goto out;
@@ -1691,7 +1672,7 @@ static int find_one(hsm *h, CK_OBJECT_CLASS cls, const char *id, CK_OBJECT_HANDL
     return r;
   }
   if (n > 1) {
-    set_err(err, err_len, "more than one object with CKA_ID %s: ambiguous, refusing", id);
+    kms_set_err(err, err_len, "more than one object with CKA_ID %s: ambiguous, refusing", id);
     return KMS_ERR_FAILED_PRECONDITION;
   }
   *out = n == 1 ? found[0] : CK_INVALID_HANDLE;
@@ -1793,7 +1774,7 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
   bool locked = false;
   int type;
 
-  set_err(err, err_len, "%s", "");
+  kms_set_err(err, err_len, "%s", "");
   if (out == NULL) {
     return KMS_ERR_INVALID_ARGUMENT;
   }
@@ -1816,7 +1797,7 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
               has_mech(h, CKM_ECDSA, CKF_SIGN);
     type = prefer != HSM_SIG_AUTO ? prefer : ed ? HSM_SIG_ED25519 : HSM_SIG_ECDSA_P256;
     if ((type == HSM_SIG_ED25519 && !ed) || (type == HSM_SIG_ECDSA_P256 && !ec)) {
-      set_err(err, err_len, "PKCS#11 token offers neither Ed25519 (CKM_EDDSA) nor ECDSA P-256 "
+      kms_set_err(err, err_len, "PKCS#11 token offers neither Ed25519 (CKM_EDDSA) nor ECDSA P-256 "
                             "for the audit signing key");
       r = KMS_ERR_HSM;
       goto out;
@@ -1830,7 +1811,7 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
     goto out;
   }
   if (priv == CK_INVALID_HANDLE || pub == CK_INVALID_HANDLE) {
-    set_err(err, err_len, "audit signing key %s: private or public half missing", id);
+    kms_set_err(err, err_len, "audit signing key %s: private or public half missing", id);
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
   }
@@ -1848,7 +1829,7 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
     }
   }
   if ((kt != CKK_EC_EDWARDS && kt != CKK_EC) || !sens || extr || !sign) {
-    set_err(err, err_len, "audit signing key %s is not a sensitive, non-extractable EC signing "
+    kms_set_err(err, err_len, "audit signing key %s is not a sensitive, non-extractable EC signing "
                           "key; refusing to use it", id);
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
@@ -1863,7 +1844,7 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
     }
     if (ec_point_raw(point, a.ulValueLen, type == HSM_SIG_ED25519 ? 32 : 65, &raw) != KMS_OK ||
         (type == HSM_SIG_ECDSA_P256 && raw[0] != 0x04)) {
-      set_err(err, err_len, "audit signing key %s: unexpected public key encoding", id);
+      kms_set_err(err, err_len, "audit signing key %s: unexpected public key encoding", id);
       r = KMS_ERR_HSM;
       goto out;
     }
@@ -1877,7 +1858,7 @@ int hsm_signing_key_open(hsm *h, const char *id, int prefer, struct hsm_signing_
     out->pub_len = sizeof(p256_spki_prefix) + 65;
   }
   if (strlen(id) >= sizeof(out->id)) {
-    set_err(err, err_len, "signing key id %s too long", id);
+    kms_set_err(err, err_len, "signing key id %s too long", id);
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
@@ -2032,7 +2013,7 @@ int hsm_hmac_derive(hsm *h, const char *id, const char *label, uint8_t out[32], 
   CK_BBOOL sens = CK_FALSE, extr = CK_TRUE;
   bool locked = false;
 
-  set_err(err, err_len, "%s", "");
+  kms_set_err(err, err_len, "%s", "");
   if (h == NULL || id == NULL || id[0] == '\0' || label == NULL || out == NULL) {
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
@@ -2074,7 +2055,8 @@ int hsm_hmac_derive(hsm *h, const char *id, const char *label, uint8_t out[32], 
       goto out;
     }
     if (!sens || extr) {
-      set_err(err, err_len, "HMAC key %s is readable (not sensitive or extractable); refusing", id);
+      kms_set_err(err, err_len, "HMAC key %s is readable (not sensitive or extractable); refusing",
+                  id);
       r = KMS_ERR_FAILED_PRECONDITION;
       goto out;
     }

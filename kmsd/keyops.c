@@ -4,13 +4,13 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "kms_err.h"
+#include "kms_time.h"
 #include "log.h"
 
 static const char *const state_names[] = {"unknown", "active", "decrypt-only", "disabled",
@@ -42,28 +42,12 @@ tenant_refuses(const struct ks_kek *kek, struct keyops_result *res)
   return 1;
 }
 
-static int64_t
-now_ms(void)
-{
-  struct timeval tv;
-  gettimeofday(&tv, NULL);
-  return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
 static void
 unload_all(struct worker_ctx *w, const hsm_key *keys, size_t n)
 {
   for (size_t i = 0; i < n; i++) {
     hsm_kek_unload(w->hs, keys[i]);
   }
-}
-
-static int64_t
-mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /*
@@ -140,9 +124,8 @@ fresh(const struct keyops *k, struct worker_ctx *w, const char *tenant_id, kekca
   *e = NULL;
 }
 
-/* Returns the pinned cache entry for |kek|, loading its token into the HSM on a miss. */
-static int
-kek_acquire(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
+int
+keyops_kek_acquire(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
             kekcache_entry **out)
 {
   *out = kekcache_get(k->cache, kek->tenant_id, kek->version);
@@ -179,7 +162,7 @@ keyops_create_tenant(const struct keyops *k, struct worker_ctx *w,
   kek.version = 1;
   kek.state = KS_KEK_ACTIVE;
   kek.root_version = 1;
-  kek.created_ms = now_ms();
+  kek.created_ms = kms_now_ms();
   hsm_delay(k);
   int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
   if (r != KMS_OK) {
@@ -198,13 +181,8 @@ keyops_create_tenant(const struct keyops *k, struct worker_ctx *w,
   return KMS_OK;
 }
 
-/*
- * Forced rotation when the current version's use budget is spent: a new KEK
- * version, generated in the HSM, recorded in one transaction. If another
- * worker (or replica) rotated first, its version is used.
- */
-static int
-rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old)
+int
+keyops_rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old)
 {
   struct ks_kek kek;
   memset(&kek, 0, sizeof(kek));
@@ -212,7 +190,7 @@ rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old)
   kek.version = old->version + 1;
   kek.state = KS_KEK_ACTIVE;
   kek.root_version = old->root_version;
-  kek.created_ms = now_ms();
+  kek.created_ms = kms_now_ms();
   int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
   if (r != KMS_OK) {
     return r;
@@ -228,12 +206,8 @@ rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old)
   return r;
 }
 
-/*
- * Spends one use of |kek|. Returns KMS_OK, or KMS_ERR_KEY_LIMIT once the
- * version's budget is exhausted (the caller rotates and retries).
- */
-static int
-spend_use(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
+int
+keyops_spend_use(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
           kekcache_entry *e)
 {
   if (kekcache_take_use(k->cache, e)) {
@@ -275,7 +249,7 @@ static int
 current_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
             struct ks_kek *kek, kekcache_entry **out)
 {
-  int64_t now = mono_ms();
+  int64_t now = kms_mono_ms();
   *out = NULL;
   if (k->state_ttl_ms > 0) {
     *out = kekcache_get_current(k->cache, tenant_id, now, k->state_ttl_ms, &kek->state,
@@ -292,7 +266,7 @@ current_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
   if (r != KMS_OK || kek->tenant_state != KS_TENANT_ACTIVE || kek->state != KS_KEK_ACTIVE) {
     return r;
   }
-  r = kek_acquire(k, w, kek, out);
+  r = keyops_kek_acquire(k, w, kek, out);
   if (r == KMS_OK) {
     kekcache_set_state(k->cache, *out, kek->state, kek->tenant_state, 1, now, epoch);
   }
@@ -308,7 +282,7 @@ static int
 version_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
             uint32_t version, struct ks_kek *kek, kekcache_entry **out)
 {
-  int64_t now = mono_ms();
+  int64_t now = kms_mono_ms();
   *out = kekcache_get(k->cache, tenant_id, version);
   fresh(k, w, tenant_id, out);
   if (*out != NULL && k->state_ttl_ms > 0 &&
@@ -322,7 +296,7 @@ version_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
   int usable = r == KMS_OK && kek->tenant_state == KS_TENANT_ACTIVE &&
                (kek->state == KS_KEK_ACTIVE || kek->state == KS_KEK_DECRYPT_ONLY);
   if (usable && *out == NULL) {
-    r = kek_acquire(k, w, kek, out);
+    r = keyops_kek_acquire(k, w, kek, out);
   }
   if (r == KMS_OK && *out != NULL) {
     kekcache_set_state(k->cache, *out, kek->state, kek->tenant_state, 0, now, epoch);
@@ -363,11 +337,11 @@ keyops_generate(const struct keyops *k, struct worker_ctx *w, struct keyops_resu
       r = KMS_ERR_FAILED_PRECONDITION;
       goto out;
     }
-    r = e != NULL ? KMS_OK : kek_acquire(k, w, &kek, &e);
+    r = e != NULL ? KMS_OK : keyops_kek_acquire(k, w, &kek, &e);
     if (r != KMS_OK) {
       goto out;
     }
-    r = spend_use(k, w, &kek, e);
+    r = keyops_spend_use(k, w, &kek, e);
     if (r != KMS_ERR_KEY_LIMIT || attempt >= 2) {
       break;
     }
@@ -376,7 +350,7 @@ keyops_generate(const struct keyops *k, struct worker_ctx *w, struct keyops_resu
     /* A cached |kek| has no token fields: rotation reads the version in full. */
     r = keystore_kek_get(w->ks, tenant_id, kek.version, &kek);
     if (r == KMS_OK) {
-      r = rotate_for_limit(w, &kek);
+      r = keyops_rotate_for_limit(w, &kek);
     }
     keyops_forget_state(k); /* the newest version changed, here or elsewhere */
     if (r != KMS_OK) {
@@ -470,7 +444,7 @@ keyops_decrypt(const struct keyops *k, struct worker_ctx *w, struct keyops_resul
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
   }
-  r = e != NULL ? KMS_OK : kek_acquire(k, w, &kek, &e);
+  r = e != NULL ? KMS_OK : keyops_kek_acquire(k, w, &kek, &e);
   if (r != KMS_OK) {
     goto out;
   }
@@ -555,17 +529,17 @@ keyops_reencrypt(const struct keyops *k, struct worker_ctx *w, struct keyops_res
       r = KMS_OK;
       goto out;
     }
-    r = kek_acquire(k, w, &kek, &e);
+    r = keyops_kek_acquire(k, w, &kek, &e);
     if (r != KMS_OK) {
       goto out;
     }
-    r = spend_use(k, w, &kek, e);
+    r = keyops_spend_use(k, w, &kek, e);
     if (r != KMS_ERR_KEY_LIMIT || attempt >= 2 || target != 0) {
       break;
     }
     kekcache_release(k->cache, e);
     e = NULL;
-    r = rotate_for_limit(w, &kek);
+    r = keyops_rotate_for_limit(w, &kek);
     if (r != KMS_OK) {
       goto out;
     }

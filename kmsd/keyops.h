@@ -65,6 +65,35 @@ int keyops_health(const struct keyops *k, struct worker_ctx *w, struct keyops_re
  */
 void keyops_forget_state(const struct keyops *k);
 
+/*
+ * The KEK helpers below are shared with sessions.c, so a session key counts
+ * against the same cache and the same NIST use budget as a data key.
+ *
+ * keyops_kek_acquire returns in |*out| the pinned cache entry for |kek|
+ * (kekcache_release it), loading its key token into the HSM on a miss or when
+ * the cached handle died in an HSM reset. A token that no longer unwraps is
+ * logged and answered KMS_ERR_INTERNAL.
+ */
+int keyops_kek_acquire(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
+                       kekcache_entry **out);
+
+/*
+ * keyops_spend_use spends one use of |kek| (loaded as |e|), reserving a block
+ * in the keystore when this process has none left. Returns KMS_OK, or
+ * KMS_ERR_KEY_LIMIT once the version's budget is exhausted (the caller
+ * rotates with keyops_rotate_for_limit and retries).
+ */
+int keyops_spend_use(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
+                     kekcache_entry *e);
+
+/*
+ * keyops_rotate_for_limit is the forced rotation when |old|'s use budget is
+ * spent: a new KEK version, generated in the HSM, recorded in one
+ * transaction. Returns KMS_OK also when another worker (or replica) rotated
+ * first; the caller reads the current version again.
+ */
+int keyops_rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old);
+
 /* keyops_result_clear wipes and frees what |res| holds. */
 void keyops_result_clear(struct keyops_result *res);
 

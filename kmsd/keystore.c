@@ -1,7 +1,6 @@
 /* Keystore front end: picks a backend by URL scheme and checks arguments before dispatching. */
 #include "keystore.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -17,20 +16,6 @@ static const struct keystore_ops *const backends[] = {
 
 /* Longest scheme we echo back in an error message. */
 #define SCHEME_ECHO_MAX 32
-
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t err_len, const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL || err_len == 0) {
-    return;
-  }
-  va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
-  va_end(ap);
-}
 
 /* A tenant id is 1..KS_TENANT_ID_MAX bytes; the wire layer has checked its characters. */
 static int valid_tenant_id(const char *tenant_id) {
@@ -83,18 +68,18 @@ int keystore_open(keystore **out, const char *url, char *err, size_t err_len) {
     err[0] = '\0';
   }
   if (out == NULL) {
-    set_err(err, err_len, "keystore_open: no output handle");
+    kms_set_err(err, err_len, "keystore_open: no output handle");
     return KMS_ERR_INVALID_ARGUMENT;
   }
   *out = NULL;
   if (url == NULL) {
-    set_err(err, err_len, "no keystore URL configured");
+    kms_set_err(err, err_len, "no keystore URL configured");
     r = KMS_ERR_CONFIG;
     goto out;
   }
   colon = strchr(url, ':');
   if (colon == NULL || colon == url) {
-    set_err(err, err_len, "keystore URL has no scheme (expected e.g. sqlite:/path/to/kms.db)");
+    kms_set_err(err, err_len, "keystore URL has no scheme (expected e.g. sqlite:/path/to/kms.db)");
     r = KMS_ERR_CONFIG;
     goto out;
   }
@@ -111,7 +96,7 @@ int keystore_open(keystore **out, const char *url, char *err, size_t err_len) {
      * Echo only the scheme: the rest of a URL (a PostgreSQL one, say) may carry
      * a password, and this message goes to the log.
      */
-    set_err(err, err_len, "unknown keystore URL scheme \"%.*s\" (supported: sqlite)",
+    kms_set_err(err, err_len, "unknown keystore URL scheme \"%.*s\" (supported: sqlite)",
             (int)(scheme_len < SCHEME_ECHO_MAX ? scheme_len : SCHEME_ECHO_MAX), url);
     r = KMS_ERR_CONFIG;
     goto out;
@@ -617,4 +602,16 @@ int keystore_rewrap_commit(keystore *ks, const struct ks_rewrap_job *job,
     return KMS_ERR_INVALID_ARGUMENT;
   }
   return ks->ops->rewrap_commit(ks, job, u, n, after, done, out_moved, out_stale);
+}
+
+int
+keystore_backup(keystore *ks, const char *path)
+{
+  if (ks == NULL || path == NULL || path[0] == '\0') {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks->ops->backup == NULL) {
+    return KMS_ERR_UNIMPLEMENTED;
+  }
+  return ks->ops->backup(ks, path);
 }

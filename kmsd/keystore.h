@@ -321,6 +321,16 @@ int keystore_destroy(keystore *ks, const char *tenant_id, uint32_t version, int6
  */
 int keystore_shred_sync(keystore *ks);
 
+/*
+ * keystore_backup writes a consistent snapshot of the whole keystore to |path|
+ * while other handles keep reading and writing: for SQLite, the online backup
+ * API copies every page from one read snapshot into |path|.tmp, which is
+ * fsynced and renamed to |path| (then the directory is fsynced). An existing
+ * |path| is replaced. KMS_ERR_UNAVAILABLE if the database stayed busy, KMS_ERR_IO
+ * if the file could not be written (the temporary file is removed).
+ */
+int keystore_backup(keystore *ks, const char *path);
+
 /* keystore_receipt_list lists destruction receipts, oldest first (tenant NULL/"": all). */
 int keystore_receipt_list(keystore *ks, const char *tenant_id, struct ks_receipt **out,
                           size_t *out_n);
@@ -521,6 +531,7 @@ struct keystore_ops {
   int (*rewrap_commit)(keystore *ks, const struct ks_rewrap_job *job,
                        const struct ks_rewrap_update *u, size_t n, const char *after, int done,
                        size_t *out_moved, int *out_stale);
+  int (*backup)(keystore *ks, const char *path); /* NULL: the backend cannot */
 };
 
 /* Every backend's handle starts with this, so keystore.c can dispatch. */

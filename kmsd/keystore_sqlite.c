@@ -15,6 +15,7 @@
 #include <sqlite3.h>
 
 #include "kms_err.h"
+#include "kms_time.h"
 
 /*
  * Durability and concurrency model:
@@ -255,29 +256,6 @@ static struct keystore_sqlite *ks_sqlite(keystore *ks) {
   return (struct keystore_sqlite *)ks;
 }
 
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t err_len, const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL || err_len == 0) {
-    return;
-  }
-  va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
-  va_end(ap);
-}
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-
-  if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-    return 0;
-  }
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * map_rc turns an (extended) SQLite result code into ours. Busy, locked, I/O
  * and disk-full failures are transient and the transaction was rolled back, so
@@ -470,7 +448,7 @@ static int create_private(const char *path, char *err, size_t err_len) {
     goto out;
   }
   if (errno != ENOENT) {
-    set_err(err, err_len, "keystore %s: %s", path, strerror(errno));
+    kms_set_err(err, err_len, "keystore %s: %s", path, strerror(errno));
     r = KMS_ERR_IO;
     goto out;
   }
@@ -481,14 +459,14 @@ static int create_private(const char *path, char *err, size_t err_len) {
   memcpy(tmp, path, strlen(path));
   memcpy(tmp + strlen(path), suffix, sizeof(suffix));
   if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
-    set_err(err, err_len, "cannot create keystore %s: %s", path, strerror(errno));
+    kms_set_err(err, err_len, "cannot create keystore %s: %s", path, strerror(errno));
     r = KMS_ERR_IO;
     goto out;
   }
   created = 1;
   /* mkostemp already asks for 0600; an odd umask could leave less. */
   if (fchmod(fd, S_IRUSR | S_IWUSR) != 0) {
-    set_err(err, err_len, "cannot chmod keystore %s: %s", path, strerror(errno));
+    kms_set_err(err, err_len, "cannot chmod keystore %s: %s", path, strerror(errno));
     r = KMS_ERR_IO;
     goto out;
   }
@@ -496,7 +474,7 @@ static int create_private(const char *path, char *err, size_t err_len) {
   fd = -1;
   /* link, unlike rename, never replaces a file another opener just created. */
   if (link(tmp, path) != 0 && errno != EEXIST) {
-    set_err(err, err_len, "cannot create keystore %s: %s", path, strerror(errno));
+    kms_set_err(err, err_len, "cannot create keystore %s: %s", path, strerror(errno));
     r = KMS_ERR_IO;
     goto out;
   }
@@ -521,20 +499,20 @@ static int pragma_expect(struct keystore_sqlite *ks, const char *sql, const char
 
   rc = sqlite3_prepare_v2(ks->db, sql, -1, &st, NULL);
   if (rc != SQLITE_OK) {
-    set_err(err, err_len, "keystore: %s: %s", sql, sqlite3_errmsg(ks->db));
+    kms_set_err(err, err_len, "keystore: %s: %s", sql, sqlite3_errmsg(ks->db));
     r = map_rc(rc);
     goto out;
   }
   rc = sqlite3_step(st);
   if (rc != SQLITE_ROW) {
-    set_err(err, err_len, "keystore: %s: %s", sql,
+    kms_set_err(err, err_len, "keystore: %s: %s", sql,
             rc == SQLITE_DONE ? "not supported by this SQLite" : sqlite3_errmsg(ks->db));
     r = rc == SQLITE_DONE ? KMS_ERR_INTERNAL : map_rc(rc);
     goto out;
   }
   got = sqlite3_column_text(st, 0);
   if (got == NULL || strcasecmp((const char *)got, want) != 0) {
-    set_err(err, err_len, "keystore: %s gave \"%s\", need \"%s\"", sql,
+    kms_set_err(err, err_len, "keystore: %s gave \"%s\", need \"%s\"", sql,
             got != NULL ? (const char *)got : "", want);
     r = KMS_ERR_INTERNAL;
     goto out;
@@ -549,19 +527,10 @@ static int exec_sql(struct keystore_sqlite *ks, const char *sql, char *err, size
   int rc = sqlite3_exec(ks->db, sql, NULL, NULL, NULL);
 
   if (rc != SQLITE_OK) {
-    set_err(err, err_len, "keystore: %.60s: %s", sql, sqlite3_errmsg(ks->db));
+    kms_set_err(err, err_len, "keystore: %.60s: %s", sql, sqlite3_errmsg(ks->db));
     return map_rc(rc);
   }
   return KMS_OK;
-}
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-
-  if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
-    return 0;
-  }
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /*
@@ -574,13 +543,13 @@ static int64_t mono_ms(void) {
  */
 static int set_wal(struct keystore_sqlite *ks, char *err, size_t err_len) {
   const struct timespec pause = {0, 10 * 1000 * 1000};
-  int64_t deadline = mono_ms() + BUSY_TIMEOUT_MS;
+  int64_t deadline = kms_mono_ms() + BUSY_TIMEOUT_MS;
   int r;
 
   for (;;) {
     /* journal_mode answers with the mode in force; it stays put if it could not switch. */
     r = pragma_expect(ks, "PRAGMA journal_mode=WAL", "wal", err, err_len);
-    if (r != KMS_ERR_UNAVAILABLE || mono_ms() >= deadline) {
+    if (r != KMS_ERR_UNAVAILABLE || kms_mono_ms() >= deadline) {
       return r;
     }
     nanosleep(&pause, NULL);
@@ -591,7 +560,7 @@ static int configure(struct keystore_sqlite *ks, char *err, size_t err_len) {
   int r = KMS_ERR_INTERNAL;
 
   if (sqlite3_busy_timeout(ks->db, BUSY_TIMEOUT_MS) != SQLITE_OK) {
-    set_err(err, err_len, "keystore: cannot set busy timeout");
+    kms_set_err(err, err_len, "keystore: cannot set busy timeout");
     goto out;
   }
   if ((r = set_wal(ks, err, err_len)) != KMS_OK) {
@@ -665,7 +634,7 @@ static int migrate(struct keystore_sqlite *ks, char *err, size_t err_len) {
     }
     rc = sqlite3_prepare_v2(ks->db, "SELECT max(version) FROM schema_version", -1, &st, NULL);
     if (rc != SQLITE_OK) {
-      set_err(err, err_len, "keystore: reading schema version: %s", sqlite3_errmsg(ks->db));
+      kms_set_err(err, err_len, "keystore: reading schema version: %s", sqlite3_errmsg(ks->db));
       r = map_rc(rc);
       goto out;
     }
@@ -673,12 +642,12 @@ static int migrate(struct keystore_sqlite *ks, char *err, size_t err_len) {
     sqlite3_finalize(st);
     st = NULL;
     if (r != KMS_OK) {
-      set_err(err, err_len, "keystore: cannot read schema version: %s", sqlite3_errmsg(ks->db));
+      kms_set_err(err, err_len, "keystore: cannot read schema version: %s", sqlite3_errmsg(ks->db));
       goto out;
     }
     if (version > SCHEMA_VERSION_LATEST) {
       /* A newer kmsd wrote this; running old code on it could lose data. */
-      set_err(err, err_len,
+      kms_set_err(err, err_len,
               "keystore schema version %d is newer than this kmsd supports (%d); "
               "refusing to downgrade",
               version, SCHEMA_VERSION_LATEST);
@@ -696,8 +665,8 @@ static int migrate(struct keystore_sqlite *ks, char *err, size_t err_len) {
                             "INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)",
                             -1, &st, NULL);
     if (rc != SQLITE_OK || sqlite3_bind_int(st, 1, version + 1) != SQLITE_OK ||
-        sqlite3_bind_int64(st, 2, now_ms()) != SQLITE_OK) {
-      set_err(err, err_len, "keystore: recording migration %d: %s", version + 1,
+        sqlite3_bind_int64(st, 2, kms_now_ms()) != SQLITE_OK) {
+      kms_set_err(err, err_len, "keystore: recording migration %d: %s", version + 1,
               sqlite3_errmsg(ks->db));
       r = rc != SQLITE_OK ? map_rc(rc) : KMS_ERR_INTERNAL;
       goto out;
@@ -706,7 +675,7 @@ static int migrate(struct keystore_sqlite *ks, char *err, size_t err_len) {
     sqlite3_finalize(st);
     st = NULL;
     if (rc != SQLITE_DONE) {
-      set_err(err, err_len, "keystore: recording migration %d: %s", version + 1,
+      kms_set_err(err, err_len, "keystore: recording migration %d: %s", version + 1,
               sqlite3_errmsg(ks->db));
       r = map_rc(rc);
       goto out;
@@ -745,7 +714,7 @@ static int sqlite_open(keystore **out, const char *location, char *err, size_t e
   /* Accept sqlite:///abs/path too (an empty URL authority), but no host. */
   if (strncmp(path, "//", 2) == 0) {
     if (path[2] != '/') {
-      set_err(err, err_len, "sqlite keystore URL takes a path, not a host: use sqlite:/path");
+      kms_set_err(err, err_len, "sqlite keystore URL takes a path, not a host: use sqlite:/path");
       r = KMS_ERR_CONFIG;
       goto out;
     }
@@ -753,7 +722,7 @@ static int sqlite_open(keystore **out, const char *location, char *err, size_t e
   }
   /* Keys must be durable and shared across handles: no in-memory or temporary databases. */
   if (path[0] == '\0' || strcmp(path, ":memory:") == 0) {
-    set_err(err, err_len, "sqlite keystore URL needs a file path: use sqlite:/path");
+    kms_set_err(err, err_len, "sqlite keystore URL needs a file path: use sqlite:/path");
     r = KMS_ERR_CONFIG;
     goto out;
   }
@@ -772,7 +741,7 @@ static int sqlite_open(keystore **out, const char *location, char *err, size_t e
   rc = sqlite3_open_v2(path, &ks->db,
                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
-    set_err(err, err_len, "cannot open keystore %s: %s", path,
+    kms_set_err(err, err_len, "cannot open keystore %s: %s", path,
             ks->db != NULL ? sqlite3_errmsg(ks->db) : sqlite3_errstr(rc));
     r = (rc & 0xff) == SQLITE_CANTOPEN || (rc & 0xff) == SQLITE_PERM ? KMS_ERR_IO : map_rc(rc);
     goto out;
@@ -789,7 +758,7 @@ static int sqlite_open(keystore **out, const char *location, char *err, size_t e
     rc = sqlite3_prepare_v3(ks->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &ks->st[i],
                             NULL);
     if (rc != SQLITE_OK) {
-      set_err(err, err_len, "keystore: preparing statement %zu: %s", i, sqlite3_errmsg(ks->db));
+      kms_set_err(err, err_len, "keystore: preparing statement %zu: %s", i, sqlite3_errmsg(ks->db));
       r = map_rc(rc);
       goto out;
     }
@@ -835,7 +804,7 @@ out:
 static int sqlite_tenant_create(keystore *base, const struct ks_kek *kek) {
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = ks->st[ST_TENANT_INSERT];
-  int64_t created = kek->created_ms != 0 ? kek->created_ms : now_ms();
+  int64_t created = kek->created_ms != 0 ? kek->created_ms : kms_now_ms();
   int r = KMS_ERR_INTERNAL;
 
   if ((r = tx_begin(ks)) != KMS_OK) {
@@ -979,7 +948,7 @@ static int add_version(keystore *base, const struct ks_kek *kek, const char *by,
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = NULL;
   struct ks_tenant tenant;
-  int64_t now = now_ms();
+  int64_t now = kms_now_ms();
   int64_t created = kek->created_ms != 0 ? kek->created_ms : now;
   int r = KMS_ERR_INTERNAL;
 
@@ -1387,7 +1356,7 @@ out:
 
 static int sqlite_event_add(keystore *base, const char *tenant_id, uint32_t version,
                             const char *event, const char *by, const char *detail) {
-  return add_event(ks_sqlite(base), tenant_id, version, event, by, detail, now_ms());
+  return add_event(ks_sqlite(base), tenant_id, version, event, by, detail, kms_now_ms());
 }
 
 /* change_locked is keystore_change_state inside the caller's transaction. */
@@ -1482,7 +1451,7 @@ static int sqlite_change_state(keystore *base, const struct ks_change *c, int *o
   if ((r = tx_begin(ks)) != KMS_OK) {
     return r;
   }
-  r = change_locked(ks, c, now_ms(), out_state);
+  r = change_locked(ks, c, kms_now_ms(), out_state);
   if (r == KMS_OK) {
     r = tx_commit(ks);
   }
@@ -1512,7 +1481,7 @@ static int sqlite_tenant_set_rotation(keystore *base, const char *tenant_id, uin
     } else {
       snprintf(detail, sizeof(detail), "rotation period: %u days", days);
     }
-    r = add_event(ks, tenant_id, 0, "rotation_period_set", by, detail, now_ms());
+    r = add_event(ks, tenant_id, 0, "rotation_period_set", by, detail, kms_now_ms());
   }
   if (r == KMS_OK) {
     r = tx_commit(ks);
@@ -1912,7 +1881,7 @@ static int sqlite_request_cancel(keystore *base, const char *tenant_id, uint32_t
   struct keystore_sqlite *ks = ks_sqlite(base);
   struct ks_request *list = NULL;
   size_t n = 0, i, done = 0;
-  int64_t now = now_ms();
+  int64_t now = kms_now_ms();
   int r;
 
   if ((r = tx_begin(ks)) != KMS_OK) {
@@ -2209,6 +2178,99 @@ static int sqlite_shred_sync(keystore *base) {
   return log_frames == ckpt_frames ? KMS_OK : KMS_ERR_UNAVAILABLE;
 }
 
+/* fsync_path opens |path| (a file or a directory) read-only and fsyncs it. */
+static int fsync_path(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int r = KMS_OK;
+
+  if (fd < 0) {
+    return KMS_ERR_IO;
+  }
+  if (fsync(fd) != 0) {
+    r = KMS_ERR_IO;
+  }
+  close(fd);
+  return r;
+}
+
+/*
+ * sqlite_backup: the online backup API copies every page in one step, i.e.
+ * from one read snapshot (WAL: writers carry on meanwhile), into a new 0600
+ * file; the copy is switched to a rollback journal so it is one
+ * self-contained file, then fsynced and renamed into place.
+ */
+static int sqlite_backup(keystore *base, const char *path) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  char tmp[4096], dir[4096];
+  sqlite3 *dst = NULL;
+  sqlite3_backup *b = NULL;
+  int r = KMS_ERR_IO, rc = SQLITE_OK, fin, fd = -1;
+  char *slash;
+
+  if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  (void)unlink(tmp);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    goto out;
+  }
+  close(fd);
+  if (sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    goto out;
+  }
+  b = sqlite3_backup_init(dst, "main", ks->db, "main");
+  if (b == NULL) {
+    r = map_rc(sqlite3_errcode(dst));
+    goto out;
+  }
+  for (int tries = 0; tries < 100; tries++) {
+    rc = sqlite3_backup_step(b, -1);
+    if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+      break;
+    }
+    sqlite3_sleep(20);
+  }
+  fin = sqlite3_backup_finish(b);
+  b = NULL;
+  if (rc != SQLITE_DONE) {
+    r = rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? KMS_ERR_UNAVAILABLE : KMS_ERR_IO;
+    goto out;
+  }
+  if (fin != SQLITE_OK ||
+      sqlite3_exec(dst, "PRAGMA journal_mode=DELETE", NULL, NULL, NULL) != SQLITE_OK) {
+    goto out;
+  }
+  if (sqlite3_close(dst) != SQLITE_OK) {
+    goto out;
+  }
+  dst = NULL;
+  if (fsync_path(tmp) != KMS_OK || rename(tmp, path) != 0) {
+    goto out;
+  }
+  snprintf(dir, sizeof(dir), "%s", path);
+  slash = strrchr(dir, '/');
+  if (slash == dir) {
+    slash[1] = '\0';
+  } else if (slash != NULL) {
+    *slash = '\0';
+  } else {
+    snprintf(dir, sizeof(dir), ".");
+  }
+  r = fsync_path(dir);
+out:
+  if (b != NULL) {
+    (void)sqlite3_backup_finish(b);
+  }
+  if (dst != NULL) {
+    (void)sqlite3_close(dst);
+  }
+  if (r != KMS_OK) {
+    (void)unlink(tmp);
+  }
+  return r;
+}
+
 static int sqlite_receipt_list(keystore *base, const char *tenant_id, struct ks_receipt **out,
                                size_t *out_n) {
   struct keystore_sqlite *ks = ks_sqlite(base);
@@ -2364,7 +2426,7 @@ static int sqlite_session_create(keystore *base, const struct ks_session *s, int
       sqlite3_bind_blob(st, 4, s->wrapped, (int)s->wrapped_len, SQLITE_STATIC) != SQLITE_OK ||
       sqlite3_bind_blob(st, 5, s->metadata_len > 0 ? (const void *)s->metadata : "",
                         (int)s->metadata_len, SQLITE_STATIC) != SQLITE_OK ||
-      sqlite3_bind_int64(st, 6, s->created_ms != 0 ? s->created_ms : now_ms()) != SQLITE_OK ||
+      sqlite3_bind_int64(st, 6, s->created_ms != 0 ? s->created_ms : kms_now_ms()) != SQLITE_OK ||
       sqlite3_bind_text(st, 7, s->created_by, -1, SQLITE_STATIC) != SQLITE_OK) {
     stmt_done(st);
     return KMS_ERR_INTERNAL;
@@ -2732,4 +2794,5 @@ const struct keystore_ops keystore_sqlite_ops = {
     .rewrap_jobs = sqlite_rewrap_jobs,
     .rewrap_batch = sqlite_rewrap_batch,
     .rewrap_commit = sqlite_rewrap_commit,
+    .backup = sqlite_backup,
 };

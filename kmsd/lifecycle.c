@@ -5,12 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <protobuf-c/protobuf-c.h>
 
 #include "keystore.h"
 #include "kms_err.h"
+#include "kms_time.h"
 #include "log.h"
 #include "sessions.h"
 
@@ -45,16 +45,6 @@ const char *
 lifecycle_tenant_state_name(int state)
 {
   return state >= 1 && state <= 4 ? tenant_states[state] : tenant_states[0];
-}
-
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-  if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-    return 0;
-  }
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* xstrdup: strings of response messages are malloc'd so free_unpacked can free them. */
@@ -269,7 +259,7 @@ rotate_now(const struct lifecycle *lc, struct worker_ctx *w, const char *by, con
   kek.version = cur.version + 1;
   kek.state = KS_KEK_ACTIVE;
   kek.root_version = cur.root_version;
-  kek.created_ms = now_ms();
+  kek.created_ms = kms_now_ms();
   r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
   if (r != KMS_OK) {
     return r;
@@ -473,7 +463,7 @@ lifecycle_list_requests(const struct lifecycle *lc, struct worker_ctx *w, const 
 
   *out = NULL;
   /* Mark what expired first, so the listing tells the truth without waiting for the timer. */
-  (void)keystore_requests_expire(w->ks, now_ms(), NULL);
+  (void)keystore_requests_expire(w->ks, kms_now_ms(), NULL);
   r = keystore_request_list(w->ks, tenant_id, include_closed, &qs, &n);
   if (r != KMS_OK) {
     goto out;
@@ -628,7 +618,7 @@ open_request(const struct lifecycle *lc, struct worker_ctx *w, const char *by, i
   q.version = version;
   q.waiting_days = days;
   snprintf(q.requested_by, sizeof(q.requested_by), "%s", by);
-  q.requested_ms = now_ms();
+  q.requested_ms = kms_now_ms();
   q.expires_ms = q.requested_ms + (int64_t)lc->cfg->approval_window_s * 1000;
   q.approvals_required = lc->cfg->approvals_required;
   r = keystore_request_create(w->ks, &q);
@@ -790,7 +780,7 @@ static int
 destroy_one(const struct lifecycle *lc, struct worker_ctx *w, const char *tenant_id,
             uint32_t version, struct ks_receipt *rc)
 {
-  int r = keystore_destroy(w->ks, tenant_id, version, now_ms(), rc);
+  int r = keystore_destroy(w->ks, tenant_id, version, kms_now_ms(), rc);
   if (r != KMS_OK) {
     return r;
   }
@@ -816,7 +806,7 @@ lifecycle_approve(const struct lifecycle *lc, struct worker_ctx *w, const char *
   int r;
 
   *out = NULL;
-  r = keystore_request_approve(w->ks, request_id, by, now_ms(), &q, &executed, &refusal);
+  r = keystore_request_approve(w->ks, request_id, by, kms_now_ms(), &q, &executed, &refusal);
   if (r == KMS_ERR_NOT_FOUND) {
     snprintf(why, why_len, "no approval request %llu", (unsigned long long)request_id);
     goto out;
@@ -1011,7 +1001,7 @@ lifecycle_tick(const struct lifecycle *lc, struct worker_ctx *w)
   struct ks_due due[TICK_DESTROY_MAX];
   struct ks_kek *rot = NULL;
   size_t n = 0, expired = 0;
-  int64_t now = now_ms();
+  int64_t now = kms_now_ms();
   char why[160];
 
   if (keystore_requests_expire(w->ks, now, &expired) == KMS_OK && expired > 0) {

@@ -3,11 +3,11 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/rand.h>
 
 #include "identity.h"
+#include "kms_time.h"
 
 #define NBUCKETS 4096            /* power of two */
 #define MAX_PRINCIPALS 65536     /* buckets kept at once */
@@ -156,12 +156,10 @@ limits_rate_allow(limits *l, const char *principal, int64_t now_ms)
 bool
 limits_rate_allow_now(limits *l, const char *principal)
 {
-  struct timespec ts;
   if (l == NULL || l->rate == 0) {
     return true;
   }
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return limits_rate_allow(l, principal, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  return limits_rate_allow(l, principal, kms_mono_ms());
 }
 
 static struct peer **

@@ -26,6 +26,7 @@
 #include "lifecycle.h"
 #include "limiter.h"
 #include "log.h"
+#include "metrics.h"
 #include "rpc.h"
 #include "selftest.h"
 #include "transport.h"
@@ -41,6 +42,7 @@ struct daemon {
   struct event *drain_timer;
   int drain_ticks;
   struct event *lifecycle_timer;
+  metrics *metrics; /* HTTP metrics and health (metrics_listen); NULL: off */
 };
 
 /*
@@ -141,6 +143,7 @@ drop_privileges(const struct kmsd_config *cfg, char *err, size_t err_len)
       {"policy", cfg->policy, R_OK},
       {"tls_key", cfg->tls_key, R_OK},
       {"tls_crl", cfg->tls_crl[0] != '\0' ? cfg->tls_crl : NULL, R_OK},
+      {"backup_dir", cfg->backup_dir[0] != '\0' ? cfg->backup_dir : NULL, R_OK | W_OK | X_OK},
   };
   for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
     if (need[i].path != NULL && access(need[i].path, need[i].mode) != 0) {
@@ -316,6 +319,16 @@ main(int argc, char **argv)
     log_msg(LOG_ERROR, "event=start_failed stage=listen reason=\"%s\"", err);
     goto out;
   }
+  if (cfg.metrics_enabled) {
+    struct metrics_sources ms = {h, &d.rpc, d.srv, cfg.keystore};
+    char mbound[128];
+    if (metrics_start(&d.metrics, d.base, cfg.metrics_host, cfg.metrics_port, &ms, mbound,
+                      sizeof(mbound), err, sizeof(err)) != KMS_OK) {
+      log_msg(LOG_ERROR, "event=start_failed stage=metrics reason=\"%s\"", err);
+      goto out;
+    }
+    log_msg(LOG_INFO, "event=metrics_ready listen=%s", mbound);
+  }
   /* Everything that needs root is open: the socket, the HSM, the keystore, the audit log. */
   if (drop_privileges(&cfg, err, sizeof(err)) != KMS_OK) {
     log_msg(LOG_ERROR, "event=start_failed stage=privileges reason=\"%s\"", err);
@@ -343,6 +356,7 @@ main(int argc, char **argv)
   log_msg(LOG_INFO, "event=stopped");
   rc = 0;
 out:
+  metrics_free(d.metrics); /* no scrape may look at what is torn down next */
   if (d.srv != NULL) {
     server_close_all(d.srv);
   }
@@ -359,6 +373,12 @@ out:
     event_free(sig_term);
     event_free(sig_int);
     event_free(sig_hup);
+  }
+  /* A closed bufferevent is finalised by a deferred callback on the loop;
+   * with nothing else registered any more, let those run so no connection's
+   * buffers outlive kmsd's own shutdown. */
+  for (int i = 0; d.base != NULL && i < 4; i++) {
+    event_base_loop(d.base, EVLOOP_NONBLOCK);
   }
   kekcache_free(d.rpc.ops.cache);
   limits_free(d.rpc.limits);

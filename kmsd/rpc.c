@@ -8,13 +8,16 @@
 #include <openssl/crypto.h>
 
 #include "audit.h"
+#include "audit_export.h"
 #include "authz.h"
+#include "backup.h"
 #include "lifecycle.h"
 #include "kms_err.h"
 #include "kms_frame.h"
 #include "kms_wire.h"
 #include "limiter.h"
 #include "log.h"
+#include "metrics.h"
 #include "sessions.h"
 
 #define KMSD_VERSION "0.1.0"
@@ -30,6 +33,7 @@ struct rpc_job {
   ProtobufCMessage *lc_msg; /* key lifecycle answers (kmsd/lifecycle.c), owned */
   struct sessions_key_info sk; /* OpenSession, GetSessionKey: besides the key in res */
   char audit_why[256];      /* Health: why the audit log is not written */
+  int64_t t0_us;            /* the frame's arrival (metrics_now_us) */
 };
 
 /* Runs on a worker; fills job->err and job->res. */
@@ -404,6 +408,37 @@ run_set_rotation_period(struct rpc_job *job, struct worker_ctx *w)
 LC_FILL(fill_set_rotation_period, TKMS__RESPONSE__RESULT_SET_ROTATION_PERIOD,
         set_rotation_period, Tkms__SetRotationPeriodResponse)
 
+/* ---- Backup (docs/RUNBOOK.md, "Backup and restore") ------------------------ */
+
+static int
+run_backup(struct rpc_job *job, struct worker_ctx *w)
+{
+  char path[CONFIG_PATH_MAX + 64], hex[BACKUP_SHA256_HEX_LEN + 1];
+  uint64_t size = 0;
+  int r = backup_snapshot(w->ks, job->rpc->cfg->backup_dir, path, sizeof(path), &size, hex,
+                          LC_WHY(job));
+  if (r != KMS_OK) {
+    return r;
+  }
+  Tkms__BackupResponse *b = malloc(sizeof(*b));
+  char *p = strdup(path), *h = strdup(hex);
+  if (b == NULL || p == NULL || h == NULL) {
+    free(b);
+    free(p);
+    free(h);
+    return KMS_ERR_ALLOC;
+  }
+  tkms__backup_response__init(b);
+  b->path = p;
+  b->size = size;
+  b->sha256 = h;
+  job->lc_msg = &b->base;
+  log_msg(LOG_INFO, "event=backup_written path=%s size=%llu sha256=%s by=%s", path,
+          (unsigned long long)size, hex, conn_principal(job->c));
+  return KMS_OK;
+}
+LC_FILL(fill_backup, TKMS__RESPONSE__RESULT_BACKUP, backup, Tkms__BackupResponse)
+
 /* What the policy sees of lifecycle requests. */
 static const char *
 tenant_rotate_key(const Tkms__Request *req)
@@ -659,6 +694,41 @@ tenant_list_sessions(const Tkms__Request *req)
   return req->list_sessions->tenant_id;
 }
 
+/* ---- Audit export (kmsd/audit_export.c; docs/AUDIT.md) --------------------------------- */
+
+static int
+run_export_audit(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__ExportAuditResponse *out = NULL;
+  (void)w;
+  if (job->rpc->audit == NULL) {
+    snprintf(job->res.message, sizeof(job->res.message), "no audit log");
+    return KMS_ERR_FAILED_PRECONDITION;
+  }
+  /* Pages stay well under a frame kmsd itself would accept. */
+  int r = audit_export_page(job->rpc->audit, job->req->export_audit, job->rpc->cfg->max_frame / 2,
+                            LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_export_audit, TKMS__RESPONSE__RESULT_EXPORT_AUDIT, export_audit,
+        Tkms__ExportAuditResponse)
+
+/* The tenant filter is the policy's tenant: a tenant-bound auditor must name its own. */
+static const char *
+tenant_export_audit(const Tkms__Request *req)
+{
+  return tenant_or_all(req->export_audit->tenant_id);
+}
+
+/* A session filter is recorded (as its HMAC) in the export's own audit record. */
+static const char *
+session_export_audit(const Tkms__Request *req)
+{
+  const char *s = req->export_audit->session_id;
+  return s != NULL && s[0] != '\0' ? s : NULL;
+}
+
 /*
  * Every callable operation. An op_case not listed here cannot be called, and
  * an entry without a policy operation stops kmsd at start.
@@ -728,6 +798,12 @@ static const struct rpc_method methods[] = {
   {.op = TKMS__REQUEST__OP_LIST_SESSIONS, .name = "ListSessions",
    .policy_ops = {"ListSessions"}, .tenant = tenant_list_sessions, .run = run_list_sessions,
    .fill = fill_list_sessions},
+  /* Diagnostics: a keystore snapshot in backup_dir (no tenant: the whole keystore). */
+  {.op = TKMS__REQUEST__OP_BACKUP, .name = "Backup", .policy_ops = {"Backup"},
+   .run = run_backup, .fill = fill_backup},
+  {.op = TKMS__REQUEST__OP_EXPORT_AUDIT, .name = "ExportAudit", .policy_ops = {"ExportAudit"},
+   .tenant = tenant_export_audit, .session = session_export_audit, .run = run_export_audit,
+   .fill = fill_export_audit},
 };
 
 /*
@@ -863,13 +939,21 @@ struct held {
   uint64_t id;
   bool must_log;    /* an OK answer acknowledges work: without its record it is not sent */
   bool close_after; /* a connection-level error: close once the answer is out */
+  const char *op;   /* metrics: operation name (static), status, times */
+  int status;
+  int64_t t0_us, submitted_us;
 };
 
 static void
 held_done(struct audit_item *item, int status)
 {
   struct held *h = (struct held *)item;
+  int64_t now = metrics_now_us();
 
+  metrics_audit_commit(now - h->submitted_us);
+  metrics_request_done(h->op, status != KMS_OK && h->must_log ? TKMS__STATUS_CODE__UNAVAILABLE
+                                                              : h->status,
+                       now - h->t0_us);
   if (status != KMS_OK && h->must_log) {
     /* Not logged means not acknowledged: the answer (it may hold a data key) is wiped. */
     OPENSSL_cleanse(h->frame, h->len);
@@ -895,7 +979,7 @@ held_done(struct audit_item *item, int status)
  */
 static void
 respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
-        uint32_t kek_version, const Tkms__Response *resp, bool close_after)
+        uint32_t kek_version, const Tkms__Response *resp, bool close_after, int64_t t0_us)
 {
   size_t n = protobuf_c_message_get_packed_size(&resp->base);
   uint8_t *frame = malloc(KMS_FRAME_HDR_LEN + n);
@@ -909,6 +993,8 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
   kms_frame_put_header(frame, (uint32_t)n);
   protobuf_c_message_pack(&resp->base, frame + KMS_FRAME_HDR_LEN);
   if (rpc->audit == NULL) {
+    metrics_request_done(m != NULL ? m->name : "unknown", (int)resp->status,
+                         metrics_now_us() - t0_us);
     conn_send(c, frame, KMS_FRAME_HDR_LEN + n);
     if (close_after) {
       conn_close_after_send(c);
@@ -945,6 +1031,10 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
   h->must_log = resp->status == TKMS__STATUS_CODE__OK &&
                 (m == NULL || m->op != TKMS__REQUEST__OP_HEALTH);
   h->close_after = close_after;
+  h->op = m != NULL ? m->name : "unknown";
+  h->status = (int)resp->status;
+  h->t0_us = t0_us;
+  h->submitted_us = metrics_now_us();
   conn_inflight_begin(c); /* the connection outlives a close until the answer is settled */
   if (audit_submit(rpc->audit, &h->item, &f) != KMS_OK) {
     held_done(&h->item, KMS_ERR_UNAVAILABLE);
@@ -953,14 +1043,15 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
 
 static void
 respond_error(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
-              uint64_t request_id, int err, const char *message, bool close_after)
+              uint64_t request_id, int err, const char *message, bool close_after,
+              int64_t t0_us)
 {
   Tkms__Response resp;
   tkms__response__init(&resp);
   resp.request_id = request_id;
   resp.status = (Tkms__StatusCode)kms_err_to_status(err);
   resp.message = (char *)(message != NULL && message[0] != '\0' ? message : kms_strerror(err));
-  respond(rpc, c, req, m, 0, &resp, close_after);
+  respond(rpc, c, req, m, 0, &resp, close_after, t0_us);
 }
 
 static void
@@ -986,7 +1077,7 @@ job_work(struct work_item *item, struct worker_ctx *w)
   int session_op = op >= TKMS__REQUEST__OP_OPEN_SESSION && op <= TKMS__REQUEST__OP_LIST_SESSIONS;
   if (op != TKMS__REQUEST__OP_HEALTH && op != TKMS__REQUEST__OP_CREATE_TENANT &&
       op != TKMS__REQUEST__OP_GENERATE_DATA_KEY && op != TKMS__REQUEST__OP_DECRYPT &&
-      !session_op) {
+      !session_op && op != TKMS__REQUEST__OP_EXPORT_AUDIT) {
     keyops_forget_state(&job->rpc->ops);
   }
 }
@@ -1003,7 +1094,8 @@ job_done(struct work_item *item)
     log_msg(level, "event=request_failed id=%llu method=%s principal=%s code=%d reason=\"%s\"",
             (unsigned long long)id, job->method->name, conn_principal(c), job->err,
             kms_strerror(job->err));
-    respond_error(job->rpc, c, job->req, job->method, id, job->err, job->res.message, false);
+    respond_error(job->rpc, c, job->req, job->method, id, job->err, job->res.message, false,
+                  job->t0_us);
   } else {
     union {
       Tkms__HealthResponse h;
@@ -1018,7 +1110,7 @@ job_done(struct work_item *item)
     resp.request_id = id;
     resp.status = TKMS__STATUS_CODE__OK;
     job->method->fill(job, &resp, &storage);
-    respond(job->rpc, c, job->req, job->method, job->res.kek_version, &resp, false);
+    respond(job->rpc, c, job->req, job->method, job->res.kek_version, &resp, false, job->t0_us);
     OPENSSL_cleanse(&storage, sizeof(storage));
   }
   job_free(job);
@@ -1029,11 +1121,12 @@ void
 rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
 {
   const char *why = "";
+  int64_t t0 = metrics_now_us();
   Tkms__Request *req = tkms__request__unpack(NULL, len, payload);
   if (req == NULL) {
     log_msg(LOG_INFO, "event=bad_frame peer=%s principal=%s reason=undecodable",
             conn_peer(c), conn_principal(c));
-    respond_error(rpc, c, NULL, NULL, 0, KMS_ERR_PROTOCOL, "malformed request", true);
+    respond_error(rpc, c, NULL, NULL, 0, KMS_ERR_PROTOCOL, "malformed request", true, t0);
     return;
   }
   int r = kms_wire_request_check(req, &why);
@@ -1043,7 +1136,7 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
     why = "unknown method";
   }
   if (r != KMS_OK) {
-    respond_error(rpc, c, req, find_method(req->op_case), req->request_id, r, why, false);
+    respond_error(rpc, c, req, find_method(req->op_case), req->request_id, r, why, false, t0);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
@@ -1052,7 +1145,7 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
     log_msg(LOG_DEBUG, "event=rate_limited id=%llu principal=%s peer=%s",
             (unsigned long long)req->request_id, conn_principal(c), conn_peer(c));
     respond_error(rpc, c, req, m, req->request_id, KMS_ERR_RESOURCE_EXHAUSTED,
-                  "rate limit exceeded", false);
+                  "rate limit exceeded", false, t0);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
@@ -1067,13 +1160,13 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
             "event=denied id=%llu method=%s operation=%s tenant=%s principal=%s peer=%s rule=%s",
             (unsigned long long)req->request_id, m->name, az.operation,
             az.tenant != NULL ? az.tenant : "-", conn_principal(c), conn_peer(c), rule);
-    respond_error(rpc, c, req, m, req->request_id, r, "permission denied", false);
+    respond_error(rpc, c, req, m, req->request_id, r, "permission denied", false, t0);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
   if (rpc->draining) {
     respond_error(rpc, c, req, m, req->request_id, KMS_ERR_UNAVAILABLE, "kmsd is shutting down",
-                  false);
+                  false, t0);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
@@ -1081,13 +1174,13 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
   if (rpc->audit != NULL && m->op != TKMS__REQUEST__OP_HEALTH &&
       !audit_healthy(rpc->audit, NULL, 0)) {
     respond_error(rpc, c, req, m, req->request_id, KMS_ERR_UNAVAILABLE, "audit log unavailable",
-                  false);
+                  false, t0);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
   struct rpc_job *job = calloc(1, sizeof(*job));
   if (job == NULL) {
-    respond_error(rpc, c, req, m, req->request_id, KMS_ERR_ALLOC, NULL, false);
+    respond_error(rpc, c, req, m, req->request_id, KMS_ERR_ALLOC, NULL, false, t0);
     tkms__request__free_unpacked(req, NULL);
     return;
   }
@@ -1097,10 +1190,11 @@ rpc_on_frame(struct rpc *rpc, conn *c, const uint8_t *payload, size_t len)
   job->c = c;
   job->req = req;
   job->method = m;
+  job->t0_us = t0;
   r = workers_submit(rpc->pool, &job->item);
   if (r != KMS_OK) {
     respond_error(rpc, c, req, m, req->request_id, r,
-                  r == KMS_ERR_RESOURCE_EXHAUSTED ? "server busy" : NULL, false);
+                  r == KMS_ERR_RESOURCE_EXHAUSTED ? "server busy" : NULL, false, t0);
     job->c = NULL;
     job_free(job);
     return;

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -15,6 +14,7 @@
 #include "dekwrap.h"
 #include "keystore.h"
 #include "kms_err.h"
+#include "kms_time.h"
 #include "kms_wire.h"
 #include "lifecycle.h"
 #include "log.h"
@@ -28,24 +28,6 @@ _Static_assert(KMS_SESSION_ID_MAX == KS_SESSION_ID_MAX, "one limit for session i
 _Static_assert(SESSIONS_AAD_MAX == sizeof(SESSIONS_AAD_LABEL) - 1 + 1 + KMS_TENANT_ID_MAX + 1 +
                                        KMS_SESSION_ID_MAX + 4,
                "SESSIONS_AAD_MAX");
-
-static int64_t
-now_ms(void)
-{
-  struct timespec ts;
-  if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-    return 0;
-  }
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t
-mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int
 sessions_aad(uint8_t *out, size_t cap, size_t *out_len, const char *tenant_id,
@@ -76,91 +58,12 @@ sessions_aad(uint8_t *out, size_t cap, size_t *out_len, const char *tenant_id,
   return KMS_OK;
 }
 
-/* ---- KEKs: load, budget, forced rotation --------------------------------------------- */
+/* ---- KEKs: states ------------------------------------------------------------------ */
 
 /*
- * These three mirror keyops.c's static helpers (kek_acquire, spend_use,
- * rotate_for_limit) for the session AAD; they share its cache and use budget,
- * so a session wrap counts against the same NIST limit as a data key.
+ * Loading, the use budget and forced rotation are keyops' (keyops.h): a session
+ * wrap shares the data keys' cache and counts against the same NIST limit.
  */
-static int
-kek_acquire(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
-            kekcache_entry **out)
-{
-  *out = kekcache_get(k->cache, kek->tenant_id, kek->version);
-  if (*out != NULL) {
-    return KMS_OK;
-  }
-  hsm_key key;
-  int r = hsm_kek_load(w->hs, kek->token, kek->token_len, kek->wrap_mech, &key);
-  if (r != KMS_OK) {
-    if (r == KMS_ERR_DECRYPT) {
-      log_msg(LOG_ERROR, "event=kek_load_failed tenant=%s version=%u reason=token_rejected",
-              kek->tenant_id, kek->version);
-      return KMS_ERR_INTERNAL;
-    }
-    return r;
-  }
-  hsm_key unload[2];
-  size_t n_unload = 0;
-  *out = kekcache_put(k->cache, kek->tenant_id, kek->version, key, unload, &n_unload);
-  for (size_t i = 0; i < n_unload; i++) {
-    hsm_kek_unload(w->hs, unload[i]);
-  }
-  return *out != NULL ? KMS_OK : KMS_ERR_ALLOC;
-}
-
-/* Spends |n| uses of |kek| (reserved in the keystore before use); KMS_ERR_KEY_LIMIT if spent. */
-static int
-spend_uses(const struct keyops *k, struct worker_ctx *w, const struct ks_kek *kek,
-           kekcache_entry *e, uint64_t n)
-{
-  uint64_t total = 0;
-  while (n > 0 && kekcache_take_use(k->cache, e)) {
-    n--;
-  }
-  if (n == 0) {
-    return KMS_OK;
-  }
-  uint64_t block = k->reserve_block > n ? k->reserve_block : n;
-  int r = keystore_kek_reserve_uses(w->ks, kek->tenant_id, kek->version, block, k->max_uses,
-                                    &total);
-  if (r == KMS_ERR_KEY_LIMIT && block > n) {
-    block = n;
-    r = keystore_kek_reserve_uses(w->ks, kek->tenant_id, kek->version, block, k->max_uses,
-                                  &total);
-  }
-  if (r != KMS_OK) {
-    return r;
-  }
-  kekcache_grant_uses(k->cache, e, block - n);
-  return KMS_OK;
-}
-
-static int
-rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old)
-{
-  struct ks_kek kek;
-  memset(&kek, 0, sizeof(kek));
-  memcpy(kek.tenant_id, old->tenant_id, sizeof(kek.tenant_id));
-  kek.version = old->version + 1;
-  kek.state = KS_KEK_ACTIVE;
-  kek.root_version = old->root_version;
-  kek.created_ms = now_ms();
-  int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
-  if (r != KMS_OK) {
-    return r;
-  }
-  r = keystore_kek_add_version(w->ks, &kek);
-  if (r == KMS_ERR_ALREADY_EXISTS) {
-    return KMS_OK; /* another worker rotated first */
-  }
-  if (r == KMS_OK) {
-    log_msg(LOG_INFO, "event=kek_rotated tenant=%s version=%u reason=use_limit", kek.tenant_id,
-            kek.version);
-  }
-  return r;
-}
 
 /* Says why a tenant or KEK version refuses service (the words of docs/LIFECYCLE.md). */
 static int
@@ -352,16 +255,16 @@ sessions_open(const struct keyops *k, struct worker_ctx *w, const char *by,
     if ((r = refuse_state(&kek, 1, res->message, sizeof(res->message))) != KMS_OK) {
       goto out;
     }
-    if ((r = kek_acquire(k, w, &kek, &e)) != KMS_OK) {
+    if ((r = keyops_kek_acquire(k, w, &kek, &e)) != KMS_OK) {
       goto out;
     }
-    r = spend_uses(k, w, &kek, e, 1);
+    r = keyops_spend_use(k, w, &kek, e);
     if (r != KMS_ERR_KEY_LIMIT || attempt >= 2) {
       break;
     }
     kekcache_release(k->cache, e);
     e = NULL;
-    r = rotate_for_limit(w, &kek);
+    r = keyops_rotate_for_limit(w, &kek);
     keyops_forget_state(k); /* the newest version changed */
     if (r != KMS_OK) {
       goto out;
@@ -388,7 +291,7 @@ sessions_open(const struct keyops *k, struct worker_ctx *w, const char *by,
   snprintf(s->session_id, sizeof(s->session_id), "%s", req->session_id);
   snprintf(s->created_by, sizeof(s->created_by), "%s", by);
   s->kek_version = kek.version;
-  s->created_ms = now_ms();
+  s->created_ms = kms_now_ms();
   r = keystore_session_create(w->ks, s, &existing);
   if (r == KMS_ERR_ALREADY_EXISTS) {
     snprintf(res->message, sizeof(res->message), "session %s of tenant %s already exists (%s)",
@@ -443,7 +346,7 @@ sessions_get_key(const struct keyops *k, struct worker_ctx *w,
   if ((r = refuse_state(&kek, 0, res->message, sizeof(res->message))) != KMS_OK) {
     goto out;
   }
-  if ((r = kek_acquire(k, w, &kek, &e)) != KMS_OK) {
+  if ((r = keyops_kek_acquire(k, w, &kek, &e)) != KMS_OK) {
     goto out;
   }
   if ((key = kms_secret_new(DEKWRAP_KEY_LEN)) == NULL) {
@@ -516,7 +419,7 @@ sessions_close(struct worker_ctx *w, const char *by, const Tkms__CloseSessionReq
   if ((s = calloc(1, sizeof(*s))) == NULL) {
     goto out;
   }
-  r = keystore_session_close(w->ks, req->tenant_id, req->session_id, by, now_ms(), s);
+  r = keystore_session_close(w->ks, req->tenant_id, req->session_id, by, kms_now_ms(), s);
   if (r == KMS_ERR_NOT_FOUND) {
     snprintf(why, why_len, "session not found");
   } else if (r == KMS_ERR_FAILED_PRECONDITION) {
@@ -557,7 +460,7 @@ sessions_shred(struct worker_ctx *w, const char *by, const Tkms__ShredSessionReq
 
   *out = NULL;
   *out_kek_version = 0;
-  r = keystore_session_shred(w->ks, req->tenant_id, req->session_id, by, now_ms(), &rc);
+  r = keystore_session_shred(w->ks, req->tenant_id, req->session_id, by, kms_now_ms(), &rc);
   if (r == KMS_ERR_NOT_FOUND) {
     snprintf(why, why_len, "session not found");
   } else if (r == KMS_ERR_FAILED_PRECONDITION) {
@@ -712,7 +615,7 @@ rewrap_batch(const struct keyops *k, struct worker_ctx *w, const struct ks_rewra
   if (r != KMS_OK) {
     goto out;
   }
-  if ((r = kek_acquire(k, w, &target, &te)) != KMS_OK ||
+  if ((r = keyops_kek_acquire(k, w, &target, &te)) != KMS_OK ||
       (key = kms_secret_new(DEKWRAP_KEY_LEN)) == NULL) {
     goto out;
   }
@@ -726,7 +629,7 @@ rewrap_batch(const struct keyops *k, struct worker_ctx *w, const struct ks_rewra
       se = NULL;
       if (keystore_kek_get(w->ks, job->tenant_id, s->kek_version, &src) != KMS_OK ||
           refuse_state(&src, 0, scratch, sizeof(scratch)) != KMS_OK ||
-          kek_acquire(k, w, &src, &se) != KMS_OK) {
+          keyops_kek_acquire(k, w, &src, &se) != KMS_OK) {
         /* A disabled source version: this key stays where it is (docs/SESSIONS.md). */
         log_msg(LOG_WARN, "event=session_rewrap_skipped tenant=%s version=%u", job->tenant_id,
                 s->kek_version);
@@ -735,7 +638,7 @@ rewrap_batch(const struct keyops *k, struct worker_ctx *w, const struct ks_rewra
     }
     if (unwrap(w, se, job->tenant_id, s->session_id, s->wrapped, s->wrapped_len,
                kms_secret_data(key)) != KMS_OK ||
-        spend_uses(k, w, &target, te, 1) != KMS_OK ||
+        keyops_spend_use(k, w, &target, te) != KMS_OK ||
         wrap(w, te, job->tenant_id, s->session_id, target.version, kms_secret_cdata(key),
              blobs[nu]) != KMS_OK) {
       log_msg(LOG_WARN, "event=session_rewrap_failed tenant=%s", job->tenant_id);
@@ -776,16 +679,16 @@ sessions_rewrap_tick(const struct keyops *k, struct worker_ctx *w, int64_t budge
   struct ks_session *batch = calloc(REWRAP_BATCH, sizeof(*batch));
   struct ks_rewrap_update *u = calloc(REWRAP_BATCH, sizeof(*u));
   uint8_t (*blobs)[DEKWRAP_BLOB_LEN] = calloc(REWRAP_BATCH, DEKWRAP_BLOB_LEN);
-  int64_t deadline = mono_ms() + budget_ms;
+  int64_t deadline = kms_mono_ms() + budget_ms;
   size_t n = 0, moved = 0;
 
   if (batch == NULL || u == NULL || blobs == NULL ||
       keystore_rewrap_jobs(w->ks, jobs, REWRAP_JOBS, &n) != KMS_OK) {
     n = 0;
   }
-  for (size_t i = 0; i < n && mono_ms() < deadline; i++) {
+  for (size_t i = 0; i < n && kms_mono_ms() < deadline; i++) {
     struct ks_rewrap_job job = jobs[i];
-    while (mono_ms() < deadline) {
+    while (kms_mono_ms() < deadline) {
       if (!rewrap_batch(k, w, &job, batch, u, blobs, &moved)) {
         break;
       }
@@ -795,7 +698,7 @@ sessions_rewrap_tick(const struct keyops *k, struct worker_ctx *w, int64_t budge
   }
   if (moved > 0) {
     log_msg(LOG_INFO, "event=session_rewrap moved=%zu ms=%" PRId64, moved,
-            mono_ms() - (deadline - budget_ms));
+            kms_mono_ms() - (deadline - budget_ms));
   }
   free(batch);
   free(u);

@@ -21,6 +21,7 @@
 #include "kms_conf.h"
 #include "kms_err.h"
 #include "kms_frame.h"
+#include "kms_time.h"
 #include "kms_wire.h"
 #include "tk_internal.h"
 
@@ -79,9 +80,7 @@ struct tk_client {
 static uint64_t
 now_ms(void)
 {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  return (uint64_t)kms_mono_ms();
 }
 
 static uint64_t

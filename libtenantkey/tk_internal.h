@@ -57,4 +57,10 @@ int tk_session_header_key(tk_client *client, tk_data_key **out_key,
 int tk_session_seal_header(const tk_session *s, const tk_context *ctx, tk_data_key **out_key,
                            uint8_t *hdr, size_t *hdr_len);
 
+/*
+ * tk_audit_export_page asks kmsd for one page of an audit export
+ * (libtenantkey/audit.c; docs/AUDIT.md). *out_resp as tk_client_call.
+ */
+int tk_audit_export_page(tk_client *client, Tkms__ExportAuditRequest *m, Tkms__Response **out_resp);
+
 #endif

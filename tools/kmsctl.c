@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kmsctl_audit.h"
+#include "kmsctl_backup.h"
 #include "kmsctl_keys.h"
 #include "tenantkey.h"
 
@@ -17,6 +18,7 @@ usage(FILE *f)
           "commands:\n"
           "  tenant create TENANT   create a tenant and its first KEK (officer)\n"
           "  health                 ask kmsd whether it serves\n"
+          "  backup [COPY]          keystore snapshot in kmsd's backup_dir (officer)\n"
           "  audit verify FILE... --key VKEY   verify audit logs offline (kmsctl audit help)\n"
           "officer commands (kmsctl tenant|key|request|receipt|approve --help):\n");
   kmsctl_keys_usage(f);
@@ -65,11 +67,15 @@ main(int argc, char **argv)
   argv += optind;
   /* Auditors verify offline: no configuration, no kmsd (tools/kmsctl_audit.c). */
   if (argc >= 1 && strcmp(argv[0], "audit") == 0) {
-    return kmsctl_audit(argc - 1, argv + 1);
+    return kmsctl_audit(config, argc - 1, argv + 1);
   }
   /* Officer commands: tenants, keys, dual control (tools/kmsctl_keys.c). */
   if (argc >= 1 && kmsctl_keys_handles(argv[0])) {
     return kmsctl_keys(config, argc, argv);
+  }
+  /* A keystore snapshot written by kmsd (tools/kmsctl_backup.c; docs/RUNBOOK.md). */
+  if (argc >= 1 && strcmp(argv[0], "backup") == 0) {
+    return kmsctl_backup(config, argc, argv);
   }
   if (argc < 1 || config == NULL) {
     usage(stderr);

@@ -516,6 +516,28 @@ START_TEST(test_group_commit_throughput)
 }
 END_TEST
 
+/* The context-value HMAC, pinned: a prepared key must give what HMAC() always gave. */
+START_TEST(test_context_hmac_output_is_pinned)
+{
+  uint8_t k[32];
+  char hex[33];
+  for (size_t i = 0; i < sizeof(k); i++) {
+    k[i] = (uint8_t)i;
+  }
+  struct evp_mac_ctx_st *ctx = audit_hmac_prepare(k, sizeof(k));
+  ck_assert_ptr_nonnull(ctx);
+  /* HMAC-SHA256(00..1f, "session_id" 0x00 "s-42")[:16], computed independently (Python hmac). */
+  ck_assert_int_eq(audit_hmac_compute(ctx, "session_id", "s-42", hex), KMS_OK);
+  ck_assert_str_eq(hex, "1b19dd04aca99fe85479b248dc3706cb");
+  /* The prepared context is reusable: same again, and an empty value. */
+  ck_assert_int_eq(audit_hmac_compute(ctx, "session_id", "s-42", hex), KMS_OK);
+  ck_assert_str_eq(hex, "1b19dd04aca99fe85479b248dc3706cb");
+  ck_assert_int_eq(audit_hmac_compute(ctx, "purpose", "", hex), KMS_OK);
+  ck_assert_str_eq(hex, "7e16bef0902f89be1d6a9e57046a26ed");
+  audit_hmac_release(ctx);
+}
+END_TEST
+
 static Suite *
 audit_suite(void)
 {
@@ -531,6 +553,7 @@ audit_suite(void)
   tcase_add_test(tc, test_altered_log_refuses_to_start);
   tcase_add_test(tc, test_ecdsa_checkpoints_verify_too);
   tcase_add_test(tc, test_group_commit_throughput);
+  tcase_add_test(tc, test_context_hmac_output_is_pinned);
   suite_add_tcase(s, tc);
   return s;
 }
