@@ -239,6 +239,14 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
   if (strcmp(key, "user") == 0) {
     return set_str(c->user, sizeof(c->user), value, why, why_len);
   }
+  if (strcmp(key, "log_format") == 0) {
+    c->log_format = log_parse_format(value);
+    if (c->log_format < 0) {
+      snprintf(why, why_len, "expected text or json");
+      return KMS_ERR_CONFIG;
+    }
+    return KMS_OK;
+  }
   if (strcmp(key, "log_level") == 0) {
     c->log_level = log_parse_level(value);
     if (c->log_level < 0) {

@@ -26,6 +26,7 @@ struct kmsd_config {
   unsigned handshake_timeout_ms;
   unsigned idle_timeout_ms;
   int log_level;
+  int log_format; /* enum log_format: text (default) or json lines */
   /* Audit log (docs/AUDIT.md): directory (required), this node's name (the log's origin). */
   char audit_dir[CONFIG_PATH_MAX];
   char node_name[64];

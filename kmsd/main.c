@@ -251,6 +251,7 @@ main(int argc, char **argv)
     return 1;
   }
   log_set_level(cfg.log_level);
+  log_set_format(cfg.log_format);
 
   /* Known answers first: with broken cryptography nothing else is worth starting. */
   if (selftest_software(err, sizeof(err)) != KMS_OK) {
