@@ -98,7 +98,18 @@ struct hsm_session {
   hsm *h;
   CK_SESSION_HANDLE sh;
   unsigned gen; /* the generation |sh| was opened in; another one means reopen */
+  /*
+   * An operation failed after its Init: a module that (against the standard)
+   * keeps it active would answer CKR_OPERATION_ACTIVE to every later Init on
+   * this session. A fresh session is the only portable way out.
+   */
+  bool stale;
 };
+
+/* mark_stale: after a C_Encrypt/C_Decrypt/C_Sign that failed other than by a bad tag. */
+static void mark_stale(hsm_session *s) {
+  s->stale = true;
+}
 
 static const char *ckr_name(CK_RV rv) {
   switch (rv) {
@@ -854,8 +865,13 @@ static int enter(hsm_session *s, struct call *c) {
   }
   c->locked = true;
   gen = atomic_load(&h->gen);
+  if (s->stale && s->gen == gen && s->sh != CK_INVALID_HANDLE) {
+    (void)h->p11->C_CloseSession(s->sh); /* drops whatever operation it still holds */
+    s->gen = gen - 1;                    /* reopen below */
+  }
+  s->stale = false;
   if (s->gen != gen) {
-    /* The old handle died in the reset (C_CloseAllSessions): nothing to close. */
+    /* The old handle died in the reset (C_CloseAllSessions), or was closed above. */
     s->sh = CK_INVALID_HANDLE;
     rv = chk(h, "C_OpenSession", h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
                                                        NULL, NULL, &s->sh));
@@ -1447,6 +1463,7 @@ int hsm_gcm_encrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
            s->h->p11->C_Encrypt(s->sh, pt_len > 0 ? (CK_BYTE_PTR)pt : &empty, pt_len, out,
                                 &out_len));
   if (rv != CKR_OK) {
+    mark_stale(s);
     r = ckr_to_err(rv);
     goto out;
   }
@@ -1524,6 +1541,9 @@ int hsm_gcm_decrypt(hsm_session *s, hsm_key key, const uint8_t iv[HSM_GCM_IV_LEN
              s->h->p11->C_Decrypt(s->sh, (CK_BYTE_PTR)ct, ct_len, tmp, &tmp_len));
   }
   if (rv != CKR_OK) {
+    if (!ckr_is_auth_failure(rv)) {
+      mark_stale(s); /* a bad tag ends the operation; anything else may not have */
+    }
     r = ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
     goto out;
   }
@@ -1951,6 +1971,7 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
     rs_len = sizeof(rs);
     rv = chk(s->h, "C_Sign", s->h->p11->C_Sign(s->sh, (CK_BYTE_PTR)msg, len, rs, &rs_len));
     if (rv != CKR_OK || rs_len != 64) {
+      mark_stale(s);
       r = rv != CKR_OK ? ckr_to_err(rv) : KMS_ERR_HSM;
       goto out;
     }
@@ -1971,6 +1992,7 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
   }
   rv = chk(s->h, "C_Sign", s->h->p11->C_Sign(s->sh, digest, sizeof(digest), rs, &rs_len));
   if (rv != CKR_OK || rs_len != 64) {
+    mark_stale(s);
     r = rv != CKR_OK ? ckr_to_err(rv) : KMS_ERR_HSM;
     goto out;
   }

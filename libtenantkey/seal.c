@@ -246,6 +246,60 @@ tk_envelope_plaintext_len(uint64_t *out_len, const uint8_t *env, size_t env_len)
   return KMS_OK;
 }
 
+_Static_assert(sizeof(((tk_envelope_meta *)0)->tenant) == KMS_TENANT_ID_MAX + 1,
+               "tk_envelope_meta.tenant");
+_Static_assert(sizeof(((tk_envelope_meta *)0)->context_keys) / sizeof(char[65]) ==
+                   KMS_CONTEXT_MAX_ENTRIES,
+               "tk_envelope_meta.context_keys");
+_Static_assert(sizeof(((tk_envelope_meta *)0)->context_keys[0]) == KMS_CONTEXT_KEY_MAX + 1,
+               "tk_envelope_meta.context_keys[]");
+_Static_assert(sizeof(((tk_envelope_meta *)0)->context_values[0]) == KMS_CONTEXT_VALUE_MAX + 1,
+               "tk_envelope_meta.context_values[]");
+
+TK_EXPORT int
+tk_envelope_info(tk_envelope_meta *out, const uint8_t *env, size_t env_len)
+{
+  if (out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof(*out));
+  if (env == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  size_t hl = 0;
+  int r = tk_env_header_peek_len(&hl, env, env_len);
+  if (r == KMS_ERR_TRUNCATED) {
+    return KMS_ERR_TRUNCATED;
+  }
+  if (r != KMS_OK) {
+    return KMS_ERR_DECRYPT;
+  }
+  if (hl > env_len) {
+    return KMS_ERR_TRUNCATED;
+  }
+  struct tk_env_header *h = malloc(sizeof(*h));
+  if (h == NULL) {
+    return KMS_ERR_ALLOC;
+  }
+  if (tk_env_header_parse(h, env, hl, NULL) != KMS_OK) {
+    free(h);
+    return KMS_ERR_DECRYPT;
+  }
+  const char *sid = NULL;
+  memcpy(out->tenant, h->tenant, sizeof(out->tenant));
+  out->kek_version = h->kek_version;
+  out->header_len = hl;
+  out->is_session = tk_env_header_is_session(h, &sid);
+  out->n_context = h->n_context;
+  for (size_t i = 0; i < h->n_context; i++) {
+    memcpy(out->context_keys[i], h->keys[i], sizeof(out->context_keys[i]));
+    memcpy(out->context_values[i], h->values[i], sizeof(out->context_values[i]));
+  }
+  OPENSSL_cleanse(h, sizeof(*h));
+  free(h);
+  return KMS_OK;
+}
+
 TK_EXPORT int
 tk_open(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const uint8_t *env,
         size_t env_len)

@@ -256,6 +256,32 @@ TK_EXPORT int tk_envelope_plaintext_len(uint64_t *out_len, const uint8_t *env,
                                         size_t env_len);
 
 /*
+ * What an envelope's header says (tk_envelope_info). Nothing in it is
+ * authenticated: use it to decide what to do with an envelope (e.g. whether
+ * tk rewrap has work to do), never as a security decision.
+ */
+typedef struct tk_envelope_meta {
+  char tenant[65];           /* NUL-terminated tenant id */
+  uint32_t kek_version;      /* the KEK version named in the header */
+  size_t header_len;         /* bytes of the header; the body follows */
+  int is_session;            /* 1: a session envelope (docs/SESSIONS.md), 0: a data-key one */
+  size_t n_context;          /* context entries (0..16), sorted by key */
+  char context_keys[16][65];     /* NUL-terminated */
+  char context_values[16][257];  /* NUL-terminated */
+} tk_envelope_meta;
+
+/*
+ * tk_envelope_info parses the header at the start of |env| (|env_len| bytes:
+ * the whole envelope or any prefix that holds the header;
+ * TK_ENVELOPE_HEADER_MAX bytes always suffice) into |*out|, with the same
+ * strict parser as opening, without kmsd and without authenticating
+ * anything. Returns TK_OK, TK_ETRUNCATED (|env_len| is shorter than the
+ * header, which looks well-formed so far), TK_EDECRYPT (not a well-formed
+ * envelope header) or TK_EINVAL (NULL arguments). On failure |*out| is zeroed.
+ */
+TK_EXPORT int tk_envelope_info(tk_envelope_meta *out, const uint8_t *env, size_t env_len);
+
+/*
  * tk_open_range decrypts plaintext bytes [offset, offset + len) of the
  * envelope |env| into |out| (|len| bytes), authenticating the header, the
  * data key, the message length (the final chunk) and only the 16 KiB chunks

@@ -45,6 +45,18 @@ usage(FILE *f)
           "        authenticate and decrypt the envelope IN into OUT (tenant, context or\n"
           "        session come from the envelope); P and K=V are access attributes for\n"
           "        kmsd's policy (purpose=P), not part of the envelope\n"
+          "  rewrap [--to-version N] [--purpose P] [--attr K=V]... FILE...\n"
+          "        move each envelope FILE to its tenant's newest KEK version (or check it\n"
+          "        is N: only the newest version wraps new keys) by RE-ENCRYPTING it: the\n"
+          "        file is opened and sealed again under a fresh data key (same tenant and\n"
+          "        context) into a temporary file in the same directory, which replaces\n"
+          "        FILE only when complete (fsync + rename; mode kept, owner and hard\n"
+          "        links are not). The whole file is rewritten: format 1 binds the body\n"
+          "        to the header's wrapped key, so the header cannot be rewrapped alone.\n"
+          "        Files already under the target and session envelopes (their keys are\n"
+          "        re-wrapped inside kmsd) are skipped; a failed file is left unchanged.\n"
+          "        Needs Decrypt, GenerateDataKey and GenerateDataKeyWithoutPlaintext.\n"
+          "        Prints the counts; exit code that of the first failure, if any\n"
           "  session close --tenant T S\n"
           "        close session S: no new encryption under its key, opening still works\n"
           "  datakey generate --tenant T [--context K=V]... [--no-plaintext] [--base64]\n"
@@ -481,6 +493,259 @@ datakey_decrypt(tk_client *c, const char *tenant, const tk_context *ctx, const c
   return fflush(stdout) == 0 ? EXIT_OK : EXIT_IO;
 }
 
+/* ---- rewrap ------------------------------------------------------------------------ */
+
+/*
+ * Format 1 makes the body's Cobblestone context the whole header, wrapped key
+ * and KEK version included (docs/ENVELOPE.md), so a header cannot be
+ * rewrapped (ReEncrypt) without invalidating the body. tk rewrap therefore
+ * re-encrypts: open the envelope as a stream and seal the plaintext again
+ * under a fresh data key of the newest KEK version, same tenant and context,
+ * into a temporary file that replaces the original only when complete.
+ */
+struct rewrap_stats {
+  unsigned done, current, session, failed;
+  int first_rc;
+};
+
+static void
+rewrap_failed(struct rewrap_stats *stats, int rc)
+{
+  stats->failed++;
+  if (stats->first_rc == EXIT_OK) {
+    stats->first_rc = rc != EXIT_OK ? rc : EXIT_OTHER;
+  }
+}
+
+/* Re-encrypts the open envelope |in_fd| into |o|. Returns an exit code. */
+static int
+reencrypt(tk_client *c, const char *what, int in_fd, const char *path, const char *tenant,
+          const tk_context *ctx, struct output *o)
+{
+  int rc = EXIT_OK, r = TK_OK;
+  tk_stream *dec = NULL, *enc = NULL;
+  size_t pt_cap = tk_stream_update_max(IO_CHUNK);
+  if (pt_cap < TK_STREAM_FINAL_MAX) {
+    pt_cap = TK_STREAM_FINAL_MAX;
+  }
+  size_t out_cap = tk_stream_update_max(pt_cap);
+  uint8_t *in = malloc(IO_CHUNK), *pt = malloc(pt_cap), *out = malloc(out_cap);
+  if (in == NULL || pt == NULL || out == NULL) {
+    fprintf(stderr, "tk: %s: out of memory\n", what);
+    rc = EXIT_OTHER;
+    goto out;
+  }
+  r = tk_stream_open_new(c, &dec);
+  if (r == TK_OK) {
+    r = tk_stream_seal_new(c, &enc, tenant, ctx);
+  }
+  if (r != TK_OK) {
+    rc = fail(c, what, r);
+    goto out;
+  }
+  for (int last = 0; !last;) {
+    size_t n = 0, p = 0, w = 0;
+    rc = read_some(in_fd, in, IO_CHUNK, &n, path);
+    if (rc != EXIT_OK) {
+      goto out;
+    }
+    if (n > 0) {
+      r = tk_stream_update(dec, pt, pt_cap, &p, in, n);
+    } else {
+      last = 1;
+      r = tk_stream_final(dec, pt, pt_cap, &p);
+    }
+    if (r == TK_OK && p > 0) {
+      r = tk_stream_update(enc, out, out_cap, &w, pt, p);
+    }
+    if (r == TK_OK && last) {
+      rc = output_write(o, out, w);
+      if (rc != EXIT_OK) {
+        goto out;
+      }
+      r = tk_stream_final(enc, out, out_cap, &w);
+    }
+    if (r != TK_OK) {
+      rc = fail(c, what, r);
+      goto out;
+    }
+    rc = output_write(o, out, w);
+    if (rc != EXIT_OK) {
+      goto out;
+    }
+  }
+out:
+  tk_stream_free(dec);
+  tk_stream_free(enc);
+  if (pt != NULL) {
+    OPENSSL_cleanse(pt, pt_cap);
+  }
+  free(in);
+  free(pt);
+  free(out);
+  return rc;
+}
+
+/* fsync the directory holding |path|, so that a rename survives a crash. */
+static void
+sync_dir_of(const char *path)
+{
+  char copy[4096];
+  if (strlen(path) >= sizeof(copy)) {
+    return;
+  }
+  memcpy(copy, path, strlen(path) + 1);
+  int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)fsync(dfd);
+    close(dfd);
+  }
+}
+
+static void
+rewrap_file(tk_client *c, const char *path, uint32_t to_version, struct rewrap_stats *stats)
+{
+  char what[4200];
+  snprintf(what, sizeof(what), "rewrap %s", path);
+  int rc = EXIT_OK, in_fd = -1, opened = 0;
+  tk_context *ctx = NULL;
+  tk_data_key *probe = NULL;
+  struct output o;
+  struct stat sb;
+  uint8_t *hdr = malloc(TK_ENVELOPE_HEADER_MAX);
+  tk_envelope_meta *meta = malloc(sizeof(*meta));
+  if (hdr == NULL || meta == NULL) {
+    fprintf(stderr, "tk: %s: out of memory\n", what);
+    rc = EXIT_OTHER;
+    goto out;
+  }
+  if (lstat(path, &sb) != 0) {
+    rc = io_fail("rewrap: cannot open", path);
+    goto out;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    fprintf(stderr, "tk: %s: not a regular file\n", what);
+    rc = EXIT_IO;
+    goto out;
+  }
+  rc = input_open(path, &in_fd);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  size_t n = 0;
+  rc = read_some(in_fd, hdr, TK_ENVELOPE_HEADER_MAX, &n, path);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  int r = tk_envelope_info(meta, hdr, n);
+  if (r != TK_OK) {
+    rc = fail(NULL, what, r == TK_ETRUNCATED ? TK_EDECRYPT : r);
+    goto out;
+  }
+  if (meta->is_session) {
+    stats->session++;
+    goto out;
+  }
+  if (to_version != 0 && meta->kek_version == to_version) {
+    stats->current++;
+    goto out;
+  }
+  ctx = tk_context_new();
+  if (ctx == NULL) {
+    fprintf(stderr, "tk: %s: out of memory\n", what);
+    rc = EXIT_OTHER;
+    goto out;
+  }
+  for (size_t i = 0; i < meta->n_context; i++) {
+    if (tk_context_add(ctx, meta->context_keys[i], meta->context_values[i]) != TK_OK) {
+      rc = fail(NULL, what, TK_EDECRYPT);
+      goto out;
+    }
+  }
+  /* The tenant's newest version: the one a new data key gets (no plaintext asked for). */
+  r = tk_data_key_generate(c, &probe, meta->tenant, ctx, 0);
+  if (r != TK_OK) {
+    rc = fail(c, what, r);
+    goto out;
+  }
+  uint32_t newest = tk_data_key_kek_version(probe);
+  uint32_t target = to_version != 0 ? to_version : newest;
+  if (target != newest) {
+    fprintf(stderr,
+            "tk: %s: KEK version %u of tenant %s is not its newest version (%u): only the "
+            "newest version wraps new data keys\n",
+            what, target, meta->tenant, newest);
+    rc = EXIT_OTHER;
+    goto out;
+  }
+  if (meta->kek_version == target) {
+    stats->current++;
+    goto out;
+  }
+  if (lseek(in_fd, 0, SEEK_SET) != 0) {
+    rc = io_fail("rewrap: cannot read", path);
+    goto out;
+  }
+  rc = output_open(&o, path);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  opened = 1;
+  if (fchmod(o.fd, sb.st_mode & 07777) != 0) {
+    rc = io_fail("rewrap: cannot set the mode of the temporary file for", path);
+    goto out;
+  }
+  rc = reencrypt(c, what, in_fd, path, meta->tenant, ctx, &o);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  /* A rotation meanwhile gives a newer version: fine without --to-version. */
+  ssize_t got = pread(o.fd, hdr, TK_ENVELOPE_HEADER_MAX, 0);
+  if (got < 0 || tk_envelope_info(meta, hdr, (size_t)got) != TK_OK ||
+      (to_version != 0 && meta->kek_version != to_version) || meta->kek_version < target) {
+    fprintf(stderr, "tk: %s: the new envelope is not under KEK version %u (rotated meanwhile?)\n",
+            what, target);
+    rc = EXIT_OTHER;
+    goto out;
+  }
+out:
+  if (opened) {
+    int crc = output_close(&o, rc == EXIT_OK);
+    rc = rc != EXIT_OK ? rc : crc;
+    if (rc == EXIT_OK) {
+      sync_dir_of(path);
+      stats->done++;
+    }
+  }
+  if (rc != EXIT_OK) {
+    rewrap_failed(stats, rc);
+  }
+  if (in_fd > STDIN_FILENO) {
+    close(in_fd);
+  }
+  tk_data_key_free(probe);
+  tk_context_free(ctx);
+  free(hdr);
+  free(meta);
+}
+
+static int
+rewrap_files(tk_client *c, char **files, int n, uint32_t to_version)
+{
+  struct rewrap_stats stats;
+  memset(&stats, 0, sizeof(stats));
+  for (int i = 0; i < n; i++) {
+    rewrap_file(c, files[i], to_version, &stats);
+  }
+  printf("rewrap: %u rewritten, %u skipped (%u already current, %u session envelopes), "
+         "%u failed\n",
+         stats.done, stats.current + stats.session, stats.current, stats.session, stats.failed);
+  if (fflush(stdout) != 0 && stats.first_rc == EXIT_OK) {
+    return EXIT_IO;
+  }
+  return stats.first_rc;
+}
+
 /* ---- main -------------------------------------------------------------------------- */
 
 int
@@ -499,6 +764,7 @@ main(int argc, char **argv)
       {"session", required_argument, NULL, 's'},
       {"purpose", required_argument, NULL, 'p'},
       {"attr", required_argument, NULL, 'a'},
+      {"to-version", required_argument, NULL, 'V'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -540,7 +806,8 @@ main(int argc, char **argv)
   int cargc = argc - first + 1;
   char **cargv = argv + first - 1;
   const char *tenant = NULL, *session = NULL, *purpose = NULL;
-  int no_pt = 0, b64 = 0;
+  int no_pt = 0, b64 = 0, n_ctx = 0;
+  uint32_t to_version = 0;
   ctx = tk_context_new();
   attrs = tk_context_new();
   if (ctx == NULL || attrs == NULL) {
@@ -558,7 +825,21 @@ main(int argc, char **argv)
       if (rc != EXIT_OK) {
         goto out;
       }
+      n_ctx++;
       break;
+    case 'V': {
+      char *end = NULL;
+      errno = 0;
+      unsigned long long v = strtoull(optarg, &end, 10);
+      if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-' || v == 0 ||
+          v > UINT32_MAX) {
+        fprintf(stderr, "tk: --to-version expects a KEK version (1-4294967295)\n");
+        rc = EXIT_USAGE;
+        goto out;
+      }
+      to_version = (uint32_t)v;
+      break;
+    }
     case 'n':
       no_pt = 1;
       break;
@@ -589,18 +870,28 @@ main(int argc, char **argv)
   int nargs = cargc - optind;
   char **args = cargv + optind;
   int is_seal = strcmp(cmd, "seal") == 0, is_open = strcmp(cmd, "open") == 0;
-  int is_session = strcmp(cmd, "session") == 0;
+  int is_session = strcmp(cmd, "session") == 0, is_rewrap = strcmp(cmd, "rewrap") == 0;
   int is_gen = !is_session && is_datakey && strcmp(sub, "generate") == 0;
   int is_dec = !is_session && is_datakey && strcmp(sub, "decrypt") == 0;
   int is_close = is_session && strcmp(sub, "close") == 0;
   /* --purpose names why a session key (or a data key) is fetched: seal --session and open. */
-  int ok = (is_seal && nargs == 2 && tenant != NULL && (session != NULL || purpose == NULL)) ||
+  int ok = (to_version == 0 || is_rewrap) &&
+           ((is_rewrap && nargs >= 1 && tenant == NULL && session == NULL && n_ctx == 0 &&
+             !no_pt && !b64) ||
+            (is_seal && nargs == 2 && tenant != NULL && (session != NULL || purpose == NULL)) ||
            (is_open && nargs == 2 && tenant == NULL && session == NULL) ||
            (is_gen && nargs == 0 && tenant != NULL && session == NULL && purpose == NULL) ||
            (is_dec && nargs == 1 && tenant != NULL && !no_pt && session == NULL &&
             purpose == NULL) ||
-           (is_close && nargs == 1 && tenant != NULL && session == NULL && purpose == NULL);
-  if (ok && is_open && purpose != NULL && tk_context_add(attrs, "purpose", purpose) != TK_OK) {
+            (is_close && nargs == 1 && tenant != NULL && session == NULL && purpose == NULL));
+  if (ok && is_rewrap) {
+    for (int i = 0; i < nargs; i++) {
+      if (strcmp(args[i], "-") == 0) {
+        ok = 0; /* rewrap rewrites files in place: no pipes */
+      }
+    }
+  }
+  if (ok && (is_open || is_rewrap) && purpose != NULL && tk_context_add(attrs, "purpose", purpose) != TK_OK) {
     fprintf(stderr, "tk: --purpose: invalid, or given with --attr purpose=...\n");
     rc = EXIT_USAGE;
     goto out;
@@ -629,6 +920,8 @@ main(int argc, char **argv)
   }
   if (is_seal && session != NULL) {
     rc = seal_session(c, tenant, session, purpose, ctx, args[0], args[1]);
+  } else if (is_rewrap) {
+    rc = rewrap_files(c, args, nargs, to_version);
   } else if (is_close) {
     r = tk_session_close(c, tenant, args[0]);
     rc = r == TK_OK ? EXIT_OK : fail(c, "session close", r);

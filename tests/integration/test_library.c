@@ -797,6 +797,167 @@ START_TEST(test_tk_seals_and_opens_files_and_pipes)
 }
 END_TEST
 
+/*
+ * tk rewrap: format 1 binds the body to the whole header (wrapped key
+ * included), so rewrap re-encrypts each file under a fresh data key of the
+ * newest KEK version, atomically. Tenant globex, its bound integration
+ * principal (Decrypt and GenerateDataKey), rotated by the officer.
+ */
+static void
+rw_summary_is(const char *path, const char *want)
+{
+  size_t n = 0;
+  uint8_t *p = read_file(path, &n);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_msg(n > 0 && memmem(p, n, want, strlen(want)) != NULL, "%s: want \"%s\", got \"%.*s\"",
+                path, want, (int)n, (const char *)p);
+  free(p);
+}
+
+START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
+{
+  const char *tk = getenv("TK");
+  ck_assert_ptr_nonnull(tk);
+  const char *d = harness_dir();
+  char ep[64], conf[512], dir[600], cmd[8192], out[700], err[700], files[4][700], bad[700],
+      sess[700], in[700];
+  snprintf(ep, sizeof(ep), "endpoint = 127.0.0.1:%d\n", port);
+  snprintf(conf, sizeof(conf), "%s", write_conf("integration-globex", ep, NULL));
+  tk_client *g = client_for("integration-globex", NULL);
+  uint32_t v = 0;
+  ck_assert_int_eq(tk_tenant_create(officer, &v, "globex"), TK_OK);
+  ck_assert_uint_eq(v, 1);
+  snprintf(dir, sizeof(dir), "%s/rw", d);
+  ck_assert_int_eq(mkdir(dir, 0700), 0);
+  snprintf(out, sizeof(out), "%s/out.txt", d);
+  snprintf(err, sizeof(err), "%s/err.txt", d);
+  snprintf(in, sizeof(in), "%s/rw-in.raw", d);
+
+  /* Three envelopes (empty, one chunk and a bit, many chunks) and a session envelope. */
+  static const size_t sizes[3] = {0, 16385, 300000};
+  uint8_t *pts[3];
+  for (int i = 0; i < 3; i++) {
+    pts[i] = random_bytes(sizes[i]);
+    write_file(in, pts[i], sizes[i]);
+    snprintf(files[i], sizeof(files[i]), "%s/f%d.tke", dir, i);
+    snprintf(cmd, sizeof(cmd),
+             "'%s' --config '%s' seal --tenant globex --context session_id=s-9 "
+             "--context kind=audio '%s' '%s'",
+             tk, conf, in, files[i]);
+    ck_assert_int_eq(run(cmd), 0);
+  }
+  ck_assert_int_eq(chmod(files[1], 0640), 0);
+  snprintf(sess, sizeof(sess), "%s/sess.tke", dir);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' seal --session rw-1 --tenant globex '%s' '%s'",
+           tk, conf, in, sess);
+  ck_assert_int_eq(run(cmd), 0);
+  size_t sess_len = 0;
+  uint8_t *sess_before = read_file(sess, &sess_len);
+
+  /* tk_envelope_info: parse only. */
+  tk_envelope_meta m;
+  size_t el = 0;
+  uint8_t *env = read_file(files[2], &el);
+  ck_assert_int_eq(tk_envelope_info(&m, env, el), TK_OK);
+  ck_assert_str_eq(m.tenant, "globex");
+  ck_assert_uint_eq(m.kek_version, 1);
+  ck_assert_int_eq(m.is_session, 0);
+  ck_assert_uint_eq(m.n_context, 2);
+  ck_assert_str_eq(m.context_keys[0], "kind"); /* sorted */
+  ck_assert_str_eq(m.context_values[1], "s-9");
+  ck_assert_int_eq(tk_envelope_info(&m, env, m.header_len), TK_OK);
+  ck_assert_int_eq(tk_envelope_info(&m, env, m.header_len - 1), TK_ETRUNCATED);
+  ck_assert_str_eq(m.tenant, "");
+  ck_assert_int_eq(tk_envelope_info(&m, env + 1, el - 1), TK_EDECRYPT);
+  ck_assert_int_eq(tk_envelope_info(&m, sess_before, sess_len), TK_OK);
+  ck_assert_int_eq(m.is_session, 1);
+
+  /* Before any rotation everything is current. */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' > '%s'", tk, conf,
+           files[0], files[1], files[2], sess, out);
+  ck_assert_int_eq(run(cmd), 0);
+  rw_summary_is(out, "0 rewritten, 4 skipped (3 already current, 1 session envelopes), 0 failed");
+
+  ck_assert_int_eq(tk_key_rotate(officer, &v, "globex"), TK_OK);
+  ck_assert_uint_eq(v, 2);
+
+  /* A corrupted copy (one body byte) fails and is left as it was. */
+  snprintf(bad, sizeof(bad), "%s/bad.tke", dir);
+  env[el - 20] ^= 0x01;
+  write_file(bad, env, el);
+
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s' 2> '%s'",
+           tk, conf, files[0], bad, files[1], files[2], sess, out, err);
+  ck_assert_int_eq(run(cmd), 5);
+  rw_summary_is(out, "3 rewritten, 1 skipped (0 already current, 1 session envelopes), 1 failed");
+  char want[800];
+  snprintf(want, sizeof(want), "tk: rewrap %s: ", bad);
+  rw_summary_is(err, want);
+  size_t bl = 0;
+  uint8_t *bad_after = read_file(bad, &bl);
+  ck_assert_uint_eq(bl, el);
+  ck_assert(memcmp(bad_after, env, el) == 0);
+  free(bad_after);
+  size_t sl = 0;
+  uint8_t *sess_after = read_file(sess, &sl);
+  ck_assert_uint_eq(sl, sess_len);
+  ck_assert(memcmp(sess_after, sess_before, sl) == 0);
+  free(sess_after);
+
+  /* Each file now names version 2, opens to the same plaintext, kept its mode. */
+  for (int i = 0; i < 3; i++) {
+    size_t nl = 0, ol = 0;
+    uint8_t *ne = read_file(files[i], &nl);
+    ck_assert_int_eq(tk_envelope_info(&m, ne, nl), TK_OK);
+    ck_assert_uint_eq(m.kek_version, 2);
+    ck_assert_str_eq(m.tenant, "globex");
+    ck_assert_uint_eq(m.n_context, 2);
+    uint8_t *pt = malloc(nl);
+    ck_assert_int_eq(tk_open(g, pt, nl, &ol, ne, nl), TK_OK);
+    ck_assert_uint_eq(ol, sizes[i]);
+    ck_assert(memcmp(pt, pts[i], sizes[i]) == 0);
+    free(pt);
+    free(ne);
+  }
+  struct stat sb;
+  ck_assert_int_eq(stat(files[1], &sb), 0);
+  ck_assert_uint_eq(sb.st_mode & 07777, 0640);
+  /* No temporary file left behind. */
+  snprintf(cmd, sizeof(cmd), "ls -A '%s' | grep -q '^\\.tk-'", dir);
+  ck_assert_int_ne(run(cmd), 0);
+
+  /* A second run: all skipped; --to-version 2 too; 1 is not the newest: refused. */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' > '%s'", tk, conf,
+           files[0], files[1], files[2], sess, out);
+  ck_assert_int_eq(run(cmd), 0);
+  rw_summary_is(out, "0 rewritten, 4 skipped (3 already current, 1 session envelopes), 0 failed");
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version 2 '%s' > '%s'", tk, conf,
+           files[0], out);
+  ck_assert_int_eq(run(cmd), 0);
+  rw_summary_is(out, "0 rewritten, 1 skipped (1 already current, 0 session envelopes), 0 failed");
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version 3 '%s' > '%s' 2> '%s'", tk,
+           conf, files[0], out, err);
+  ck_assert_int_eq(run(cmd), 7);
+  rw_summary_is(out, "0 rewritten, 0 skipped (0 already current, 0 session envelopes), 1 failed");
+  rw_summary_is(err, "not its newest version (2)");
+  /* Usage: no files, a pipe, a bad version. */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap 2>/dev/null", tk, conf);
+  ck_assert_int_eq(run(cmd), 1);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap - 2>/dev/null", tk, conf);
+  ck_assert_int_eq(run(cmd), 1);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version 0 '%s' 2>/dev/null", tk,
+           conf, files[0]);
+  ck_assert_int_eq(run(cmd), 1);
+
+  for (int i = 0; i < 3; i++) {
+    free(pts[i]);
+  }
+  free(sess_before);
+  free(env);
+  tk_client_free(g);
+}
+END_TEST
+
 static Suite *
 library_suite(void)
 {
@@ -820,6 +981,7 @@ library_suite(void)
   t = tcase_create("tk");
   tcase_set_timeout(t, 240);
   tcase_add_test(t, test_tk_seals_and_opens_files_and_pipes);
+  tcase_add_test(t, test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek);
   suite_add_tcase(s, t);
   return s;
 }
