@@ -65,7 +65,7 @@ struct kmsd_config {
   char backup_dir[CONFIG_PATH_MAX];
 };
 
-/* Defaults and limits, documented in docs/OPERATIONS.md. */
+/* Defaults and limits, documented in docs/CONFIG.md. */
 #define CONFIG_DESTRUCTION_WAIT_MIN_DAYS 7 /* NIST-style waiting period, unless the test knob */
 #define CONFIG_DESTRUCTION_WAIT_MAX_DAYS 30
 #define CONFIG_KEK_MAX_USES_DEFAULT (1ULL << 30)
