@@ -652,7 +652,8 @@ static int ensure_root(hsm *h, uint32_t version, bool allow_create, char *err, s
   } else if (!allow_create) {
     /* After a reset: a token without our root is not ours; making a new one would orphan
      * every key token in the keystore. */
-    kms_set_err(err, err_len, "root key %s not found on the token", id);
+    kms_set_err(err, err_len,
+                "root key %s not found on the token, but key tokens need it: wrong token?", id);
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
   } else if ((r = create_root(h, id, err, err_len)) != KMS_OK) {
@@ -1063,7 +1064,7 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
   }
   h->owner_open = true;
   if ((r = login(h, cfg->pin_file, err, err_len)) != KMS_OK ||
-      (r = ensure_root(h, h->root_version, true, err, err_len)) != KMS_OK) {
+      (r = ensure_root(h, h->root_version, !cfg->require_root, err, err_len)) != KMS_OK) {
     goto out;
   }
   *out = h;

@@ -36,6 +36,13 @@ struct hsm_config {
   const char *token_label; /* the token is found by label, never by slot id */
   const char *pin_file;    /* user PIN, first line; wiped from memory after login */
   uint32_t root_version;   /* root key version to use; 1 today */
+  /*
+   * The root key must already exist: kmsd sets this when its keystore holds
+   * tenants, so a wrong or wiped token is refused instead of given a new root
+   * that would orphan every key token (and serve "healthy" while every
+   * tenant fails).
+   */
+  bool require_root;
 };
 
 /*

@@ -266,17 +266,28 @@ main(int argc, char **argv)
     goto out;
   }
 
-  struct hsm_config hc = {cfg.pkcs11_module, cfg.token_label, cfg.pin_file, 1};
-  if (hsm_open(&h, &hc, err, sizeof(err)) != KMS_OK) {
-    log_msg(LOG_ERROR, "event=start_failed stage=hsm reason=\"%s\"", err);
-    goto out;
-  }
-  hsm_set_call_timeout(h, cfg.hsm_timeout_ms);
   /* The first open applies schema migrations before any worker runs. */
   if (keystore_open(&ks, cfg.keystore, err, sizeof(err)) != KMS_OK) {
     log_msg(LOG_ERROR, "event=start_failed stage=keystore reason=\"%s\"", err);
     goto out;
   }
+  struct hsm_config hc = {cfg.pkcs11_module, cfg.token_label, cfg.pin_file, 1, false};
+  {
+    /* Tenants exist: their key tokens need the root key that is on the token now. */
+    struct ks_tenant *some = NULL;
+    size_t n_some = 0;
+    if (keystore_tenant_list(ks, NULL, 1, &some, &n_some) != KMS_OK) {
+      log_msg(LOG_ERROR, "event=start_failed stage=keystore reason=\"cannot list tenants\"");
+      goto out;
+    }
+    hc.require_root = n_some > 0;
+    free(some);
+  }
+  if (hsm_open(&h, &hc, err, sizeof(err)) != KMS_OK) {
+    log_msg(LOG_ERROR, "event=start_failed stage=hsm reason=\"%s\"", err);
+    goto out;
+  }
+  hsm_set_call_timeout(h, cfg.hsm_timeout_ms);
   if (evthread_use_pthreads() != 0 || (d.base = event_base_new()) == NULL) {
     log_msg(LOG_ERROR, "event=start_failed stage=event_loop");
     goto out;

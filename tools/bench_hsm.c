@@ -114,7 +114,7 @@ hsm_bench_run(const struct kmsd_config *cfg, unsigned threads, unsigned latency_
   struct dek_blob sample;
 
   memset(out, 0, sizeof(*out));
-  struct hsm_config hc = {cfg->pkcs11_module, cfg->token_label, cfg->pin_file, 1};
+  struct hsm_config hc = {cfg->pkcs11_module, cfg->token_label, cfg->pin_file, 1, false};
   if (hsm_open(&h, &hc, err, err_len) != KMS_OK) {
     goto out;
   }

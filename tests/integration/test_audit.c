@@ -341,7 +341,7 @@ START_TEST(test_kmsctl_catches_every_kind_of_tampering)
 
   /* 7. A checkpoint with a valid signature (the HSM's key) but a root that is not the log's. */
   {
-    struct hsm_config hc = {getenv("PKCS11_MODULE"), "tenantkms", NULL, 1};
+    struct hsm_config hc = {getenv("PKCS11_MODULE"), "tenantkms", NULL, 1, false};
     char pin[700], err[256], wrong[700];
     snprintf(pin, sizeof(pin), "%s/hsm/pin", harness_dir());
     hc.pin_file = pin;

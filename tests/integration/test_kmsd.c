@@ -555,7 +555,7 @@ START_TEST(test_root_key_is_sensitive_and_not_extractable)
 {
   char pin[512];
   snprintf(pin, sizeof(pin), "%s/hsm/pin", harness_dir());
-  struct hsm_config hc = {getenv("PKCS11_MODULE"), "tenantkms", pin, 1};
+  struct hsm_config hc = {getenv("PKCS11_MODULE"), "tenantkms", pin, 1, false};
   hsm *h = NULL;
   hsm_session *s = NULL;
   char err[256];
@@ -606,6 +606,36 @@ START_TEST(test_keystore_holds_only_wrapped_keks_and_no_data_keys)
   ck_assert_int_eq(p11_probe_unwrap_kek(module, "tenantkms", pin, kek.token, kek.token_len,
                                         kek.wrap_mech, 1, out),
                    1);
+}
+END_TEST
+
+START_TEST(test_empty_token_is_refused_once_tenants_exist)
+{
+  create_tenant("acme");
+  /* A second token with the same label and PIN, but without our root key: the
+   * wrong HSM, or a wiped one. */
+  char d[300], cmd[4096];
+  snprintf(d, sizeof(d), "%s/hsm-empty", harness_dir());
+  snprintf(cmd, sizeof(cmd),
+           "set -e; mkdir -p '%s/tokens'; "
+           "printf 'directories.tokendir = %%s/tokens\\nobjectstore.backend = file\\nlog.level = ERROR\\n' "
+           "'%s' > '%s/softhsm2.conf'; "
+           "SOFTHSM2_CONF='%s/softhsm2.conf' softhsm2-util --init-token --free --label tenantkms "
+           "--pin \"$(cat '%s/hsm/pin')\" --so-pin 87654321 >/dev/null",
+           d, d, d, d, harness_dir());
+  ck_assert_int_eq(system(cmd), 0);
+  char conf[700], old[600];
+  snprintf(old, sizeof(old), "%s", getenv("SOFTHSM2_CONF"));
+  snprintf(conf, sizeof(conf), "%s/softhsm2.conf", d);
+  setenv("SOFTHSM2_CONF", conf, 1);
+  char out[8192];
+  int st = harness_run_kmsd_once("kmsd.conf", out, sizeof(out));
+  setenv("SOFTHSM2_CONF", old, 1);
+  /* kmsd refuses to start rather than make a new root that orphans every key token. */
+  ck_assert_int_ne(st, 0);
+  ck_assert_msg(strstr(out, "not found on the token") != NULL, "kmsd said: %s", out);
+  /* The running kmsd, on the right token, is unaffected. */
+  assert_still_serving();
 }
 END_TEST
 
@@ -672,6 +702,7 @@ kmsd_suite(void)
   tcase_set_timeout(t, 60);
   tcase_add_test(t, test_root_key_is_sensitive_and_not_extractable);
   tcase_add_test(t, test_keystore_holds_only_wrapped_keks_and_no_data_keys);
+  tcase_add_test(t, test_empty_token_is_refused_once_tenants_exist);
   tcase_add_test(t, test_restart_existing_blobs_still_decrypt);
   suite_add_tcase(s, t);
   return s;

@@ -111,7 +111,7 @@ static int g_test_no;
 static void
 fixture_open(void)
 {
-  struct hsm_config cfg = {g_module, TOKEN_LABEL, g_pin_file, 1};
+  struct hsm_config cfg = {g_module, TOKEN_LABEL, g_pin_file, 1, false};
   char err[256];
   ck_assert_int_eq(evthread_use_pthreads(), 0);
   g_base = event_base_new();
