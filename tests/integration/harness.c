@@ -179,6 +179,29 @@ harness_client(const char *name)
   return c;
 }
 
+tk_client *
+harness_client_no_retry(const char *name)
+{
+  const char *path = harness_client_conf("clients", name);
+  FILE *f = fopen(path, "a");
+  tk_client *c = NULL;
+  char err[256] = "cannot append to the client configuration";
+  if (f == NULL || fprintf(f, "retries = 0\n") < 0 || fclose(f) != 0 ||
+      tk_client_new_from_file(&c, path, err, sizeof(err)) != TK_OK) {
+    fprintf(stderr, "harness: client %s: %s\n", name, err);
+    return NULL;
+  }
+  return c;
+}
+
+void
+harness_pause_ms(long ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
 SSL *
 harness_raw_connect(const char *certdir, const char *name)
 {

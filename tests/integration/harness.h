@@ -37,6 +37,15 @@ const char *harness_client_conf(const char *certdir, const char *name);
 tk_client *harness_client(const char *name);
 
 /*
+ * harness_client_no_retry is harness_client with `retries = 0`: each call
+ * shows what kmsd answered, without the library's retries. NULL on failure.
+ */
+tk_client *harness_client_no_retry(const char *name);
+
+/* harness_pause_ms sleeps |ms| milliseconds (bounded liveness waits, never timed asserts). */
+void harness_pause_ms(long ms);
+
+/*
  * harness_raw_connect opens a TLS connection as |name| (NULL: no client
  * certificate) without the library, for hostile-input tests. NULL on failure.
  */

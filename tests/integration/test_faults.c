@@ -34,40 +34,11 @@
 static tk_client *officer, *svc;
 static char control[600];
 
-static void
-pause_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-/* A client that does not retry: each call shows what kmsd answered. */
-static tk_client *
-client(const char *name)
-{
-  const char *path = harness_client_conf("clients", name);
-  FILE *f = fopen(path, "a");
-  tk_client *c = NULL;
-  char err[256] = "cannot append to the client configuration";
-  if (f == NULL || fprintf(f, "retries = 0\n") < 0 || fclose(f) != 0 ||
-      tk_client_new_from_file(&c, path, err, sizeof(err)) != TK_OK) {
-    fprintf(stderr, "client %s: %s\n", name, err);
-    return NULL;
-  }
-  return c;
-}
-
+/* The shim rereads its control file (DIR/p11shim.control), replaced whole by rename. */
 static void
 set_fault(const char *content)
 {
-  char tmp[700];
-  snprintf(tmp, sizeof(tmp), "%s.tmp", control);
-  FILE *f = fopen(tmp, "w");
-  ck_assert_ptr_nonnull(f);
-  fputs(content, f);
-  fclose(f);
-  ck_assert_int_eq(rename(tmp, control), 0);
+  harness_write_file("p11shim.control", content);
 }
 
 static char *
@@ -138,7 +109,7 @@ until_unavailable(const char *tenant, const uint8_t old_wrapped[65])
       ck_assert_msg(serving == 0, "health says serving while the HSM is down");
       return;
     }
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
   ck_abort_msg("kmsd never answered UNAVAILABLE while the HSM was failing");
 }
@@ -155,7 +126,7 @@ until_served_again(const char *tenant, const uint8_t old_pt[32], const uint8_t o
     ck_assert_msg(r == TK_OK || r == TK_EUNAVAILABLE, "generate after the fault: %s",
                   tk_strerror(r));
     if (r != TK_OK) {
-      pause_ms(TRY_PAUSE_MS);
+      harness_pause_ms(TRY_PAUSE_MS);
     }
   }
   ck_assert_msg(r == TK_OK, "kmsd did not serve again after the HSM came back");
@@ -211,7 +182,7 @@ START_TEST(test_lost_sessions_give_unavailable_then_relogin_and_reload)
   for (int i = 0; i < TRIES && count_in_log("event=audit_checkpoint size") == signed_before; i++) {
     uint8_t pt[32], w[65];
     generate_ok("f-session", pt, w);
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
   ck_assert_int_gt(count_in_log("event=audit_checkpoint size"), signed_before);
 }
@@ -261,7 +232,7 @@ START_TEST(test_relogin_reads_the_pin_file_again)
     r = tk_data_key_generate(svc, &k, "f-pin", NULL, 1);
     tk_data_key_free(k);
     ck_assert_msg(r == TK_EUNAVAILABLE, "generate with a wrong PIN on file: %s", tk_strerror(r));
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
   ck_assert_int_gt(count_in_log("event=hsm_recovery_failed"), failed_before);
   ck_assert_int_eq(count_in_log("000000-wrong"), 0); /* never logged */
@@ -401,7 +372,7 @@ START_TEST(test_sigabrt_leaves_no_core_and_no_data_key_on_disk)
   int cores_before = to_file ? count_cores(core_dir, prefix) : 0;
   ck_assert_int_eq(kill(pid, SIGABRT), 0);
   for (int i = 0; i < TRIES * 4 && harness_kmsd_alive(); i++) {
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
   ck_assert_msg(!harness_kmsd_alive(), "kmsd survived SIGABRT");
   if (to_file) {
@@ -481,8 +452,8 @@ main(void)
   setenv("P11SHIM_MODULE", real, 1);
   setenv("P11SHIM_CONTROL", control, 1);
   harness_start_kmsd();
-  officer = client("officer");
-  svc = client("recording");
+  officer = harness_client_no_retry("officer");
+  svc = harness_client_no_retry("recording");
   if (officer == NULL || svc == NULL) {
     harness_stop_kmsd();
     return 99;

@@ -50,14 +50,6 @@
 
 static int port;
 
-static void
-pause_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
 /* A TCP connection to kmsd from 127.0.0.|host|. -1 if the connect itself failed. */
 static int
 tcp_from(int host)
@@ -313,7 +305,7 @@ loris_main(void *arg)
   if (ssl != NULL && write_all(ssl, hdr, sizeof(hdr)) == 0) {
     for (int i = 0; i < 200; i++) {
       uint8_t b = 0x0a;
-      pause_ms(100);
+      harness_pause_ms(100);
       if (write_all(ssl, &b, 1) != 0) {
         atomic_store(&l->closed_by_kmsd, 1);
         break;
@@ -366,7 +358,7 @@ START_TEST(test_idle_halfopen_slowloris_and_flood_do_not_starve_a_good_client)
   ck_assert_int_eq(pthread_create(&lo.thread, NULL, loris_main, &lo), 0);
   /* The flood gets going before the good client asks. */
   for (int i = 0; i < TRIES && atomic_load(&fl.sent) < 2 * BURST; i++) {
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
 
   /* A new client can still connect while the half-open connections hold their slots. */
@@ -382,11 +374,11 @@ START_TEST(test_idle_halfopen_slowloris_and_flood_do_not_starve_a_good_client)
     int r = tk_data_key_generate(good, &k, "good", NULL, 1);
     ck_assert_msg(r == TK_OK, "good client, request %d: %s", i, tk_strerror(r));
     tk_data_key_free(k);
-    pause_ms(20);
+    harness_pause_ms(20);
   }
   /* The slow-loris connection is cut before its frame is complete. */
   for (int i = 0; i < TRIES * 2 && !atomic_load(&lo.done); i++) {
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
   ck_assert_msg(atomic_load(&lo.closed_by_kmsd), "kmsd let a slow-loris frame trickle on");
   atomic_store(&fl.stop, 1);
@@ -446,7 +438,7 @@ START_TEST(test_connections_per_peer_are_limited)
     if (again != NULL && !health_ok(again)) {
       tls_close(again);
       again = NULL;
-      pause_ms(TRY_PAUSE_MS);
+      harness_pause_ms(TRY_PAUSE_MS);
     }
   }
   ck_assert_ptr_nonnull(again);
@@ -481,7 +473,7 @@ START_TEST(test_handshake_deadline_is_absolute)
       cut = 1;
       break;
     }
-    pause_ms(50);
+    harness_pause_ms(50);
     char c;
     int got = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
@@ -565,7 +557,7 @@ START_TEST(test_sigterm_under_load_keeps_every_acknowledged_record)
   ck_assert_ptr_nonnull(fl.ok_ids);
   ck_assert_int_eq(pthread_create(&fl.thread, NULL, flood_main, &fl), 0);
   for (int i = 0; i < TRIES && atomic_load(&fl.ok) < 50; i++) {
-    pause_ms(TRY_PAUSE_MS);
+    harness_pause_ms(TRY_PAUSE_MS);
   }
   ck_assert_int_ge(atomic_load(&fl.ok), 50);
   ck_assert_int_eq(harness_stop_kmsd(), 0); /* SIGTERM with the flood still running */

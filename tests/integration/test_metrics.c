@@ -38,40 +38,11 @@ static tk_client *officer, *svc;
 static char control[600];
 static int metrics_port;
 
-static void
-pause_ms(long ms)
-{
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
-
-/* A client that does not retry: each call shows what kmsd answered. */
-static tk_client *
-client(const char *name)
-{
-  const char *path = harness_client_conf("clients", name);
-  FILE *f = fopen(path, "a");
-  tk_client *c = NULL;
-  char err[256] = "cannot append to the client configuration";
-  if (f == NULL || fprintf(f, "retries = 0\n") < 0 || fclose(f) != 0 ||
-      tk_client_new_from_file(&c, path, err, sizeof(err)) != TK_OK) {
-    fprintf(stderr, "client %s: %s\n", name, err);
-    return NULL;
-  }
-  return c;
-}
-
+/* The shim rereads its control file (DIR/p11shim.control), replaced whole by rename. */
 static void
 set_fault(const char *content)
 {
-  char tmp[700];
-  snprintf(tmp, sizeof(tmp), "%s.tmp", control);
-  FILE *f = fopen(tmp, "w");
-  ck_assert_ptr_nonnull(f);
-  fputs(content, f);
-  fclose(f);
-  ck_assert_int_eq(rename(tmp, control), 0);
+  harness_write_file("p11shim.control", content);
 }
 
 /* The metrics port from kmsd's "event=metrics_ready listen=127.0.0.1:PORT" line. */
@@ -264,7 +235,7 @@ START_TEST(test_readyz_503_while_the_hsm_fails)
     r = tk_data_key_generate(svc, &k, MARKER "-f", NULL, 1);
     tk_data_key_free(k);
     if (r != TK_EUNAVAILABLE) {
-      pause_ms(TRY_PAUSE_MS);
+      harness_pause_ms(TRY_PAUSE_MS);
     }
   }
   ck_assert_int_eq(r, TK_EUNAVAILABLE);
@@ -289,7 +260,7 @@ START_TEST(test_readyz_503_while_the_hsm_fails)
     r = tk_data_key_generate(svc, &k, MARKER "-f", NULL, 1);
     tk_data_key_free(k);
     if (r != TK_OK) {
-      pause_ms(TRY_PAUSE_MS);
+      harness_pause_ms(TRY_PAUSE_MS);
     }
   }
   ck_assert_int_eq(r, TK_OK);
@@ -387,11 +358,11 @@ START_TEST(test_backup_under_load_restores_on_a_second_kmsd)
       generate_ok(svc, tenant, pts[t][i], blobs[t][i]);
     }
   }
-  struct load l = {client("recording"), 0, 0, 0};
+  struct load l = {harness_client_no_retry("recording"), 0, 0, 0};
   ck_assert_ptr_nonnull(l.c);
   pthread_t th;
   ck_assert_int_eq(pthread_create(&th, NULL, load_main, &l), 0);
-  pause_ms(200);
+  harness_pause_ms(200);
   int r = backup_call(&resp);
   ck_assert_msg(r == TK_OK, "backup: %s", tk_strerror(r));
   /* kmsctl too, copying the snapshot and checking its SHA-256. */
@@ -403,7 +374,7 @@ START_TEST(test_backup_under_load_restores_on_a_second_kmsd)
     snprintf(path, sizeof(path), "%s/kmsctl.out", harness_dir());
     ck_assert(harness_file_contains(path, (const uint8_t *)"sha256 verified", 15));
   }
-  pause_ms(200);
+  harness_pause_ms(200);
   l.stop = 1;
   pthread_join(th, NULL);
   tk_client_free(l.c);
@@ -443,8 +414,8 @@ START_TEST(test_backup_under_load_restores_on_a_second_kmsd)
   harness_start_kmsd();
   tk_client_free(svc);
   tk_client_free(officer);
-  svc = client("recording");
-  officer = client("officer");
+  svc = harness_client_no_retry("recording");
+  officer = harness_client_no_retry("officer");
   ck_assert_ptr_nonnull(svc);
   ck_assert_ptr_nonnull(officer);
   for (int t = 0; t < N_TENANTS; t++) {
@@ -507,8 +478,8 @@ main(void)
   setenv("P11SHIM_CONTROL", control, 1);
   harness_start_kmsd();
   metrics_port = find_metrics_port();
-  officer = client("officer");
-  svc = client("recording");
+  officer = harness_client_no_retry("officer");
+  svc = harness_client_no_retry("recording");
   if (officer == NULL || svc == NULL || metrics_port == 0) {
     fprintf(stderr, "setup failed (metrics port %d)\n", metrics_port);
     harness_stop_kmsd();
