@@ -100,6 +100,37 @@ kms_status_to_err(int status)
   }
 }
 
+const char *
+kms_status_name(int status)
+{
+  switch (status) {
+  case ST_OK:
+    return "OK";
+  case ST_INVALID_ARGUMENT:
+    return "INVALID_ARGUMENT";
+  case ST_NOT_FOUND:
+    return "NOT_FOUND";
+  case ST_ALREADY_EXISTS:
+    return "ALREADY_EXISTS";
+  case ST_PERMISSION_DENIED:
+    return "PERMISSION_DENIED";
+  case ST_RESOURCE_EXHAUSTED:
+    return "RESOURCE_EXHAUSTED";
+  case ST_FAILED_PRECONDITION:
+    return "FAILED_PRECONDITION";
+  case ST_UNIMPLEMENTED:
+    return "UNIMPLEMENTED";
+  case ST_INTERNAL:
+    return "INTERNAL";
+  case ST_UNAVAILABLE:
+    return "UNAVAILABLE";
+  case ST_UNAUTHENTICATED:
+    return "UNAUTHENTICATED";
+  default:
+    return NULL;
+  }
+}
+
 void
 kms_set_err(char *err, size_t err_len, const char *fmt, ...)
 {

@@ -43,6 +43,12 @@ int kms_err_to_status(int err);
 int kms_status_to_err(int status);
 
 /*
+ * kms_status_name returns the name of a wire status ("OK", "NOT_FOUND", ...)
+ * or NULL for a number tkms.StatusCode does not define.
+ */
+const char *kms_status_name(int status);
+
+/*
  * kms_set_err formats a human-readable reason into the caller's buffer |err|
  * (|err_len| bytes, always terminated, truncated if longer). A NULL |err| or
  * a zero |err_len| means the caller does not want one: nothing is written.

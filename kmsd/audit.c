@@ -49,7 +49,8 @@ struct audit {
   struct kms_note_vkey vk;
   hsm_session *hs;  /* the writer's own session, for signing */
   kms_secret *hmac; /* context-value HMAC key, derived from an HSM key */
-  EVP_MAC_CTX *hmac_ctx; /* keyed with it, for the loop thread (audit_hmac_compute) */
+  EVP_MAC_CTX *hmac_ctx; /* keyed with it; duplicated per value under hmac_mu */
+  pthread_mutex_t hmac_mu;
 
   /* Writer-thread state (and audit_open's before the thread starts). */
   int fd;
@@ -171,37 +172,6 @@ sb_json_str(struct sbuf *b, const char *s)
   sb_put(b, "\"", 1);
 }
 
-static const char *
-status_name(int status)
-{
-  switch (status) {
-  case 0:
-    return "OK";
-  case 3:
-    return "INVALID_ARGUMENT";
-  case 5:
-    return "NOT_FOUND";
-  case 6:
-    return "ALREADY_EXISTS";
-  case 7:
-    return "PERMISSION_DENIED";
-  case 8:
-    return "RESOURCE_EXHAUSTED";
-  case 9:
-    return "FAILED_PRECONDITION";
-  case 12:
-    return "UNIMPLEMENTED";
-  case 13:
-    return "INTERNAL";
-  case 14:
-    return "UNAVAILABLE";
-  case 16:
-    return "UNAUTHENTICATED";
-  default:
-    return "UNKNOWN";
-  }
-}
-
 static void
 set_failing(audit *a, bool failing, const char *what, int err_no)
 {
@@ -295,14 +265,14 @@ audit_hmac_release(struct evp_mac_ctx_st *ctx)
   EVP_MAC_CTX_free(ctx);
 }
 
-int
-audit_hmac_compute(struct evp_mac_ctx_st *prepared, const char *key, const char *value, char *out)
+/* hmac_hex computes the context-value HMAC with |ctx| (a keyed copy), which it frees. */
+static int
+hmac_hex(EVP_MAC_CTX *ctx, const char *key, const char *value, char *out)
 {
   static const uint8_t zero = 0;
   uint8_t mac[EVP_MAX_MD_SIZE];
   size_t mac_len = 0;
   int r = KMS_ERR_INTERNAL;
-  EVP_MAC_CTX *ctx = prepared != NULL ? EVP_MAC_CTX_dup(prepared) : NULL;
 
   if (ctx == NULL) {
     goto out;
@@ -324,13 +294,25 @@ out:
   return r;
 }
 
-/* context_hmac runs on the loop thread only: the prepared context is the loop's. */
+int
+audit_hmac_compute(struct evp_mac_ctx_st *prepared, const char *key, const char *value, char *out)
+{
+  return hmac_hex(prepared != NULL ? EVP_MAC_CTX_dup(prepared) : NULL, key, value, out);
+}
+
+/*
+ * context_hmac runs on any thread that submits records: the prepared context
+ * is shared, so only its duplication (a read of it) is serialised.
+ */
 static void
 context_hmac(audit *a, struct sbuf *b, const char *key, const char *value)
 {
   char hex[2 * CONTEXT_HMAC_LEN + 1];
 
-  if (audit_hmac_compute(a->hmac_ctx, key, value, hex) != KMS_OK) {
+  pthread_mutex_lock(&a->hmac_mu);
+  EVP_MAC_CTX *own = a->hmac_ctx != NULL ? EVP_MAC_CTX_dup(a->hmac_ctx) : NULL;
+  pthread_mutex_unlock(&a->hmac_mu);
+  if (hmac_hex(own, key, value, hex) != KMS_OK) {
     b->oom = true;
     return;
   }
@@ -351,6 +333,22 @@ entries_hmac(audit *a, struct sbuf *b, Tkms__ContextEntry *const *e, size_t n)
     context_hmac(a, b, e[i]->key != NULL ? e[i]->key : "", e[i]->value != NULL ? e[i]->value : "");
   }
   sb_put(b, "}", 1);
+}
+
+/* hand_back queues finished items for their done() calls on the loop, and wakes it. */
+static void
+hand_back(audit *a, struct audit_item *head, struct audit_item *tail, size_t n)
+{
+  pthread_mutex_lock(&a->done_mu);
+  if (a->d_tail != NULL) {
+    a->d_tail->next = head;
+  } else {
+    a->d_head = head;
+  }
+  a->d_tail = tail;
+  a->done_n += n;
+  pthread_mutex_unlock(&a->done_mu);
+  event_active(a->done_ev, EV_READ, 0);
 }
 
 int
@@ -400,9 +398,13 @@ audit_submit(audit *a, struct audit_item *item, const struct audit_fields *f)
          f->status == 0                        ? "ok"
          : (f->status == 7 || f->status == 16) ? "denied"
                                                : "error",
-         status_name(f->status), f->status);
+         kms_status_name(f->status) != NULL ? kms_status_name(f->status) : "UNKNOWN", f->status);
   if (b.oom || b.len > KMS_AUDIT_LINE_MAX - 32) {
     free(b.p);
+    item->body = NULL;
+    item->next = NULL;
+    item->status = KMS_ERR_UNAVAILABLE;
+    hand_back(a, item, item, 1);
     return KMS_ERR_ALLOC;
   }
   item->body = b.p;
@@ -655,19 +657,12 @@ writer_main(void *arg)
         free(it->body);
         it->body = NULL;
       }
-      pthread_mutex_lock(&a->done_mu);
-      if (a->d_tail != NULL) {
-        a->d_tail->next = batch;
-      } else {
-        a->d_head = batch;
-      }
-      a->d_tail = tail;
-      a->done_n += n;
-      pthread_mutex_unlock(&a->done_mu);
+      /* Counted as done before it stops counting as being written: audit_pending never
+       * reads zero while an answer still waits. */
+      hand_back(a, batch, tail, n);
       pthread_mutex_lock(&a->mu);
       a->writing = 0;
       pthread_mutex_unlock(&a->mu);
-      event_active(a->done_ev, EV_READ, 0);
     }
     if (stop) {
       if (a->tree.size != a->cp_size || !a->cp_any) {
@@ -932,6 +927,7 @@ audit_open(audit **out, const struct audit_config *cfg, hsm *h, struct event_bas
   pthread_cond_init(&a->cv, NULL);
   pthread_mutex_init(&a->done_mu, NULL);
   pthread_mutex_init(&a->st_mu, NULL);
+  pthread_mutex_init(&a->hmac_mu, NULL);
   a->mu_init = true;
   memcpy(a->dir, cfg->dir, strlen(cfg->dir) + 1);
   memcpy(a->node, cfg->node, strlen(cfg->node) + 1);
@@ -1037,6 +1033,7 @@ audit_close(audit *a)
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->done_mu);
     pthread_mutex_destroy(&a->st_mu);
+    pthread_mutex_destroy(&a->hmac_mu);
   }
   free(a);
 }

@@ -88,8 +88,11 @@ int audit_open(audit **out, const struct audit_config *cfg, hsm *h, struct event
 void audit_close(audit *a);
 
 /*
- * audit_submit builds the record for |f| and queues it; |item->done| will be
- * called exactly once, unless this returns an error (then never).
+ * audit_submit builds the record for |f| and queues it. Any thread may call
+ * it. |item->done| is called exactly once, on the loop thread, never from
+ * within this call: with KMS_OK once the record is durable, else with an
+ * error (also when the record could not be built: then this returns that
+ * error too).
  */
 int audit_submit(audit *a, struct audit_item *item, const struct audit_fields *f);
 

@@ -1051,11 +1051,12 @@ struct tick_job {
   struct lifecycle lc;
 };
 
-static void
+static bool
 tick_work(struct work_item *item, struct worker_ctx *w)
 {
   struct tick_job *j = (struct tick_job *)item;
   lifecycle_tick(&j->lc, w);
+  return true;
 }
 
 static void

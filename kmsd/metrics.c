@@ -79,25 +79,6 @@ observe(struct histogram *h, int64_t us)
   h->sum_us += us;
 }
 
-static const char *
-status_name(int status)
-{
-  static const char *const names[N_STATUS] = {
-      [0] = "OK",
-      [3] = "INVALID_ARGUMENT",
-      [5] = "NOT_FOUND",
-      [6] = "ALREADY_EXISTS",
-      [7] = "PERMISSION_DENIED",
-      [8] = "RESOURCE_EXHAUSTED",
-      [9] = "FAILED_PRECONDITION",
-      [12] = "UNIMPLEMENTED",
-      [13] = "INTERNAL",
-      [14] = "UNAVAILABLE",
-      [16] = "UNAUTHENTICATED",
-  };
-  return status >= 0 && status < N_STATUS ? names[status] : NULL;
-}
-
 void
 metrics_request_done(const char *op, int status, int64_t latency_us)
 {
@@ -119,7 +100,7 @@ metrics_request_done(const char *op, int status, int64_t latency_us)
     s->name = op;
   }
   /* A status outside the known set counts as INTERNAL (it would be a bug). */
-  s->by_status[status_name(status) != NULL ? status : 13]++;
+  s->by_status[status >= 0 && status < N_STATUS && kms_status_name(status) != NULL ? status : 13]++;
   observe(&s->latency, latency_us);
 }
 
@@ -158,9 +139,10 @@ render(const struct metrics_sources *src, struct evbuffer *b)
                          "status.\n# TYPE kmsd_requests_total counter\n");
   for (size_t i = 0; i < n_ops; i++) {
     for (int st = 0; st < N_STATUS; st++) {
-      if (ops[i].by_status[st] != 0) {
+      const char *sn = kms_status_name(st);
+      if (ops[i].by_status[st] != 0 && sn != NULL) {
         evbuffer_add_printf(b, "kmsd_requests_total{operation=\"%s\",status=\"%s\"} %llu\n",
-                            ops[i].name, status_name(st),
+                            ops[i].name, sn,
                             (unsigned long long)ops[i].by_status[st]);
       }
     }

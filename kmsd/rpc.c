@@ -973,34 +973,29 @@ held_done(struct audit_item *item, int status)
 }
 
 /*
- * respond packs |resp| and hands it with the request's audit record to the
- * audit writer; held_done sends it once the record is durable. |req| and |m|
- * may be NULL (undecodable frame); |req| is not kept.
+ * hold_answer packs |resp| into a held answer and hands it with the request's
+ * audit record to the audit writer; held_done sends it on the loop once the
+ * record is durable. The held answer takes over one in-flight reference on
+ * |c| (held_done ends it). It touches nothing of the loop's, so a worker may
+ * call it. Returns false, having done nothing, if memory ran out. |req| and
+ * |m| may be NULL (undecodable frame); |req| is not kept.
  */
-static void
-respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
-        uint32_t kek_version, const Tkms__Response *resp, bool close_after, int64_t t0_us)
+static bool
+hold_answer(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
+            uint32_t kek_version, const Tkms__Response *resp, bool close_after, int64_t t0_us)
 {
   size_t n = protobuf_c_message_get_packed_size(&resp->base);
   uint8_t *frame = malloc(KMS_FRAME_HDR_LEN + n);
-  struct held *h = NULL;
+  struct held *h = calloc(1, sizeof(*h));
   struct audit_fields f;
 
-  if (frame == NULL) {
-    conn_close_after_send(c);
-    return;
+  if (frame == NULL || h == NULL) {
+    free(frame);
+    free(h);
+    return false;
   }
   kms_frame_put_header(frame, (uint32_t)n);
   protobuf_c_message_pack(&resp->base, frame + KMS_FRAME_HDR_LEN);
-  if (rpc->audit == NULL) {
-    metrics_request_done(m != NULL ? m->name : "unknown", (int)resp->status,
-                         metrics_now_us() - t0_us);
-    conn_send(c, frame, KMS_FRAME_HDR_LEN + n);
-    if (close_after) {
-      conn_close_after_send(c);
-    }
-    return;
-  }
   memset(&f, 0, sizeof(f));
   f.request_id = resp->request_id;
   f.principal = conn_principal(c);
@@ -1016,13 +1011,6 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
   f.session = v.session;
   f.kek_version = kek_version;
   f.status = (int)resp->status;
-  h = calloc(1, sizeof(*h));
-  if (h == NULL) {
-    OPENSSL_cleanse(frame, KMS_FRAME_HDR_LEN + n);
-    free(frame);
-    conn_close_after_send(c);
-    return;
-  }
   h->item.done = held_done;
   h->c = c;
   h->frame = frame;
@@ -1035,9 +1023,32 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
   h->status = (int)resp->status;
   h->t0_us = t0_us;
   h->submitted_us = metrics_now_us();
+  /* On failure held_done still runs, on the loop, and answers UNAVAILABLE. */
+  (void)audit_submit(rpc->audit, &h->item, &f);
+  return true;
+}
+
+/*
+ * respond answers on the loop thread: through the audit log (hold_answer), or
+ * at once when kmsd runs without one (unit set-ups).
+ */
+static void
+respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
+        uint32_t kek_version, const Tkms__Response *resp, bool close_after, int64_t t0_us)
+{
+  if (rpc->audit == NULL) {
+    metrics_request_done(m != NULL ? m->name : "unknown", (int)resp->status,
+                         metrics_now_us() - t0_us);
+    send_response(c, resp);
+    if (close_after) {
+      conn_close_after_send(c);
+    }
+    return;
+  }
   conn_inflight_begin(c); /* the connection outlives a close until the answer is settled */
-  if (audit_submit(rpc->audit, &h->item, &f) != KMS_OK) {
-    held_done(&h->item, KMS_ERR_UNAVAILABLE);
+  if (!hold_answer(rpc, c, req, m, kek_version, resp, close_after, t0_us)) {
+    conn_inflight_end(c);
+    conn_close_after_send(c);
   }
 }
 
@@ -1065,7 +1076,41 @@ job_free(struct rpc_job *job)
   free(job);
 }
 
+/* The result messages an answer may carry (fill_fn's |storage|). */
+union answer_storage {
+  Tkms__HealthResponse h;
+  Tkms__CreateTenantResponse t;
+  Tkms__GenerateDataKeyResponse g;
+  Tkms__DecryptResponse d;
+  Tkms__OpenSessionResponse o;
+  Tkms__GetSessionKeyResponse s;
+};
+
+/* job_answer fills |resp| for a finished |job|: its result, or the error it ended with. */
 static void
+job_answer(struct rpc_job *job, Tkms__Response *resp, union answer_storage *storage)
+{
+  tkms__response__init(resp);
+  resp->request_id = job->req->request_id;
+  if (job->err != KMS_OK) {
+    resp->status = (Tkms__StatusCode)kms_err_to_status(job->err);
+    resp->message = (char *)(job->res.message[0] != '\0'
+                                 ? job->res.message
+                                 : kms_strerror(job->err));
+  } else {
+    resp->status = TKMS__STATUS_CODE__OK;
+    job->method->fill(job, resp, storage);
+  }
+}
+
+/*
+ * job_work runs on a worker. Once the method has run, the worker also packs
+ * the answer and hands it with its audit record to the writer, so the loop
+ * is woken once per request (to send the answer), not twice. Health (it reads
+ * the loop's draining flag), a kmsd without an audit log, and an allocation
+ * failure finish on the loop instead (job_done): returns true for those.
+ */
+static bool
 job_work(struct work_item *item, struct worker_ctx *w)
 {
   struct rpc_job *job = (struct rpc_job *)item;
@@ -1080,39 +1125,41 @@ job_work(struct work_item *item, struct worker_ctx *w)
       !session_op && op != TKMS__REQUEST__OP_EXPORT_AUDIT) {
     keyops_forget_state(&job->rpc->ops);
   }
+  if (job->err != KMS_OK) {
+    int level = job->err == KMS_ERR_INTERNAL || job->err == KMS_ERR_HSM ? LOG_WARN : LOG_DEBUG;
+    log_msg(level, "event=request_failed id=%llu method=%s principal=%s code=%d reason=\"%s\"",
+            (unsigned long long)job->req->request_id, job->method->name, conn_principal(job->c),
+            job->err, kms_strerror(job->err));
+  }
+  if (job->rpc->audit == NULL || op == TKMS__REQUEST__OP_HEALTH) {
+    return true;
+  }
+  union answer_storage storage;
+  Tkms__Response resp;
+  job_answer(job, &resp, &storage);
+  /* The job's in-flight reference on its connection passes to the held answer. */
+  bool held = hold_answer(job->rpc, job->c, job->req, job->method, job->res.kek_version, &resp,
+                          false, job->t0_us);
+  OPENSSL_cleanse(&storage, sizeof(storage));
+  if (!held) {
+    return true;
+  }
+  job_free(job);
+  return false;
 }
 
+/* job_done finishes, on the loop, a job job_work did not answer itself. */
 static void
 job_done(struct work_item *item)
 {
   struct rpc_job *job = (struct rpc_job *)item;
   conn *c = job->c;
-  uint64_t id = job->req->request_id;
+  union answer_storage storage;
+  Tkms__Response resp;
 
-  if (job->err != KMS_OK) {
-    int level = job->err == KMS_ERR_INTERNAL || job->err == KMS_ERR_HSM ? LOG_WARN : LOG_DEBUG;
-    log_msg(level, "event=request_failed id=%llu method=%s principal=%s code=%d reason=\"%s\"",
-            (unsigned long long)id, job->method->name, conn_principal(c), job->err,
-            kms_strerror(job->err));
-    respond_error(job->rpc, c, job->req, job->method, id, job->err, job->res.message, false,
-                  job->t0_us);
-  } else {
-    union {
-      Tkms__HealthResponse h;
-      Tkms__CreateTenantResponse t;
-      Tkms__GenerateDataKeyResponse g;
-      Tkms__DecryptResponse d;
-      Tkms__OpenSessionResponse o;
-      Tkms__GetSessionKeyResponse s;
-    } storage;
-    Tkms__Response resp;
-    tkms__response__init(&resp);
-    resp.request_id = id;
-    resp.status = TKMS__STATUS_CODE__OK;
-    job->method->fill(job, &resp, &storage);
-    respond(job->rpc, c, job->req, job->method, job->res.kek_version, &resp, false, job->t0_us);
-    OPENSSL_cleanse(&storage, sizeof(storage));
-  }
+  job_answer(job, &resp, &storage);
+  respond(job->rpc, c, job->req, job->method, job->res.kek_version, &resp, false, job->t0_us);
+  OPENSSL_cleanse(&storage, sizeof(storage));
   job_free(job);
   conn_inflight_end(c);
 }

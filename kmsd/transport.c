@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -517,6 +518,15 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     evutil_closesocket(fd);
     return;
   }
+  /*
+   * No Nagle: a response is written whole as soon as it is ready. With Nagle,
+   * a response that follows another still unacknowledged waits for the
+   * peer's (delayed) ACK, which a pipelining client sends only with its next
+   * request: at a low rate per connection that added the whole gap between
+   * requests to every answer (docs/PERFORMANCE.md, "Nagle").
+   */
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   conn *c = calloc(1, sizeof(*c));
   SSL *ssl = SSL_new(s->ctx);
   struct event *timer = c != NULL ? evtimer_new(s->base, on_deadline, c) : NULL;

@@ -60,7 +60,10 @@ worker_main(void *arg)
     pthread_mutex_unlock(&w->mu);
 
     it->next = NULL;
-    it->work(it, &wk->ctx);
+    finished = 1;
+    if (!it->work(it, &wk->ctx)) {
+      continue; /* answered by the job itself: nothing for the loop */
+    }
 
     pthread_mutex_lock(&w->done_mu);
     int was_empty = w->done_head == NULL;
@@ -71,7 +74,6 @@ worker_main(void *arg)
     }
     w->done_tail = it;
     pthread_mutex_unlock(&w->done_mu);
-    finished = 1;
     /* Only the first job of a batch wakes the loop: drain_done takes the whole
      * queue, and the next job after that finds it empty again. */
     if (was_empty) {

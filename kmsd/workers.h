@@ -2,6 +2,7 @@
 #ifndef KMSD_WORKERS_H
 #define KMSD_WORKERS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <event2/event.h>
@@ -25,7 +26,12 @@ struct worker_ctx {
 };
 
 struct work_item {
-  void (*work)(struct work_item *item, struct worker_ctx *w);
+  /*
+   * Runs on a worker. Returns true to have done() called on the loop; false
+   * if it finished the item itself (it may have freed it): then done() is
+   * not called and the loop is not woken for it.
+   */
+  bool (*work)(struct work_item *item, struct worker_ctx *w);
   void (*done)(struct work_item *item);
   struct work_item *next;
 };

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -578,6 +580,9 @@ tcp_connect(const struct tk_endpoint *e, uint64_t deadline, int *out_fd)
       close(fd);
       continue;
     }
+    /* Requests go out at once, not behind an unacknowledged one (Nagle). */
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     *out_fd = fd;
     r = KMS_OK;
   }

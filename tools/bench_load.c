@@ -388,35 +388,6 @@ note_error(struct lthread *t, int op, const Tkms__Response *resp, const char *wh
   }
 }
 
-static const char *
-status_name(int s)
-{
-  switch (s) {
-  case TKMS__STATUS_CODE__INVALID_ARGUMENT:
-    return "INVALID_ARGUMENT";
-  case TKMS__STATUS_CODE__NOT_FOUND:
-    return "NOT_FOUND";
-  case TKMS__STATUS_CODE__ALREADY_EXISTS:
-    return "ALREADY_EXISTS";
-  case TKMS__STATUS_CODE__PERMISSION_DENIED:
-    return "PERMISSION_DENIED";
-  case TKMS__STATUS_CODE__RESOURCE_EXHAUSTED:
-    return "RESOURCE_EXHAUSTED";
-  case TKMS__STATUS_CODE__FAILED_PRECONDITION:
-    return "FAILED_PRECONDITION";
-  case TKMS__STATUS_CODE__UNIMPLEMENTED:
-    return "UNIMPLEMENTED";
-  case TKMS__STATUS_CODE__INTERNAL:
-    return "INTERNAL";
-  case TKMS__STATUS_CODE__UNAVAILABLE:
-    return "UNAVAILABLE";
-  case TKMS__STATUS_CODE__UNAUTHENTICATED:
-    return "UNAUTHENTICATED";
-  default:
-    return "error";
-  }
-}
-
 static void
 on_response(struct lthread *t, struct bconn *c, const uint8_t *p, size_t n, uint64_t now)
 {
@@ -430,7 +401,7 @@ on_response(struct lthread *t, struct bconn *c, const uint8_t *p, size_t n, uint
   if (s == 0 || s > c->cap || c->slots[s - 1].id != resp->request_id) {
     char why[200];
     snprintf(why, sizeof(why), "response with unknown request id %llu (status %s: %.100s)",
-             (unsigned long long)resp->request_id, status_name(resp->status),
+             (unsigned long long)resp->request_id, (kms_status_name(resp->status) != NULL ? kms_status_name(resp->status) : "UNKNOWN"),
              resp->message != NULL ? resp->message : "");
     fail(t, why);
     tkms__response__free_unpacked(resp, NULL);
@@ -444,7 +415,7 @@ on_response(struct lthread *t, struct bconn *c, const uint8_t *p, size_t n, uint
         resp->status == TKMS__STATUS_CODE__ALREADY_EXISTS) {
       t->res.ok[op]++;
     } else if (in_window || cfg->count_mode) {
-      note_error(t, op, resp, status_name(resp->status));
+      note_error(t, op, resp, (kms_status_name(resp->status) != NULL ? kms_status_name(resp->status) : "UNKNOWN"));
     }
   } else if (kms_wire_response_check(resp, op_case(op)) != KMS_OK) {
     note_error(t, op, resp, "malformed response");

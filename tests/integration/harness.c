@@ -59,6 +59,15 @@ harness_setup(const char *extra_conf)
   snprintf(supp, sizeof(supp), "suppressions=%s/tests/lsan.supp:fast_unwind_on_malloc=0",
            srcdir());
   setenv("LSAN_OPTIONS", supp, 0);
+  /* ASan reads fast_unwind_on_malloc from ASAN_OPTIONS only; without it the stacks stop
+   * in libcrypto (no frame pointers) and the suppression cannot match. */
+  const char *asan = getenv("ASAN_OPTIONS");
+  if (asan == NULL || strstr(asan, "fast_unwind_on_malloc") == NULL) {
+    char opts[600];
+    snprintf(opts, sizeof(opts), "%s%sfast_unwind_on_malloc=0", asan != NULL ? asan : "",
+             asan != NULL && asan[0] != '\0' ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
+  }
 }
 
 const char *
