@@ -4,10 +4,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/kdf.h>
+#include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
@@ -31,10 +32,28 @@ _Static_assert(COB_INFO_FIXED_LEN == 72, "info layout");
 /* ---- Key derivation ----------------------------------------------------- */
 
 static pthread_once_t kdf_once = PTHREAD_ONCE_INIT;
-static EVP_KDF *kdf_hkdf;
+static EVP_MAC_CTX *hmac512; /* HMAC-SHA-512 with no key yet: copied per derivation */
+static pthread_mutex_t hmac512_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* fetch_kdf fetches HKDF once per process (OpenSSL 3.0 cannot dup an HKDF context). */
-static void fetch_kdf(void) { kdf_hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL); }
+/*
+ * fetch_kdf prepares HMAC-SHA-512 once per process. HKDF-Expand is written
+ * out over it (RFC 5869, two blocks) instead of EVP_KDF "HKDF": that looked
+ * the digest up by name on every message, a fixed cost as large as sealing
+ * 4 KiB (docs/PERFORMANCE.md).
+ */
+static void fetch_kdf(void) {
+  EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  OSSL_PARAM params[2];
+  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                               (char *)"SHA512", 0);
+  params[1] = OSSL_PARAM_construct_end();
+  hmac512 = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+  if (hmac512 != NULL && EVP_MAC_CTX_set_params(hmac512, params) != 1) {
+    EVP_MAC_CTX_free(hmac512);
+    hmac512 = NULL;
+  }
+  EVP_MAC_free(mac);
+}
 
 /*
  * cob_keys holds what HKDF-Expand derives for one message: the AEAD context
@@ -66,6 +85,77 @@ static int check_key_ctx(const uint8_t *key, size_t key_len,
   return KMS_OK;
 }
 
+#define COB_SHA512_LEN 64
+_Static_assert(COB_OKM_LEN > COB_SHA512_LEN && COB_OKM_LEN <= 2 * COB_SHA512_LEN,
+               "HKDF-Expand runs exactly two blocks");
+
+/*
+ * hkdf_expand2 is HKDF-Expand-SHA-512 (RFC 5869 2.3) of |prk| for COB_OKM_LEN
+ * bytes: T(1) = HMAC(prk, info || 1), T(2) = HMAC(prk, T(1) || info || 2).
+ */
+static int hkdf_expand2(uint8_t okm[COB_OKM_LEN], const uint8_t *prk,
+                        const uint8_t *info, size_t info_len) {
+  static const uint8_t one = 1, two = 2;
+  uint8_t t1[COB_SHA512_LEN], t2[COB_SHA512_LEN];
+  size_t n1 = 0, n2 = 0;
+  int r = KMS_ERR_INTERNAL;
+
+  pthread_mutex_lock(&hmac512_mu);
+  EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(hmac512);
+  pthread_mutex_unlock(&hmac512_mu);
+  if (ctx == NULL) {
+    return KMS_ERR_ALLOC;
+  }
+  /* A second init with no key starts over with the same key. */
+  if (EVP_MAC_init(ctx, prk, TK_COB_KEY_LEN, NULL) == 1 &&
+      EVP_MAC_update(ctx, info, info_len) == 1 && EVP_MAC_update(ctx, &one, 1) == 1 &&
+      EVP_MAC_final(ctx, t1, &n1, sizeof(t1)) == 1 && n1 == sizeof(t1) &&
+      EVP_MAC_init(ctx, NULL, 0, NULL) == 1 && EVP_MAC_update(ctx, t1, sizeof(t1)) == 1 &&
+      EVP_MAC_update(ctx, info, info_len) == 1 && EVP_MAC_update(ctx, &two, 1) == 1 &&
+      EVP_MAC_final(ctx, t2, &n2, sizeof(t2)) == 1 && n2 == sizeof(t2)) {
+    memcpy(okm, t1, COB_SHA512_LEN);
+    memcpy(okm + COB_SHA512_LEN, t2, COB_OKM_LEN - COB_SHA512_LEN);
+    r = KMS_OK;
+  }
+  EVP_MAC_CTX_free(ctx); /* cleanses its keyed state */
+  OPENSSL_cleanse(t1, sizeof(t1));
+  OPENSSL_cleanse(t2, sizeof(t2));
+  return r;
+}
+
+/*
+ * Salts come from a per-thread buffer of RAND_bytes output, refilled 32 salts
+ * at a time: one RAND_bytes call costs about as much as sealing 1 KiB. Salts
+ * are public (each header carries its own), so the buffer holds nothing
+ * secret; but a salt must never repeat under one key, so a buffer inherited
+ * through fork() is thrown away (the pid it was filled in is kept with it).
+ */
+#define COB_SALT_POOL (32 * TK_COB_SALT_LEN)
+static _Thread_local struct {
+  uint8_t bytes[COB_SALT_POOL];
+  size_t left;
+  pid_t pid;
+} salt_pool;
+
+static int cob_new_salt(uint8_t salt[TK_COB_SALT_LEN]) {
+  pid_t pid = getpid();
+  if (salt_pool.left < TK_COB_SALT_LEN || salt_pool.pid != pid) {
+    if (RAND_bytes(salt_pool.bytes, sizeof(salt_pool.bytes)) != 1) {
+      salt_pool.left = 0;
+      return KMS_ERR_INTERNAL;
+    }
+    salt_pool.left = sizeof(salt_pool.bytes);
+    salt_pool.pid = pid;
+  }
+  memcpy(salt, salt_pool.bytes + sizeof(salt_pool.bytes) - salt_pool.left,
+         TK_COB_SALT_LEN);
+  /* Taken bytes are not left behind for a later reader of the buffer. */
+  OPENSSL_cleanse(salt_pool.bytes + sizeof(salt_pool.bytes) - salt_pool.left,
+                  TK_COB_SALT_LEN);
+  salt_pool.left -= TK_COB_SALT_LEN;
+  return KMS_OK;
+}
+
 /* cob_derive runs HKDF-Expand-SHA-512 for (key, salt, context) into |out|. */
 static int cob_derive(struct cob_keys *out, const uint8_t *key,
                       const uint8_t salt[TK_COB_SALT_LEN],
@@ -74,16 +164,12 @@ static int cob_derive(struct cob_keys *out, const uint8_t *key,
   uint8_t info[COB_INFO_FIXED_LEN + TK_COB_MAX_CONTEXT_LEN];
   size_t info_len = 0;
   uint8_t okm[COB_OKM_LEN];
-  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-  char digest[] = "SHA512";
-  EVP_KDF_CTX *kctx = NULL;
-  OSSL_PARAM params[5];
 
   memset(out, 0, sizeof(*out));
   if (context_len > TK_COB_MAX_CONTEXT_LEN) {
     return KMS_ERR_INVALID_ARGUMENT;
   }
-  if (pthread_once(&kdf_once, fetch_kdf) != 0 || kdf_hkdf == NULL) {
+  if (pthread_once(&kdf_once, fetch_kdf) != 0 || hmac512 == NULL) {
     return KMS_ERR_INTERNAL;
   }
   memcpy(info, COB_PREFIX, COB_PREFIX_LEN);
@@ -98,19 +184,7 @@ static int cob_derive(struct cob_keys *out, const uint8_t *key,
     info_len += context_len;
   }
 
-  params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0);
-  params[1] = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
-  params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
-                                                (void *)key, TK_COB_KEY_LEN);
-  params[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info,
-                                                info_len);
-  params[4] = OSSL_PARAM_construct_end();
-  if ((kctx = EVP_KDF_CTX_new(kdf_hkdf)) == NULL) {
-    r = KMS_ERR_ALLOC;
-    goto out;
-  }
-  if (EVP_KDF_derive(kctx, okm, sizeof(okm), params) != 1) {
-    r = KMS_ERR_INTERNAL;
+  if ((r = hkdf_expand2(okm, key, info, info_len)) != KMS_OK) {
     goto out;
   }
   if ((r = tk_aead_new(&out->aead, okm, TK_AEAD_KEY_LEN)) != KMS_OK) {
@@ -121,7 +195,6 @@ static int cob_derive(struct cob_keys *out, const uint8_t *key,
          TK_COB_COMMIT_LEN);
   r = KMS_OK;
 out:
-  EVP_KDF_CTX_free(kctx); /* frees (and cleanses) its copy of the key */
   OPENSSL_cleanse(okm, sizeof(okm));
   OPENSSL_cleanse(info, info_len);
   if (r != KMS_OK) {
@@ -315,7 +388,7 @@ int tk_cob_encrypt(uint8_t *out_ct, size_t out_cap, size_t *out_ct_len,
     return KMS_ERR_INVALID_ARGUMENT;
   }
   *out_ct_len = 0;
-  if (RAND_bytes(salt, sizeof(salt)) != 1) {
+  if (cob_new_salt(salt) != KMS_OK) {
     return KMS_ERR_INTERNAL;
   }
   r = tk_cob_encrypt_with_salt(out_ct, out_cap, out_ct_len, key, key_len,
@@ -414,7 +487,7 @@ int tk_cob_enc_init(tk_cob_enc **out_st,
     return r;
   }
   if (salt == NULL) {
-    if (RAND_bytes(rsalt, sizeof(rsalt)) != 1) {
+    if (cob_new_salt(rsalt) != KMS_OK) {
       r = KMS_ERR_INTERNAL;
       goto out;
     }

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <openssl/evp.h>
@@ -951,6 +953,39 @@ START_TEST(test_random_salt_differs) {
 }
 END_TEST
 
+/*
+ * Salts come from a per-thread buffer (cobblestone.c): a child made by fork()
+ * must not reuse the salts its parent has not used yet, or a parent and child
+ * sealing under one key would derive the same message key and nonces.
+ */
+START_TEST(test_salt_not_repeated_across_fork) {
+  uint8_t a[100], b[100], pt[10] = {0};
+  size_t n;
+  int fds[2];
+  /* Fill the parent's buffer, so the child would inherit unused salts. */
+  ck_assert_int_eq(tk_cob_encrypt(a, sizeof(a), &n, k_key, 32, NULL, 0, pt, 10),
+                   KMS_OK);
+  ck_assert_int_eq(pipe(fds), 0);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int ok = tk_cob_encrypt(b, sizeof(b), &n, k_key, 32, NULL, 0, pt, 10) == KMS_OK &&
+             write(fds[1], b, TK_COB_SALT_LEN) == TK_COB_SALT_LEN;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  ck_assert_int_eq(read(fds[0], b, TK_COB_SALT_LEN), TK_COB_SALT_LEN);
+  close(fds[0]);
+  close(fds[1]);
+  /* The parent's next salt is the one the child would have taken from the buffer. */
+  ck_assert_int_eq(tk_cob_encrypt(a, sizeof(a), &n, k_key, 32, NULL, 0, pt, 10),
+                   KMS_OK);
+  ck_assert(memcmp(a, b, TK_COB_SALT_LEN) != 0);
+}
+END_TEST
+
 static Suite *cobblestone_suite(void) {
   Suite *s = suite_create("cobblestone");
   TCase *tc = tcase_create("core");
@@ -966,6 +1001,7 @@ static Suite *cobblestone_suite(void) {
   tcase_add_test(tc, test_5mib_streamed_constant_memory);
   tcase_add_test(tc, test_misuse_rejected);
   tcase_add_test(tc, test_random_salt_differs);
+  tcase_add_test(tc, test_salt_not_repeated_across_fork);
   suite_add_tcase(s, tc);
   return s;
 }
