@@ -67,6 +67,26 @@ hsm_delay(const struct keyops *k)
   }
 }
 
+_Static_assert(sizeof(((struct worker_ctx *)0)->iv_pool) % DEKWRAP_IV_LEN == 0,
+               "the IV buffer holds whole IVs");
+
+int
+keyops_take_iv(struct worker_ctx *w, uint8_t iv[DEKWRAP_IV_LEN])
+{
+  if (w->iv_pool_left < DEKWRAP_IV_LEN) {
+    if (RAND_bytes(w->iv_pool, sizeof(w->iv_pool)) != 1) {
+      w->iv_pool_left = 0;
+      return KMS_ERR_INTERNAL;
+    }
+    w->iv_pool_left = sizeof(w->iv_pool);
+  }
+  uint8_t *p = w->iv_pool + (sizeof(w->iv_pool) - w->iv_pool_left);
+  memcpy(iv, p, DEKWRAP_IV_LEN);
+  OPENSSL_cleanse(p, DEKWRAP_IV_LEN);
+  w->iv_pool_left -= DEKWRAP_IV_LEN;
+  return KMS_OK;
+}
+
 /*
  * Data keys come from the HSM's RNG, DEK_POOL_KEYS keys' worth per call, into
  * the worker's pool in locked memory: one HSM round trip per 32 data keys
@@ -376,7 +396,7 @@ keyops_generate(const struct keyops *k, struct worker_ctx *w, struct keyops_resu
   }
   memset(&blob, 0, sizeof(blob));
   blob.kek_version = kek.version;
-  if (RAND_bytes(blob.iv, sizeof(blob.iv)) != 1) {
+  if (keyops_take_iv(w, blob.iv) != KMS_OK) {
     r = KMS_ERR_INTERNAL;
     goto out;
   }
@@ -553,7 +573,7 @@ keyops_reencrypt(const struct keyops *k, struct worker_ctx *w, struct keyops_res
   }
   memset(&blob, 0, sizeof(blob));
   blob.kek_version = kek.version;
-  if (RAND_bytes(blob.iv, sizeof(blob.iv)) != 1) {
+  if (keyops_take_iv(w, blob.iv) != KMS_OK) {
     r = KMS_ERR_INTERNAL;
     goto out;
   }

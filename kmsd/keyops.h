@@ -94,6 +94,14 @@ int keyops_spend_use(const struct keyops *k, struct worker_ctx *w, const struct 
  */
 int keyops_rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old);
 
+/*
+ * keyops_take_iv writes a fresh random 12-byte GCM IV for a wrap under a KEK.
+ * IVs are public, so they come from the worker's buffer of RAND_bytes output,
+ * 64 at a time (one RAND_bytes call costs about a microsecond); taken bytes
+ * are wiped from the buffer so no IV is handed out twice.
+ */
+int keyops_take_iv(struct worker_ctx *w, uint8_t iv[DEKWRAP_IV_LEN]);
+
 /* keyops_result_clear wipes and frees what |res| holds. */
 void keyops_result_clear(struct keyops_result *res);
 

@@ -96,7 +96,7 @@ wrap(struct worker_ctx *w, kekcache_entry *e, const char *tenant_id, const char 
   }
   memset(&blob, 0, sizeof(blob));
   blob.kek_version = version;
-  if (RAND_bytes(blob.iv, sizeof(blob.iv)) != 1) {
+  if (keyops_take_iv(w, blob.iv) != KMS_OK) {
     return KMS_ERR_INTERNAL;
   }
   r = hsm_gcm_encrypt(w->hs, kekcache_entry_key(e), blob.iv, aad, aad_len, key, DEKWRAP_KEY_LEN,

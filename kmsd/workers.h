@@ -23,6 +23,8 @@ struct worker_ctx {
   unsigned id;
   kms_secret *dek_pool; /* HSM random bytes not yet used as data keys (keyops.c) */
   size_t dek_pool_left;
+  uint8_t iv_pool[64 * 12]; /* RAND_bytes output not yet used as GCM IVs (keyops_take_iv) */
+  size_t iv_pool_left;
 };
 
 struct work_item {
