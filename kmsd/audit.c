@@ -102,7 +102,7 @@ sb_put(struct sbuf *b, const char *s, size_t n)
     return;
   }
   if (b->len + n + 1 > b->cap) {
-    size_t ncap = b->cap ? b->cap : 256;
+    size_t ncap = b->cap ? b->cap : 512; /* one allocation for a typical record */
     while (ncap < b->len + n + 1) {
       ncap *= 2;
     }
