@@ -78,6 +78,14 @@ int
 kms_auditlog_replay(const char *const *files, size_t n_files, const struct kms_auditlog_cp *cps_in,
                     size_t n_cps, struct kms_auditlog_result *res)
 {
+  return kms_auditlog_replay_from(NULL, files, n_files, cps_in, n_cps, res);
+}
+
+int
+kms_auditlog_replay_from(const struct kms_merkle_frontier *start, const char *const *files,
+                         size_t n_files, const struct kms_auditlog_cp *cps_in, size_t n_cps,
+                         struct kms_auditlog_result *res)
+{
   int r = KMS_ERR_INTERNAL;
   struct kms_auditlog_cp *cps = NULL;
   size_t cp_idx = 0;
@@ -97,6 +105,24 @@ kms_auditlog_replay(const char *const *files, size_t n_files, const struct kms_a
     }
     memcpy(cps, cps_in, n_cps * sizeof(*cps));
     qsort(cps, n_cps, sizeof(*cps), cmp_cp);
+  }
+  if (start != NULL) {
+    /* The records before |start| were checked when it was saved: skip their checkpoints, but
+     * the one at its size must be there and agree with it. */
+    res->tree = *start;
+    last_good = start->size;
+    while (cp_idx < n_cps && cps[cp_idx].size < start->size) {
+      cp_idx++;
+    }
+    if (cp_idx == n_cps || cps[cp_idx].size != start->size) {
+      res->bad_seq = start->size;
+      snprintf(res->why, sizeof(res->why),
+               "no signed checkpoint at tree size %" PRIu64 " to check the saved tree against",
+               start->size);
+      r = KMS_ERR_DECRYPT;
+      goto out;
+    }
+    last_good = cp_idx > 0 ? cps[cp_idx - 1].size : 0;
   }
   if ((r = check_cps(res, cps, n_cps, &cp_idx, &last_good)) != KMS_OK) {
     goto out;
@@ -288,4 +314,104 @@ out:
   free(buf);
   free(cps);
   return r;
+}
+
+/* ---- Frontier files ------------------------------------------------------------------------ */
+
+#define FRONTIER_MAGIC "tenantkms audit frontier v1"
+
+int
+kms_auditlog_frontier_format(const struct kms_merkle_frontier *f, char *out, size_t cap,
+                             size_t *out_len)
+{
+  size_t len = 0;
+  int n = snprintf(out, cap, "%s\nsize %" PRIu64 "\n", FRONTIER_MAGIC, f->size);
+  if (n < 0 || (size_t)n >= cap) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  len = (size_t)n;
+  for (unsigned i = 0; i < 64; i++) {
+    if (((f->size >> i) & 1) == 0) {
+      continue;
+    }
+    if (cap - len < 4 + 2 * KMS_MERKLE_HASH_LEN + 2) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    len += (size_t)snprintf(out + len, cap - len, "%u ", i);
+    for (size_t b = 0; b < KMS_MERKLE_HASH_LEN; b++) {
+      len += (size_t)snprintf(out + len, cap - len, "%02x", f->nodes[i][b]);
+    }
+    out[len++] = '\n';
+    out[len] = '\0';
+  }
+  *out_len = len;
+  return KMS_OK;
+}
+
+static int
+hex_nibble(char c)
+{
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int
+kms_auditlog_frontier_parse(const char *text, size_t len, struct kms_merkle_frontier *out)
+{
+  const char *p = text, *end = text + len;
+  const size_t mlen = sizeof(FRONTIER_MAGIC) - 1;
+  uint64_t size = 0, seen = 0;
+
+  kms_merkle_frontier_init(out);
+  if (len < mlen + 1 || memcmp(p, FRONTIER_MAGIC "\n", mlen + 1) != 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  p += mlen + 1;
+  if (end - p < 6 || memcmp(p, "size ", 5) != 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  p += 5;
+  if (p == end || *p < '0' || *p > '9') {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  while (p < end && *p >= '0' && *p <= '9') {
+    if (size > (UINT64_MAX - 9) / 10) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    size = size * 10 + (uint64_t)(*p++ - '0');
+  }
+  if (p == end || *p++ != '\n' || size >= (UINT64_C(1) << 63)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  /* One line "LEVEL HEX" per set bit of size, in increasing level, and nothing else. */
+  while (p < end) {
+    unsigned level = 0;
+    int digits = 0;
+    while (p < end && *p >= '0' && *p <= '9' && digits < 3) {
+      level = level * 10 + (unsigned)(*p++ - '0');
+      digits++;
+    }
+    if (digits == 0 || level >= 64 || p == end || *p++ != ' ' ||
+        ((size >> level) & 1) == 0 || (seen >> level) != 0 ||
+        end - p < 2 * KMS_MERKLE_HASH_LEN + 1) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    for (size_t b = 0; b < KMS_MERKLE_HASH_LEN; b++) {
+      int hi = hex_nibble(p[2 * b]), lo = hex_nibble(p[2 * b + 1]);
+      if (hi < 0 || lo < 0) {
+        return KMS_ERR_INVALID_ARGUMENT;
+      }
+      out->nodes[level][b] = (uint8_t)(hi << 4 | lo);
+    }
+    p += 2 * KMS_MERKLE_HASH_LEN;
+    if (*p++ != '\n') {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+    seen |= UINT64_C(1) << level;
+  }
+  if (seen != size) {
+    kms_merkle_frontier_init(out);
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  out->size = size;
+  return KMS_OK;
 }

@@ -46,6 +46,29 @@ int kms_auditlog_replay(const char *const *files, size_t n_files, const struct k
                         size_t n_cps, struct kms_auditlog_result *res);
 
 /*
+ * kms_auditlog_replay_from is kms_auditlog_replay starting from |start|, the
+ * tree over every record before |files[0]| (NULL: the empty tree, the same
+ * as kms_auditlog_replay). A checkpoint of exactly start->size must be among
+ * |cps| and match |start|, else KMS_ERR_DECRYPT; checkpoints below that size
+ * are not looked at (their records are not read).
+ */
+int kms_auditlog_replay_from(const struct kms_merkle_frontier *start, const char *const *files,
+                             size_t n_files, const struct kms_auditlog_cp *cps, size_t n_cps,
+                             struct kms_auditlog_result *res);
+
+/*
+ * Frontier files: the tree after a closed log file, so that start-up reads
+ * only the files after it (docs/AUDIT.md, "Start-up"). Text: a magic line,
+ * "size N", then "LEVEL HEX" for every set bit of N in increasing order.
+ * KMS_AUDIT_FRONTIER_MAX bytes hold any tree. Parsing is strict: any other
+ * text is KMS_ERR_INVALID_ARGUMENT.
+ */
+#define KMS_AUDIT_FRONTIER_MAX 4608
+int kms_auditlog_frontier_format(const struct kms_merkle_frontier *f, char *out, size_t cap,
+                                 size_t *out_len);
+int kms_auditlog_frontier_parse(const char *text, size_t len, struct kms_merkle_frontier *out);
+
+/*
  * kms_auditlog_load_checkpoints reads a checkpoints file (signed notes
  * separated by blank lines), verifies every note with |k| and that its origin
  * is |k|'s name, and returns the checkpoints in file order (*out, free()).

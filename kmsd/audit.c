@@ -85,6 +85,7 @@ struct audit {
 
   pthread_t thread;
   bool started, mu_init;
+  size_t replayed_files; /* files read at start-up (the rest were covered by a frontier) */
 };
 
 /* ---- Small helpers ---------------------------------------------------------- */
@@ -461,9 +462,10 @@ open_log_file(audit *a, unsigned no, bool create)
 /*
  * checkpoint signs the current tree head in the HSM and appends the note to
  * the checkpoints file. A failure costs no record (they are durable
- * already): it is logged and tried again at the next occasion.
+ * already): it is logged and tried again at the next occasion. Returns
+ * true if the note is durable.
  */
-static void
+static bool
 checkpoint(audit *a)
 {
   struct kms_checkpoint cp;
@@ -482,7 +484,7 @@ checkpoint(audit *a)
                            sig_len)) != KMS_OK) {
     log_msg(LOG_ERROR, "event=audit_checkpoint_failed size=%" PRIu64 " reason=\"%s\"", cp.size,
             kms_strerror(r));
-    return;
+    return false;
   }
   note[note_len++] = '\n'; /* blank line between notes */
   if (pwrite_all(a->cp_fd, note, note_len, a->cp_off) != 0 || fdatasync(a->cp_fd) != 0) {
@@ -492,13 +494,55 @@ checkpoint(audit *a)
     }
     log_msg(LOG_ERROR, "event=audit_checkpoint_failed size=%" PRIu64 " errno=%d reason=\"%s\"",
             cp.size, e, strerror(e));
-    return;
+    return false;
   }
   a->cp_off += note_len;
   a->cp_size = cp.size;
   a->cp_any = true;
   clock_gettime(CLOCK_MONOTONIC, &a->cp_last);
   log_msg(LOG_DEBUG, "event=audit_checkpoint size=%" PRIu64, cp.size);
+  return true;
+}
+
+static void
+frontier_path(const audit *a, char *out, size_t cap, unsigned no)
+{
+  snprintf(out, cap, "%s/frontier-%08u", a->dir, no);
+}
+
+/*
+ * write_frontier saves the tree after closed file |no| (temp file, fsync,
+ * rename, fsync of the directory), next to the checkpoint just signed at that
+ * size, which start-up checks it against.
+ */
+static int
+write_frontier(audit *a, unsigned no)
+{
+  char text[KMS_AUDIT_FRONTIER_MAX], path[PATH_CAP + 32], tmp[PATH_CAP + 48];
+  size_t len = 0;
+  int fd = -1, r = KMS_ERR_IO;
+
+  if (kms_auditlog_frontier_format(&a->tree, text, sizeof(text), &len) != KMS_OK) {
+    return KMS_ERR_INTERNAL;
+  }
+  frontier_path(a, path, sizeof(path), no);
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd >= 0 && pwrite_all(fd, text, len, 0) == 0 && fsync(fd) == 0 && close(fd) == 0) {
+    fd = -1;
+    if (rename(tmp, path) == 0 && fsync_dir(a->dir) == KMS_OK) {
+      r = KMS_OK;
+    }
+  }
+  if (fd >= 0) {
+    close(fd);
+  }
+  if (r != KMS_OK) {
+    log_msg(LOG_WARN, "event=audit_frontier_failed file=%u errno=%d reason=\"%s\"", no, errno,
+            strerror(errno));
+    (void)unlink(tmp);
+  }
+  return r;
 }
 
 static void
@@ -508,7 +552,10 @@ maybe_rotate(audit *a)
     return;
   }
   /* The checkpoint closes file N: an auditor holding it can check that file alone. */
-  checkpoint(a);
+  if (checkpoint(a)) {
+    /* Start-up will read only the files after N (a failure here only makes it slower). */
+    (void)write_frontier(a, a->file_no);
+  }
   if (open_log_file(a, a->file_no + 1, true) != 0) {
     log_msg(LOG_ERROR, "event=audit_rotate_failed next=%u errno=%d reason=\"%s\"", a->file_no + 1,
             errno, strerror(errno));
@@ -792,6 +839,26 @@ write_vkey_file(audit *a, char *err, size_t err_len)
   return KMS_OK;
 }
 
+/* read_frontier loads the tree saved after closed file |no|; KMS_ERR_NOT_FOUND if there is none. */
+static int
+read_frontier(audit *a, unsigned no, struct kms_merkle_frontier *out)
+{
+  char path[PATH_CAP + 32], text[KMS_AUDIT_FRONTIER_MAX + 1];
+  frontier_path(a, path, sizeof(path), no);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return KMS_ERR_NOT_FOUND;
+  }
+  ssize_t n = read(fd, text, sizeof(text));
+  close(fd);
+  if (n <= 0 || (size_t)n > KMS_AUDIT_FRONTIER_MAX ||
+      kms_auditlog_frontier_parse(text, (size_t)n, out) != KMS_OK) {
+    log_msg(LOG_WARN, "event=audit_frontier_unreadable file=%u action=full_replay", no);
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return KMS_OK;
+}
+
 static int
 recover(audit *a, char *err, size_t err_len)
 {
@@ -844,7 +911,24 @@ recover(audit *a, char *err, size_t err_len)
     }
     file_path(a, paths[i], PATH_CAP + 32, nos[i]);
   }
-  r = kms_auditlog_replay((const char *const *)paths, n_files, cps, n_cps, res);
+  /* Start from the tree saved after the newest closed file, if it agrees with the checkpoint
+   * signed at its size: only the files after it are read (docs/AUDIT.md, "Start-up"). */
+  size_t skip = 0;
+  struct kms_merkle_frontier start;
+  if (n_files >= 2 && read_frontier(a, nos[n_files - 2], &start) == KMS_OK) {
+    skip = n_files - 1;
+    r = kms_auditlog_replay_from(&start, (const char *const *)paths + skip, n_files - skip, cps,
+                                 n_cps, res);
+    if (r != KMS_OK) {
+      log_msg(LOG_WARN, "event=audit_frontier_rejected file=%u reason=\"%s\" action=full_replay",
+              nos[n_files - 2], res->why);
+      skip = 0;
+    }
+  }
+  if (skip == 0) {
+    r = kms_auditlog_replay((const char *const *)paths, n_files, cps, n_cps, res);
+  }
+  a->replayed_files = n_files - skip;
   if (r != KMS_OK) {
     /* Signing on would cover up whatever happened: refuse, and say where. */
     snprintf(err, err_len, "audit: the log does not match its signed checkpoints: %s", res->why);
@@ -990,8 +1074,9 @@ audit_open(audit **out, const struct audit_config *cfg, hsm *h, struct event_bas
     goto out;
   }
   a->started = true;
-  log_msg(LOG_INFO, "event=audit_open dir=%s origin=%s size=%" PRIu64 " file=%u sig=%s", a->dir,
-          a->origin, a->tree.size, a->file_no,
+  log_msg(LOG_INFO,
+          "event=audit_open dir=%s origin=%s size=%" PRIu64 " file=%u files_read=%zu sig=%s",
+          a->dir, a->origin, a->tree.size, a->file_no, a->replayed_files,
           a->sk.type == HSM_SIG_ED25519 ? "ed25519" : "ecdsa-p256");
   *out = a;
   a = NULL;

@@ -377,6 +377,130 @@ START_TEST(test_rotation_continues_one_tree_across_files)
 }
 END_TEST
 
+/* Writes 100 records, one batch each, into files of about 2000 bytes; returns the file count. */
+static size_t
+fill_rotated_log(void)
+{
+  audit *a = open_log(2000, 0);
+  static struct rec recs[100];
+  g_done = 0;
+  for (int i = 0; i < 100; i++) {
+    submit(a, &recs[i], (uint64_t)i, NULL, 0);
+    wait_done((size_t)i + 1);
+  }
+  audit_close(a);
+  char paths[100][600];
+  size_t n = 0;
+  log_files(paths, &n);
+  ck_assert_uint_ge(n, 5);
+  return n;
+}
+
+START_TEST(test_startup_reads_only_the_files_after_the_last_frontier)
+{
+  size_t n = fill_rotated_log();
+  char path[600];
+  struct stat st;
+  /* Every closed file has its frontier; the open one has none. */
+  for (size_t i = 1; i < n; i++) {
+    snprintf(path, sizeof(path), "%s/frontier-%08zu", g_log_dir, i);
+    ck_assert_int_eq(stat(path, &st), 0);
+  }
+  snprintf(path, sizeof(path), "%s/frontier-%08zu", g_log_dir, n);
+  ck_assert_int_ne(stat(path, &st), 0);
+  /* Alter the first file: offline verification finds it; start-up no longer reads it. */
+  snprintf(path, sizeof(path), "%s/audit-00000001.jsonl", g_log_dir);
+  size_t len;
+  char *b = slurp(path, &len);
+  char *t = strstr(b, "\"tenant\":\"acme\"");
+  ck_assert_ptr_nonnull(t);
+  t[11] = 'X';
+  ck_assert_int_eq(put_file(path, b), 0);
+  free(b);
+  ck_assert_int_eq(verify_dir(NULL, NULL), KMS_ERR_DECRYPT);
+  audit *a = open_log(2000, 0);
+  ck_assert_uint_eq(audit_size(a), 100);
+  audit_close(a);
+}
+END_TEST
+
+START_TEST(test_altered_frontier_falls_back_to_reading_every_file)
+{
+  size_t n = fill_rotated_log();
+  char path[600];
+  size_t len;
+  snprintf(path, sizeof(path), "%s/frontier-%08zu", g_log_dir, n - 1);
+  char *b = slurp(path, &len);
+  /* Change one hex digit of the last node: it no longer matches the signed checkpoint. */
+  char *nl = strrchr(b, ' ');
+  ck_assert_ptr_nonnull(nl);
+  nl[1] = nl[1] == '0' ? '1' : '0';
+  ck_assert_int_eq(put_file(path, b), 0);
+  free(b);
+  audit *a = open_log(2000, 0);
+  ck_assert_uint_eq(audit_size(a), 100);
+  audit_close(a);
+  /* The tree went on from the right root: the whole log verifies. */
+  uint64_t size = 0;
+  ck_assert_int_eq(verify_dir(&size, NULL), KMS_OK);
+  ck_assert_uint_eq(size, 100);
+  /* And with an old file altered as well, the full replay refuses to start. */
+  snprintf(path, sizeof(path), "%s/audit-00000001.jsonl", g_log_dir);
+  b = slurp(path, &len);
+  char *t = strstr(b, "\"tenant\":\"acme\"");
+  t[11] = 'X';
+  ck_assert_int_eq(put_file(path, b), 0);
+  free(b);
+  snprintf(path, sizeof(path), "%s/frontier-%08zu", g_log_dir, n - 1);
+  ck_assert_int_eq(put_file(path, "tenantkms audit frontier v1\nsize 3\n"), 0);
+  struct audit_config cfg = {g_log_dir, "node-1", 2000, 0, HSM_SIG_AUTO, NULL};
+  char err[512] = "";
+  audit *a2 = NULL;
+  ck_assert_int_eq(audit_open(&a2, &cfg, g_h, g_base, err, sizeof(err)),
+                   KMS_ERR_FAILED_PRECONDITION);
+}
+END_TEST
+
+START_TEST(test_frontier_text_round_trips_and_parses_strictly)
+{
+  static const uint64_t sizes[] = {0, 1, 2, 5, 64, 1000003};
+  for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+    struct kms_merkle_frontier f, g;
+    kms_merkle_frontier_init(&f);
+    for (uint64_t i = 0; i < sizes[k]; i++) {
+      uint8_t leaf[KMS_MERKLE_HASH_LEN];
+      memset(leaf, (int)(i & 0xff), sizeof(leaf));
+      leaf[0] = (uint8_t)(i >> 8);
+      kms_merkle_frontier_append(&f, leaf);
+    }
+    char text[KMS_AUDIT_FRONTIER_MAX];
+    size_t len = 0;
+    ck_assert_int_eq(kms_auditlog_frontier_format(&f, text, sizeof(text), &len), KMS_OK);
+    ck_assert_int_eq(kms_auditlog_frontier_parse(text, len, &g), KMS_OK);
+    uint8_t r1[KMS_MERKLE_HASH_LEN], r2[KMS_MERKLE_HASH_LEN];
+    kms_merkle_frontier_root(&f, r1);
+    kms_merkle_frontier_root(&g, r2);
+    ck_assert_uint_eq(g.size, f.size);
+    ck_assert_mem_eq(r1, r2, sizeof(r1));
+    if (len > 40) {
+      /* A missing node, a cut line, an extra line are all refused. */
+      ck_assert_int_ne(kms_auditlog_frontier_parse(text, len - 1, &g), KMS_OK);
+      char longer[KMS_AUDIT_FRONTIER_MAX + 8];
+      memcpy(longer, text, len);
+      memcpy(longer + len, "0 ab\n", 5);
+      ck_assert_int_ne(kms_auditlog_frontier_parse(longer, len + 5, &g), KMS_OK);
+    }
+  }
+  struct kms_merkle_frontier g;
+  ck_assert_int_ne(kms_auditlog_frontier_parse("tenantkms audit frontier v1\nsize 1\n", 35, &g),
+                   KMS_OK);
+  ck_assert_int_ne(kms_auditlog_frontier_parse("other\nsize 0\n", 13, &g), KMS_OK);
+  ck_assert_int_eq(kms_auditlog_frontier_parse("tenantkms audit frontier v1\nsize 0\n", 35, &g),
+                   KMS_OK);
+  ck_assert_uint_eq(g.size, 0);
+}
+END_TEST
+
 START_TEST(test_disk_full_fails_the_batch_then_recovers_by_itself)
 {
   audit *a = open_log(0, 0);
@@ -549,6 +673,9 @@ audit_suite(void)
   tcase_add_test(tc, test_record_format_and_context_values_hmacd);
   tcase_add_test(tc, test_restart_continues_the_tree_and_cuts_a_torn_line);
   tcase_add_test(tc, test_rotation_continues_one_tree_across_files);
+  tcase_add_test(tc, test_startup_reads_only_the_files_after_the_last_frontier);
+  tcase_add_test(tc, test_altered_frontier_falls_back_to_reading_every_file);
+  tcase_add_test(tc, test_frontier_text_round_trips_and_parses_strictly);
   tcase_add_test(tc, test_disk_full_fails_the_batch_then_recovers_by_itself);
   tcase_add_test(tc, test_altered_log_refuses_to_start);
   tcase_add_test(tc, test_ecdsa_checkpoints_verify_too);
