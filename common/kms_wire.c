@@ -523,6 +523,11 @@ kms_wire_response_check(const Tkms__Response *resp, Tkms__Request__OpCase op)
         return KMS_ERR_PROTOCOL;
       }
     }
+    for (size_t i = 0; i < resp->export_audit->n_state_changes; i++) {
+      if (resp->export_audit->state_changes[i] == NULL) {
+        return KMS_ERR_PROTOCOL;
+      }
+    }
     return resp->export_audit->checkpoint != NULL ? KMS_OK : KMS_ERR_PROTOCOL;
   case TKMS__RESPONSE__RESULT_BACKUP:
     return resp->backup->path != NULL && resp->backup->path[0] != '\0' ? KMS_OK

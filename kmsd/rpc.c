@@ -700,14 +700,22 @@ static int
 run_export_audit(struct rpc_job *job, struct worker_ctx *w)
 {
   Tkms__ExportAuditResponse *out = NULL;
-  (void)w;
+  const Tkms__ExportAuditRequest *x = job->req->export_audit;
   if (job->rpc->audit == NULL) {
     snprintf(job->res.message, sizeof(job->res.message), "no audit log");
     return KMS_ERR_FAILED_PRECONDITION;
   }
   /* Pages stay well under a frame kmsd itself would accept. */
-  int r = audit_export_page(job->rpc->audit, job->req->export_audit, job->rpc->cfg->max_frame / 2,
-                            LC_WHY(job), &out);
+  int r = audit_export_page(job->rpc->audit, x, job->rpc->cfg->max_frame / 2, LC_WHY(job), &out);
+  if (r == KMS_OK && (x->page_token == NULL || x->page_token[0] == '\0')) {
+    /* The first page also carries the period's key state changes (the summary's). */
+    r = audit_export_state_changes(w->ks, x, job->rpc->cfg->max_frame / 4, out);
+    if (r != KMS_OK) {
+      snprintf(job->res.message, sizeof(job->res.message), "key history unreadable");
+      protobuf_c_message_free_unpacked(&out->base, NULL);
+      out = NULL;
+    }
+  }
   LC_KEEP(job, out);
   return r;
 }
