@@ -12,6 +12,7 @@
 #include "authz.h"
 #include "backup.h"
 #include "lifecycle.h"
+#include "kms_auditsum.h"
 #include "kms_err.h"
 #include "kms_frame.h"
 #include "kms_wire.h"
@@ -879,6 +880,12 @@ rpc_check_policy_vocabulary(char *err, size_t err_len)
 {
   for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
     const struct rpc_method *m = &methods[i];
+    if (!kms_auditsum_known_op(m->name)) {
+      /* kmsctl audit export --op refuses names it does not know. */
+      snprintf(err, err_len, "method %s: not in kms_auditsum_known_op (common/kms_auditsum.c)",
+               m->name);
+      return KMS_ERR_INTERNAL;
+    }
     for (size_t k = 0; k < 2; k++) {
       const char *op = m->policy_ops[k];
       /* The variant needs a second name; without a variant there is none. */
