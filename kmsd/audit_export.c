@@ -203,33 +203,18 @@ find_checkpoint(audit *a, uint64_t want, struct kms_checkpoint *cp, char **out_n
   char *buf = NULL;
   size_t len = 0, pos = 0, best_start = 0, best_len = 0;
   bool found = false;
-  FILE *f = NULL;
   int r = KMS_ERR_INTERNAL;
 
   *out_note = NULL;
   snprintf(path, sizeof(path), "%s/checkpoints", audit_dir(a));
-  f = fopen(path, "rb");
-  if (f == NULL) {
+  r = kms_auditlog_read_file(path, &buf, &len, why, why_len);
+  if (r == KMS_ERR_NOT_FOUND) {
     snprintf(why, why_len, "no signed checkpoint yet: try again after audit_checkpoint_seconds");
     r = KMS_ERR_FAILED_PRECONDITION;
+  }
+  if (r != KMS_OK) {
     goto out;
   }
-  if (fseeko(f, 0, SEEK_END) != 0) {
-    r = KMS_ERR_IO;
-    goto out;
-  }
-  off_t sz = ftello(f);
-  if (sz < 0 || fseeko(f, 0, SEEK_SET) != 0) {
-    r = KMS_ERR_IO;
-    goto out;
-  }
-  buf = malloc((size_t)sz + 1);
-  if (buf == NULL) {
-    r = KMS_ERR_ALLOC;
-    goto out;
-  }
-  len = fread(buf, 1, (size_t)sz, f);
-  buf[len] = '\0';
   for (;;) {
     size_t start = 0, note_len = 0, used = 0;
     if (kms_note_next(buf + pos, len - pos, &start, &note_len, &used) != KMS_OK) {
@@ -264,9 +249,6 @@ find_checkpoint(audit *a, uint64_t want, struct kms_checkpoint *cp, char **out_n
   *out_note = strndup(buf + best_start, best_len);
   r = *out_note != NULL ? KMS_OK : KMS_ERR_ALLOC;
 out:
-  if (f != NULL) {
-    fclose(f);
-  }
   free(buf);
   return r;
 }

@@ -18,6 +18,7 @@
 #include "kms_err.h"
 #include "kms_merkle.h"
 #include "kms_note.h"
+#include "kms_time.h"
 #include "tenantkey.h"
 #include "tk_internal.h"
 
@@ -278,33 +279,6 @@ out:
 }
 
 /* ---- export (over RPC) and verify-export (offline) ------------------------------ */
-
-/* parse_when accepts ms since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC). */
-static int
-parse_when(const char *s, int64_t *out)
-{
-  struct tm tm;
-  const char *end = NULL;
-  if (s[0] != '\0' && strspn(s, "0123456789") == strlen(s) && strlen(s) <= 15) {
-    *out = (int64_t)strtoll(s, NULL, 10);
-    return 1;
-  }
-  memset(&tm, 0, sizeof(tm));
-  end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (end == NULL || *end != '\0') {
-    memset(&tm, 0, sizeof(tm));
-    end = strptime(s, "%Y-%m-%d", &tm);
-  }
-  if (end == NULL || *end != '\0') {
-    return 0;
-  }
-  time_t t = timegm(&tm);
-  if (t < 0) {
-    return 0;
-  }
-  *out = (int64_t)t * 1000;
-  return 1;
-}
 
 /* csv_field writes |s| as one CSV field (RFC 4180 quoting). */
 static void
@@ -857,7 +831,7 @@ cmd_export(const char *config, int argc, char **argv)
     case 'f':
     case 't': {
       int64_t v = 0;
-      if (!parse_when(optarg, &v)) {
+      if (kms_time_parse(optarg, &v) != 0) {
         fprintf(stderr,
                 "kmsctl: --%s %s: not a time (ms since the epoch, YYYY-MM-DD or "
                 "YYYY-MM-DDTHH:MM:SSZ)\n",
@@ -1132,39 +1106,6 @@ check_counts(struct sumb *b, json_t *counts, json_t *sessions, const char *sessi
   json_decref(want_c);
   json_decref(want_s);
   return r;
-}
-
-/* read_all reads a whole export into memory (NUL-terminated). */
-static char *
-read_all(FILE *f, size_t *out_len)
-{
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap + 1);
-  while (buf != NULL) {
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) {
-      break;
-    }
-    if (n == cap) {
-      char *p = realloc(buf, cap * 2 + 1);
-      if (p == NULL) {
-        free(buf);
-        return NULL;
-      }
-      buf = p;
-      cap *= 2;
-    }
-  }
-  if (buf != NULL) {
-    if (ferror(f)) {
-      free(buf);
-      return NULL;
-    }
-    buf[n] = '\0';
-    *out_len = n;
-  }
-  return buf;
 }
 
 static bool
@@ -1451,8 +1392,7 @@ cmd_verify_export(int argc, char **argv)
   };
   const char *key_arg = NULL;
   struct kms_note_vkey k;
-  FILE *f = NULL;
-  char *buf = NULL;
+  char *buf = NULL, why[512];
   size_t len = 0;
   int opt, rc;
 
@@ -1472,15 +1412,10 @@ cmd_verify_export(int argc, char **argv)
     fprintf(stderr, "kmsctl: --key %s: not a verifier key (or a file holding one)\n", key_arg);
     return 2;
   }
-  f = fopen(argv[optind], "rb");
-  if (f == NULL || (buf = read_all(f, &len)) == NULL) {
-    fprintf(stderr, "kmsctl: %s: cannot read\n", argv[optind]);
-    if (f != NULL) {
-      fclose(f);
-    }
+  if (kms_auditlog_read_file(argv[optind], &buf, &len, why, sizeof(why)) != KMS_OK) {
+    fprintf(stderr, "kmsctl: %s\n", why);
     return 2;
   }
-  fclose(f);
   rc = strncmp(buf, "index,", 6) == 0 ? verify_csv(buf, len, &k) : verify_jsonl(buf, len, &k);
   free(buf);
   return rc;
@@ -1490,8 +1425,7 @@ cmd_verify_export(int argc, char **argv)
 static int
 cmd_summary(int argc, char **argv)
 {
-  FILE *f;
-  char *buf = NULL;
+  char *buf = NULL, why[512];
   size_t len = 0;
   json_t *sum = NULL;
 
@@ -1499,15 +1433,10 @@ cmd_summary(int argc, char **argv)
     audit_usage(stderr);
     return 2;
   }
-  f = fopen(argv[1], "rb");
-  if (f == NULL || (buf = read_all(f, &len)) == NULL) {
-    fprintf(stderr, "kmsctl: %s: cannot read\n", argv[1]);
-    if (f != NULL) {
-      fclose(f);
-    }
+  if (kms_auditlog_read_file(argv[1], &buf, &len, why, sizeof(why)) != KMS_OK) {
+    fprintf(stderr, "kmsctl: %s\n", why);
     return 2;
   }
-  fclose(f);
   while (len > 0 && buf[len - 1] == '\n') {
     buf[--len] = '\0';
   }
