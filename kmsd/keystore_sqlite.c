@@ -1309,13 +1309,29 @@ out:
   return KMS_OK;
 }
 
+/* read_event fills |e| from the columns at_ms, version, event, actor, detail starting at |col|. */
+static int read_event(sqlite3_stmt *st, int col, struct ks_event *e) {
+  int64_t at;
+  int r;
+
+  memset(e, 0, sizeof(*e));
+  if ((r = col_i64(st, col, 0, INT64_MAX, &at)) != KMS_OK ||
+      (r = col_u32(st, col + 1, &e->version)) != KMS_OK ||
+      (r = col_text(st, col + 2, e->event, sizeof(e->event))) != KMS_OK ||
+      (r = col_text(st, col + 3, e->by, sizeof(e->by))) != KMS_OK ||
+      (r = col_text(st, col + 4, e->detail, sizeof(e->detail))) != KMS_OK) {
+    return r;
+  }
+  e->at_ms = at;
+  return KMS_OK;
+}
+
 static int sqlite_event_list(keystore *base, const char *tenant_id, size_t limit,
                              struct ks_event **out, size_t *out_n) {
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = NULL;
   struct ks_event *list = NULL, *e;
   size_t n = 0, cap = 0;
-  int64_t at;
   int rc, r;
 
   r = query(ks, &st,
@@ -1331,15 +1347,9 @@ static int sqlite_event_list(keystore *base, const char *tenant_id, size_t limit
       goto out;
     }
     e = &list[n];
-    memset(e, 0, sizeof(*e));
-    if ((r = col_i64(st, 0, 0, INT64_MAX, &at)) != KMS_OK ||
-        (r = col_u32(st, 1, &e->version)) != KMS_OK ||
-        (r = col_text(st, 2, e->event, sizeof(e->event))) != KMS_OK ||
-        (r = col_text(st, 3, e->by, sizeof(e->by))) != KMS_OK ||
-        (r = col_text(st, 4, e->detail, sizeof(e->detail))) != KMS_OK) {
+    if ((r = read_event(st, 0, e)) != KMS_OK) {
       goto out;
     }
-    e->at_ms = at;
     n++;
   }
   r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
@@ -2336,7 +2346,6 @@ static int sqlite_event_range(keystore *base, const char *tenant_id, int64_t fro
   sqlite3_stmt *st = NULL;
   struct ks_event_row *list = NULL, *e;
   size_t n = 0, cap = 0;
-  int64_t at;
   int rc, r;
 
   r = query(ks, &st,
@@ -2361,14 +2370,9 @@ static int sqlite_event_range(keystore *base, const char *tenant_id, int64_t fro
     e = &list[n];
     memset(e, 0, sizeof(*e));
     if ((r = col_text(st, 0, e->tenant_id, sizeof(e->tenant_id))) != KMS_OK ||
-        (r = col_i64(st, 1, 0, INT64_MAX, &at)) != KMS_OK ||
-        (r = col_u32(st, 2, &e->e.version)) != KMS_OK ||
-        (r = col_text(st, 3, e->e.event, sizeof(e->e.event))) != KMS_OK ||
-        (r = col_text(st, 4, e->e.by, sizeof(e->e.by))) != KMS_OK ||
-        (r = col_text(st, 5, e->e.detail, sizeof(e->e.detail))) != KMS_OK) {
+        (r = read_event(st, 1, &e->e)) != KMS_OK) {
       goto out;
     }
-    e->e.at_ms = at;
     n++;
   }
   r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);

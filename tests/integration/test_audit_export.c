@@ -170,6 +170,26 @@ replace_first(char *s, const char *from, const char *to)
   memcpy(p, to, strlen(to));
 }
 
+/*
+ * expect_tamper_caught changes the first |from| of export |exp| into |to|,
+ * writes it to |name| and checks that verify-export fails saying |expect|.
+ */
+static void
+expect_tamper_caught(const char *exp, const char *from, const char *to, const char *name,
+                     const char *vkey, const char *expect)
+{
+  char path[760], args[2048];
+  char *bad = strdup(exp);
+  ck_assert_ptr_nonnull(bad);
+  replace_first(bad, from, to);
+  snprintf(path, sizeof(path), "%s/%s", harness_dir(), name);
+  write_file(path, bad);
+  free(bad);
+  snprintf(args, sizeof(args), "audit verify-export '%s' --key '%s'", path, vkey);
+  ck_assert_msg(kmsctl(NULL, args) == 1, "%s: %s", name, g_out);
+  ck_assert_msg(strstr(g_out, expect) != NULL, "%s: %s", name, g_out);
+}
+
 /* change_of finds the summary's state change of |tenant| |version| |event| (the |nth|, 0-based). */
 static json_t *
 change_of(json_t *sum, const char *tenant, int version, const char *event, int nth)
@@ -233,7 +253,7 @@ expect_change(json_t *sum, const char *tenant, int version, const char *event, i
 
 START_TEST(test_export_names_state_changes_actor_approver_and_session_access)
 {
-  char args[2048], path[700], csvpath[700], vkey[700], from[32], tampered[760];
+  char args[2048], path[700], csvpath[700], vkey[700], from[32];
   const char *d = harness_dir();
   uint64_t req = 0;
   uint32_t v = 0;
@@ -330,16 +350,10 @@ START_TEST(test_export_names_state_changes_actor_approver_and_session_access)
   ck_assert_msg(kmsctl(NULL, args) == 0, "%s", g_out);
   ck_assert_msg(strstr(g_out, OFF2) != NULL && strstr(g_out, "APPROVERS") != NULL, "%s", g_out);
 
-  /* A state change pointed at another record, or a count changed: verify-export says so. */
-  char *bad = strdup(exp);
-  replace_first(bad, "\"op\":\"GetSessionKey\",\"outcome\":\"ok\",\"count\":2}",
-                "\"op\":\"GetSessionKey\",\"outcome\":\"ok\",\"count\":3}");
-  snprintf(tampered, sizeof(tampered), "%s/tampered-count.jsonl", d);
-  write_file(tampered, bad);
-  free(bad);
-  snprintf(args, sizeof(args), "audit verify-export '%s' --key '%s'", tampered, vkey);
-  ck_assert_msg(kmsctl(NULL, args) == 1, "%s", g_out);
-  ck_assert_msg(strstr(g_out, "FAILED") != NULL, "%s", g_out);
+  /* A count changed: verify-export recomputes it from the proven records. */
+  expect_tamper_caught(exp, "\"op\":\"GetSessionKey\",\"outcome\":\"ok\",\"count\":2}",
+                       "\"op\":\"GetSessionKey\",\"outcome\":\"ok\",\"count\":3}",
+                       "tampered-count.jsonl", vkey, "FAILED: the summary's counts");
   free(exp);
 
   /* The tenant-bound auditor: its tenant's changes and sessions, nobody else's. */
@@ -384,34 +398,17 @@ START_TEST(test_export_names_state_changes_actor_approver_and_session_access)
   ck_assert_msg(strstr(g_out, "OK: ") != NULL && strstr(g_out, "state change(s) checked"),
                 "%s", g_out);
   /* A byte of a record inside its csv field. */
-  bad = strdup(exp);
-  replace_first(bad, "\"\"outcome\"\":\"\"ok\"\"", "\"\"outcome\"\":\"\"no\"\"");
-  snprintf(tampered, sizeof(tampered), "%s/tampered-record.csv", d);
-  write_file(tampered, bad);
-  free(bad);
-  snprintf(args, sizeof(args), "audit verify-export '%s' --key '%s'", tampered, vkey);
-  ck_assert_msg(kmsctl(NULL, args) == 1, "%s", g_out);
-  ck_assert_msg(strstr(g_out, "FAILED at row") != NULL, "%s", g_out);
+  expect_tamper_caught(exp, "\"\"outcome\"\":\"\"ok\"\"", "\"\"outcome\"\":\"\"no\"\"",
+                       "tampered-record.csv", vkey, "FAILED at row");
   /* Only a column a spreadsheet shows: the proven record says otherwise. */
-  bad = strdup(exp);
-  replace_first(bad, ",\"spiffe://tenantkms.dev/ai\",", ",\"spiffe://tenantkms.dev/xx\",");
-  snprintf(tampered, sizeof(tampered), "%s/tampered-column.csv", d);
-  write_file(tampered, bad);
-  free(bad);
-  snprintf(args, sizeof(args), "audit verify-export '%s' --key '%s'", tampered, vkey);
-  ck_assert_msg(kmsctl(NULL, args) == 1, "%s", g_out);
-  ck_assert_msg(strstr(g_out, "FAILED at row") != NULL, "%s", g_out);
+  expect_tamper_caught(exp, ",\"spiffe://tenantkms.dev/ai\",", ",\"spiffe://tenantkms.dev/xx\",",
+                       "tampered-column.csv", vkey, "FAILED at row");
   /* A state change's call: no longer what the record it names did. */
-  bad = strdup(exp);
-  char *sc = strstr(bad, "\nstate_change,\"");
-  ck_assert_ptr_nonnull(sc);
-  replace_first(sc, "\"keystore\",\"RotateKey\",", "\"keystore\",\"EnableKey\",");
-  snprintf(tampered, sizeof(tampered), "%s/tampered-change.csv", d);
-  write_file(tampered, bad);
-  free(bad);
-  snprintf(args, sizeof(args), "audit verify-export '%s' --key '%s'", tampered, vkey);
-  ck_assert_msg(kmsctl(NULL, args) == 1, "%s", g_out);
-  ck_assert_msg(strstr(g_out, "not a verified") != NULL, "%s", g_out);
+  expect_tamper_caught(exp, "\"keystore\",\"RotateKey\",", "\"keystore\",\"EnableKey\",",
+                       "tampered-change.csv", vkey, "not a verified");
+  /* A count in the csv summary section. */
+  expect_tamper_caught(exp, "\"GetSessionKey\",\"ok\",2\n", "\"GetSessionKey\",\"ok\",3\n",
+                       "tampered-count.csv", vkey, "FAILED: the summary");
   free(exp);
 
   /* Bad input: a clear message and a non-zero exit, before anything is sent. */
