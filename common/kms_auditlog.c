@@ -220,41 +220,66 @@ out:
 }
 
 int
+kms_auditlog_read_file(const char *path, char **out, size_t *out_len, char *why, size_t why_len)
+{
+  FILE *f = fopen(path, "rb");
+  char *buf = NULL;
+  size_t cap = 1 << 16, n = 0;
+  int r = KMS_ERR_IO;
+
+  *out = NULL;
+  *out_len = 0;
+  if (f == NULL) {
+    snprintf(why, why_len, "%s: %s", path, strerror(errno));
+    return errno == ENOENT ? KMS_ERR_NOT_FOUND : KMS_ERR_IO;
+  }
+  /* Read to the end rather than trusting a size: the file may be growing. */
+  for (;;) {
+    if (buf == NULL || n == cap) {
+      char *p = buf == NULL ? malloc(cap + 1) : realloc(buf, cap * 2 + 1);
+      if (p == NULL) {
+        r = KMS_ERR_ALLOC;
+        goto out;
+      }
+      cap = buf == NULL ? cap : cap * 2;
+      buf = p;
+    }
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (got == 0) {
+      break;
+    }
+  }
+  if (ferror(f)) {
+    snprintf(why, why_len, "%s: read error", path);
+    goto out;
+  }
+  buf[n] = '\0';
+  *out = buf;
+  *out_len = n;
+  buf = NULL;
+  r = KMS_OK;
+out:
+  fclose(f);
+  free(buf);
+  return r;
+}
+
+int
 kms_auditlog_load_checkpoints(const char *path, const struct kms_note_vkey *k,
                               struct kms_auditlog_cp **out, size_t *out_n, uint64_t *out_good_len,
                               char *why, size_t why_len)
 {
   int r = KMS_ERR_INTERNAL;
-  FILE *f = NULL;
   char *buf = NULL;
   size_t len = 0, off = 0, n = 0, cap = 0;
   struct kms_auditlog_cp *cps = NULL;
-  long sz;
 
   *out = NULL;
   *out_n = 0;
   *out_good_len = 0;
   why[0] = '\0';
-  f = fopen(path, "rb");
-  if (f == NULL) {
-    snprintf(why, why_len, "%s: %s", path, strerror(errno));
-    r = errno == ENOENT ? KMS_ERR_NOT_FOUND : KMS_ERR_IO;
-    goto out;
-  }
-  if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-    snprintf(why, why_len, "%s: cannot size", path);
-    r = KMS_ERR_IO;
-    goto out;
-  }
-  buf = malloc((size_t)sz + 1);
-  if (buf == NULL) {
-    r = KMS_ERR_ALLOC;
-    goto out;
-  }
-  len = fread(buf, 1, (size_t)sz, f);
-  if (len != (size_t)sz) {
-    snprintf(why, why_len, "%s: short read", path);
-    r = KMS_ERR_IO;
+  if ((r = kms_auditlog_read_file(path, &buf, &len, why, why_len)) != KMS_OK) {
     goto out;
   }
   while (off < len) {
@@ -308,9 +333,6 @@ kms_auditlog_load_checkpoints(const char *path, const struct kms_note_vkey *k,
   cps = NULL;
   r = KMS_OK;
 out:
-  if (f != NULL) {
-    fclose(f);
-  }
   free(buf);
   free(cps);
   return r;

@@ -80,6 +80,14 @@ int kms_auditlog_load_checkpoints(const char *path, const struct kms_note_vkey *
                                   struct kms_auditlog_cp **out, size_t *out_n,
                                   uint64_t *out_good_len, char *why, size_t why_len);
 
+/*
+ * kms_auditlog_read_file reads a whole file (a checkpoints file, an export)
+ * into *out (malloc'd, NUL-terminated; free()) and its length. A missing file
+ * is KMS_ERR_NOT_FOUND, other failures KMS_ERR_IO; |why| names the file.
+ */
+int kms_auditlog_read_file(const char *path, char **out, size_t *out_len, char *why,
+                           size_t why_len);
+
 /* kms_auditlog_parse_seq reads the N of a line starting {"seq":N, ; -1 if malformed. */
 int kms_auditlog_parse_seq(const char *line, size_t len, uint64_t *out_seq);
 

@@ -1,4 +1,5 @@
 /* Field-by-field validation of RPC messages after protobuf_c unpacking. */
+#include "kms_auditsum.h"
 #include "kms_wire.h"
 
 #include <stdint.h>
@@ -358,8 +359,12 @@ export_audit_check(const Tkms__ExportAuditRequest *x, const char **why)
     *why = "session_id: 1-128 characters of [A-Za-z0-9._-], the first a letter or digit";
     return KMS_ERR_INVALID_ARGUMENT;
   }
-  if (x->operation != NULL && strnlen(x->operation, 65) > 64) {
-    *why = "operation: at most 64 bytes";
+  if (x->operation != NULL && x->operation[0] != '\0' && !kms_auditsum_known_op(x->operation)) {
+    *why = "operation: not an operation name (e.g. GetSessionKey, RotateKey)";
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (x->from_ms < 0 || x->to_ms < 0 || (x->to_ms > 0 && x->to_ms <= x->from_ms)) {
+    *why = "from_ms, to_ms: 0 or more, and to_ms after from_ms";
     return KMS_ERR_INVALID_ARGUMENT;
   }
   if (x->limit > KMS_LIST_SESSIONS_MAX) {
@@ -520,6 +525,11 @@ kms_wire_response_check(const Tkms__Response *resp, Tkms__Request__OpCase op)
   case TKMS__RESPONSE__RESULT_EXPORT_AUDIT:
     for (size_t i = 0; i < resp->export_audit->n_records; i++) {
       if (resp->export_audit->records[i] == NULL) {
+        return KMS_ERR_PROTOCOL;
+      }
+    }
+    for (size_t i = 0; i < resp->export_audit->n_state_changes; i++) {
+      if (resp->export_audit->state_changes[i] == NULL) {
         return KMS_ERR_PROTOCOL;
       }
     }

@@ -6,10 +6,13 @@
 #include <stdint.h>
 
 #include "audit.h"
+#include "keystore.h"
 #include "kms.pb-c.h"
 #include "kms_merkle.h"
 
 #define AUDIT_EXPORT_LIMIT_DEFAULT 500
+/* State changes in one export at most (history rows read to find them). */
+#define AUDIT_EXPORT_HISTORY_ROWS 20000
 
 /*
  * audit_export_page answers one ExportAudit page (docs/AUDIT.md, "Export").
@@ -23,6 +26,36 @@
  */
 int audit_export_page(audit *a, const Tkms__ExportAuditRequest *req, size_t max_bytes,
                       char *why, size_t why_len, Tkms__ExportAuditResponse **out);
+
+/*
+ * Key state changes for the export's summary (docs/AUDIT.md, "State changes").
+ * audit_export_replay walks |rows| (keystore_event_range: by tenant, oldest
+ * first, each tenant's history from its start) through the state machine of
+ * docs/LIFECYCLE.md and returns the changes made in [|from_ms|, |to_ms|)
+ * (*out, free(); strings point into |rows|). Events that change no state
+ * (approvals, refusals, expiries, rotation periods) are left out. Pure: for the
+ * unit test.
+ */
+struct audit_change {
+  const struct ks_event_row *row; /* tenant, when, version, event, who, detail */
+  char old_state[24];             /* "" when the history does not say */
+  char new_state[24];
+  uint64_t request_id; /* from "request N ..." in the detail: dual control */
+  uint64_t receipt_id; /* from "receipt N, ..." in the detail: destroyed */
+};
+
+int audit_export_replay(const struct ks_event_row *rows, size_t n, int64_t from_ms, int64_t to_ms,
+                        struct audit_change **out, size_t *out_n);
+
+/*
+ * audit_export_state_changes fills |resp|'s state_changes for |req|'s period
+ * and tenant (the first page of an export): the replayed changes, each with
+ * its requester and approvers from the dual-control request or the
+ * destruction receipt, and the audit operation that stands for it. At most
+ * about |max_bytes| of them; state_changes_truncated says when more exist.
+ */
+int audit_export_state_changes(keystore *ks, const Tkms__ExportAuditRequest *req,
+                               size_t max_bytes, Tkms__ExportAuditResponse *resp);
 
 /*
  * Proofs from the tree's levels: |levels| holds level 0 (the |n| leaf hashes)

@@ -283,6 +283,23 @@ int keystore_event_list(keystore *ks, const char *tenant_id, size_t limit,
   return ks->ops->event_list(ks, tenant_id, limit, out, out_n);
 }
 
+int keystore_event_range(keystore *ks, const char *tenant_id, int64_t from_ms, int64_t to_ms,
+                         size_t limit, struct ks_event_row **out, size_t *out_n, int *out_more) {
+  if (out_more == NULL || !LIST_OUT_INIT(out, out_n)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_more = 0;
+  if (ks == NULL || limit == 0 || from_ms < 0 || to_ms < from_ms ||
+      (tenant_id != NULL && tenant_id[0] != '\0' && !valid_tenant_id(tenant_id))) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if (ks->ops->event_range == NULL) {
+    return KMS_ERR_UNIMPLEMENTED;
+  }
+  return ks->ops->event_range(ks, tenant_id != NULL ? tenant_id : "", from_ms, to_ms, limit, out,
+                              out_n, out_more);
+}
+
 int keystore_event_add(keystore *ks, const char *tenant_id, uint32_t version,
                        const char *event, const char *by, const char *detail) {
   if (ks == NULL || !valid_tenant_id(tenant_id) || event == NULL || event[0] == '\0' ||

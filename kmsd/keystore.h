@@ -237,6 +237,22 @@ int keystore_kek_list(keystore *ks, const char *tenant_id, struct ks_version_inf
 int keystore_event_list(keystore *ks, const char *tenant_id, size_t limit,
                         struct ks_event **out, size_t *out_n);
 
+/* An event with its tenant, for listings across tenants. */
+struct ks_event_row {
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  struct ks_event e;
+};
+
+/*
+ * keystore_event_range returns, for the audit export, the whole history up to
+ * |to_ms| (exclusive) of every tenant (or only |tenant_id|; NULL/"": all) that
+ * has an event in [|from_ms|, |to_ms|), by tenant then oldest first: the states
+ * before the period are replayed from it. At most |limit| rows; *out_more is 1
+ * when there were more.
+ */
+int keystore_event_range(keystore *ks, const char *tenant_id, int64_t from_ms, int64_t to_ms,
+                         size_t limit, struct ks_event_row **out, size_t *out_n, int *out_more);
+
 /* keystore_event_add records an event that changes no state (e.g. a refused approval). */
 int keystore_event_add(keystore *ks, const char *tenant_id, uint32_t version,
                        const char *event, const char *by, const char *detail);
@@ -515,6 +531,8 @@ struct keystore_ops {
   int (*shred_sync)(keystore *ks);
   int (*receipt_list)(keystore *ks, const char *tenant_id, struct ks_receipt **out,
                       size_t *out_n);
+  int (*event_range)(keystore *ks, const char *tenant_id, int64_t from_ms, int64_t to_ms,
+                     size_t limit, struct ks_event_row **out, size_t *out_n, int *out_more);
   /* Session keys (schema 3). */
   int (*session_create)(keystore *ks, const struct ks_session *s, int *out_state);
   int (*session_get)(keystore *ks, const char *tenant_id, const char *session_id,

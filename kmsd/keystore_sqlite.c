@@ -1309,13 +1309,29 @@ out:
   return KMS_OK;
 }
 
+/* read_event fills |e| from the columns at_ms, version, event, actor, detail starting at |col|. */
+static int read_event(sqlite3_stmt *st, int col, struct ks_event *e) {
+  int64_t at;
+  int r;
+
+  memset(e, 0, sizeof(*e));
+  if ((r = col_i64(st, col, 0, INT64_MAX, &at)) != KMS_OK ||
+      (r = col_u32(st, col + 1, &e->version)) != KMS_OK ||
+      (r = col_text(st, col + 2, e->event, sizeof(e->event))) != KMS_OK ||
+      (r = col_text(st, col + 3, e->by, sizeof(e->by))) != KMS_OK ||
+      (r = col_text(st, col + 4, e->detail, sizeof(e->detail))) != KMS_OK) {
+    return r;
+  }
+  e->at_ms = at;
+  return KMS_OK;
+}
+
 static int sqlite_event_list(keystore *base, const char *tenant_id, size_t limit,
                              struct ks_event **out, size_t *out_n) {
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = NULL;
   struct ks_event *list = NULL, *e;
   size_t n = 0, cap = 0;
-  int64_t at;
   int rc, r;
 
   r = query(ks, &st,
@@ -1331,15 +1347,9 @@ static int sqlite_event_list(keystore *base, const char *tenant_id, size_t limit
       goto out;
     }
     e = &list[n];
-    memset(e, 0, sizeof(*e));
-    if ((r = col_i64(st, 0, 0, INT64_MAX, &at)) != KMS_OK ||
-        (r = col_u32(st, 1, &e->version)) != KMS_OK ||
-        (r = col_text(st, 2, e->event, sizeof(e->event))) != KMS_OK ||
-        (r = col_text(st, 3, e->by, sizeof(e->by))) != KMS_OK ||
-        (r = col_text(st, 4, e->detail, sizeof(e->detail))) != KMS_OK) {
+    if ((r = read_event(st, 0, e)) != KMS_OK) {
       goto out;
     }
-    e->at_ms = at;
     n++;
   }
   r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
@@ -2328,6 +2338,56 @@ out:
   return KMS_OK;
 }
 
+/* The audit export's history of the tenants changed in a period (keystore_event_range). */
+static int sqlite_event_range(keystore *base, const char *tenant_id, int64_t from_ms,
+                              int64_t to_ms, size_t limit, struct ks_event_row **out,
+                              size_t *out_n, int *out_more) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_event_row *list = NULL, *e;
+  size_t n = 0, cap = 0;
+  int rc, r;
+
+  r = query(ks, &st,
+            "SELECT tenant_id, at_ms, version, event, actor, detail FROM key_events"
+            " WHERE at_ms < ?3 AND tenant_id IN (SELECT DISTINCT tenant_id FROM key_events"
+            "  WHERE (?1 = '' OR tenant_id = ?1) AND at_ms >= ?2 AND at_ms < ?3)"
+            " ORDER BY tenant_id, id LIMIT ?4",
+            "tiii", tenant_id, from_ms, to_ms,
+            (int64_t)(limit >= INT64_MAX ? INT64_MAX : limit + 1));
+  if (r != KMS_OK) {
+    goto out;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == limit) {
+      *out_more = 1;
+      rc = SQLITE_DONE;
+      break;
+    }
+    if ((r = grow((void **)&list, &cap, n, sizeof(*list))) != KMS_OK) {
+      goto out;
+    }
+    e = &list[n];
+    memset(e, 0, sizeof(*e));
+    if ((r = col_text(st, 0, e->tenant_id, sizeof(e->tenant_id))) != KMS_OK ||
+        (r = read_event(st, 1, &e->e)) != KMS_OK) {
+      goto out;
+    }
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(list);
+    *out_more = 0;
+    return r;
+  }
+  *out = list;
+  *out_n = n;
+  return KMS_OK;
+}
+
 /* ---- Session keys (schema 3) ----------------------------------------------------- */
 
 /* col_blob copies a BLOB column into |dst| (capacity |cap|); too long is a damaged row. */
@@ -2786,6 +2846,7 @@ const struct keystore_ops keystore_sqlite_ops = {
     .destroy = sqlite_destroy,
     .shred_sync = sqlite_shred_sync,
     .receipt_list = sqlite_receipt_list,
+    .event_range = sqlite_event_range,
     .session_create = sqlite_session_create,
     .session_get = sqlite_session_get,
     .session_close = sqlite_session_close,

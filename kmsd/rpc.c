@@ -12,6 +12,7 @@
 #include "authz.h"
 #include "backup.h"
 #include "lifecycle.h"
+#include "kms_auditsum.h"
 #include "kms_err.h"
 #include "kms_frame.h"
 #include "kms_wire.h"
@@ -700,14 +701,22 @@ static int
 run_export_audit(struct rpc_job *job, struct worker_ctx *w)
 {
   Tkms__ExportAuditResponse *out = NULL;
-  (void)w;
+  const Tkms__ExportAuditRequest *x = job->req->export_audit;
   if (job->rpc->audit == NULL) {
     snprintf(job->res.message, sizeof(job->res.message), "no audit log");
     return KMS_ERR_FAILED_PRECONDITION;
   }
   /* Pages stay well under a frame kmsd itself would accept. */
-  int r = audit_export_page(job->rpc->audit, job->req->export_audit, job->rpc->cfg->max_frame / 2,
-                            LC_WHY(job), &out);
+  int r = audit_export_page(job->rpc->audit, x, job->rpc->cfg->max_frame / 2, LC_WHY(job), &out);
+  if (r == KMS_OK && (x->page_token == NULL || x->page_token[0] == '\0')) {
+    /* The first page also carries the period's key state changes (the summary's). */
+    r = audit_export_state_changes(w->ks, x, job->rpc->cfg->max_frame / 4, out);
+    if (r != KMS_OK) {
+      snprintf(job->res.message, sizeof(job->res.message), "key history unreadable");
+      protobuf_c_message_free_unpacked(&out->base, NULL);
+      out = NULL;
+    }
+  }
   LC_KEEP(job, out);
   return r;
 }
@@ -871,6 +880,12 @@ rpc_check_policy_vocabulary(char *err, size_t err_len)
 {
   for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
     const struct rpc_method *m = &methods[i];
+    if (!kms_auditsum_known_op(m->name)) {
+      /* kmsctl audit export --op refuses names it does not know. */
+      snprintf(err, err_len, "method %s: not in kms_auditsum_known_op (common/kms_auditsum.c)",
+               m->name);
+      return KMS_ERR_INTERNAL;
+    }
     for (size_t k = 0; k < 2; k++) {
       const char *op = m->policy_ops[k];
       /* The variant needs a second name; without a variant there is none. */

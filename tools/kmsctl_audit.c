@@ -2,19 +2,23 @@
 #include "kmsctl_audit.h"
 
 #include <getopt.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
 #include "kms_auditlog.h"
+#include "kms_auditsum.h"
 #include "kms_err.h"
 #include "kms_merkle.h"
 #include "kms_note.h"
+#include "kms_time.h"
 #include "tenantkey.h"
 #include "tk_internal.h"
 
@@ -28,8 +32,9 @@ audit_usage(FILE *f)
           "[--checkpoint TRUSTED]...\n"
           "       kmsctl audit verifier-key DIR\n"
           "       kmsctl [--config FILE] audit export --from T --to T [--tenant T] [--session S]\n"
-          "              [--op OP] [--format jsonl|csv] [--out FILE]\n"
+          "              [--op OP] [--format jsonl|csv] [--out FILE] [--quiet]\n"
           "       kmsctl audit verify-export FILE --key VKEY\n"
+          "       kmsctl audit summary FILE\n"
           "\n"
           "verify     recomputes the Merkle tree of the log FILEs (in order: audit-*.jsonl),\n"
           "           checks every signed checkpoint (default: DIR/checkpoints beside the first\n"
@@ -38,12 +43,22 @@ audit_usage(FILE *f)
           "           VKEY is a note verifier key, or a file holding one.\n"
           "           Exit 0: verified; 1: tampering or a bad checkpoint; 2: usage or I/O.\n"
           "verifier-key  prints the verifier key kmsd wrote into its audit directory DIR.\n"
-          "export     asks kmsd (auditor principal) for the records of a period, each with its\n"
-          "           inclusion proof against one signed checkpoint, then a usage summary. T is\n"
-          "           ms since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC; --to exclusive).\n"
-          "           A tenant-bound auditor must give --tenant (its own).\n"
-          "verify-export  checks a jsonl export offline: the checkpoint's signature and every\n"
-          "           record's inclusion proof. Exit 0: verified; 1: not.\n");
+          "export     asks kmsd (auditor principal) for the records of the period [from, to),\n"
+          "           each with its inclusion proof against one signed checkpoint, then a\n"
+          "           summary: counts per tenant, key version, operation and outcome; who\n"
+          "           accessed which session's key; every key state change (from kmsd's key\n"
+          "           history) with actor, approvers, receipt and the audit record of the call.\n"
+          "           T is ms since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).\n"
+          "           OP is an RPC name (GetSessionKey, RotateKey, ...). A tenant-bound auditor\n"
+          "           must give --tenant (its own). With --out the summary is also printed as\n"
+          "           tables (not with --quiet); on a terminal without --out only the tables.\n"
+          "           csv: the records, then after blank lines the checkpoint, summary,\n"
+          "           session_access and state_change sections.\n"
+          "verify-export  checks an export (jsonl or csv) offline: the checkpoint's signature,\n"
+          "           every record's inclusion proof (csv: and that the row's columns say what\n"
+          "           the record says), the summary's counts, and that every state change's\n"
+          "           audit record is a verified record of the export. Exit 0: verified; 1: not.\n"
+          "summary    prints the summary of a jsonl export as tables.\n");
 }
 
 /* read_small reads a whole small file (a key, a note) into a NUL-terminated buffer. */
@@ -265,33 +280,6 @@ out:
 
 /* ---- export (over RPC) and verify-export (offline) ------------------------------ */
 
-/* parse_when accepts ms since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC). */
-static int
-parse_when(const char *s, int64_t *out)
-{
-  struct tm tm;
-  const char *end = NULL;
-  if (s[0] != '\0' && strspn(s, "0123456789") == strlen(s) && strlen(s) <= 15) {
-    *out = (int64_t)strtoll(s, NULL, 10);
-    return 1;
-  }
-  memset(&tm, 0, sizeof(tm));
-  end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (end == NULL || *end != '\0') {
-    memset(&tm, 0, sizeof(tm));
-    end = strptime(s, "%Y-%m-%d", &tm);
-  }
-  if (end == NULL || *end != '\0') {
-    return 0;
-  }
-  time_t t = timegm(&tm);
-  if (t < 0) {
-    return 0;
-  }
-  *out = (int64_t)t * 1000;
-  return 1;
-}
-
 /* csv_field writes |s| as one CSV field (RFC 4180 quoting). */
 static void
 csv_field(FILE *o, const char *s)
@@ -313,6 +301,54 @@ jstr_or(json_t *o, const char *k, const char *dflt)
   return v != NULL ? v : dflt;
 }
 
+/* ms_iso writes the record time format for |ms|. */
+static void
+ms_iso(int64_t ms, char *out, size_t cap)
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  char day[32] = "";
+  gmtime_r(&t, &tm);
+  strftime(day, sizeof(day), "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out, cap, "%s.%03dZ", day, (int)(ms % 1000));
+}
+
+/*
+ * The summary, built from the records as they stream by; verify-export builds
+ * it again from the records it verified and compares. Candidate records for
+ * the state-change cross-check (OK lifecycle calls) are kept with their JSON.
+ */
+struct sumb {
+  json_t *counts, *sessions, *keep;
+  struct kms_auditsum_rec *recs;
+  size_t n_recs, cap;
+  uint64_t n_records;
+};
+
+static const char *const lifecycle_ops[] = {"CreateTenant",        "RotateKey",
+                                            "DisableKey",          "EnableKey",
+                                            "ScheduleDestruction", "CancelDestruction"};
+
+static int
+sumb_init(struct sumb *b)
+{
+  memset(b, 0, sizeof(*b));
+  b->counts = json_object();
+  b->sessions = json_object();
+  b->keep = json_array();
+  return b->counts != NULL && b->sessions != NULL && b->keep != NULL ? 0 : -1;
+}
+
+static void
+sumb_free(struct sumb *b)
+{
+  json_decref(b->counts);
+  json_decref(b->sessions);
+  json_decref(b->keep);
+  free(b->recs);
+  memset(b, 0, sizeof(*b));
+}
+
 /* count_add adds one to counts[key] (a JSON object used as a map). */
 static void
 count_add(json_t *counts, const char *key)
@@ -321,9 +357,73 @@ count_add(json_t *counts, const char *key)
   json_object_set_new(counts, key, json_integer(n != NULL ? json_integer_value(n) + 1 : 1));
 }
 
+/* rec_session is the record's session HMAC: its own, or its context's session_id. */
+static const char *
+rec_session(json_t *rec)
+{
+  const char *s = jstr_or(rec, "session", NULL);
+  return s != NULL ? s : jstr_or(json_object_get(rec, "context"), "session_id", NULL);
+}
+
+static void
+rec_version(json_t *rec, char *out, size_t cap)
+{
+  json_t *kv = json_object_get(rec, "kek_version");
+  if (json_is_integer(kv)) {
+    snprintf(out, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(kv));
+  } else {
+    out[0] = '\0';
+  }
+}
+
+static int
+sumb_add(struct sumb *b, uint64_t index, json_t *rec)
+{
+  char ver[24], key[2048];
+  const char *tenant = jstr_or(rec, "tenant", "-"), *op = jstr_or(rec, "op", "-");
+  const char *outcome = jstr_or(rec, "outcome", "-"), *principal = jstr_or(rec, "principal", "-");
+  const char *sess = rec_session(rec);
+
+  rec_version(rec, ver, sizeof(ver));
+  snprintf(key, sizeof(key), "%s\t%s\t%s\t%s", tenant, ver[0] ? ver : "0", op, outcome);
+  count_add(b->counts, key);
+  if (sess != NULL) {
+    snprintf(key, sizeof(key), "%s\t%s\t%s\t%s\t%s", sess, tenant, principal, op, outcome);
+    count_add(b->sessions, key);
+  }
+  b->n_records++;
+  if (strcmp(outcome, "ok") != 0) {
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof(lifecycle_ops) / sizeof(lifecycle_ops[0]); i++) {
+    if (strcmp(op, lifecycle_ops[i]) != 0) {
+      continue;
+    }
+    if (b->n_recs == b->cap) {
+      size_t ncap = b->cap ? b->cap * 2 : 64;
+      void *p = realloc(b->recs, ncap * sizeof(*b->recs));
+      if (p == NULL) {
+        return -1;
+      }
+      b->recs = p;
+      b->cap = ncap;
+    }
+    json_array_append(b->keep, rec); /* the strings below live as long as it */
+    b->recs[b->n_recs++] = (struct kms_auditsum_rec){
+        .index = index,
+        .at_ms = kms_auditsum_parse_time(jstr_or(rec, "time", "")),
+        .principal = principal,
+        .op = op,
+        .tenant = jstr_or(rec, "tenant", NULL),
+    };
+    break;
+  }
+  return 0;
+}
+
 /* summary_array turns "a\tb\tc..." -> count into [{names[0]:a,...,"count":n}]. */
 static json_t *
-summary_array(json_t *counts, const char *const *names, size_t n_names)
+summary_array(json_t *counts, const char *const *names, size_t n_names, const char *session)
 {
   json_t *arr = json_array();
   const char *key;
@@ -339,12 +439,363 @@ summary_array(json_t *counts, const char *const *names, size_t n_names)
       } else {
         json_object_set_new(o, names[i], json_string(tok));
       }
+      if (i == 0 && strcmp(names[0], "session_hmac") == 0) {
+        /* The plain id is known only to who asked for it (--session). */
+        json_object_set_new(o, "session", session != NULL ? json_string(session) : json_null());
+      }
     }
     free(copy);
     json_object_set(o, "count", val);
     json_array_append_new(arr, o);
   }
   return arr;
+}
+
+static const char *const count_names[] = {"tenant", "kek_version", "op", "outcome"};
+static const char *const session_names[] = {"session_hmac", "tenant", "principal", "op",
+                                            "outcome"};
+
+/* change_json turns a KeyStateChange into the summary's state_changes entry. */
+static json_t *
+change_json(const Tkms__KeyStateChange *c)
+{
+  char at[40], req[40];
+  json_t *appr = json_array();
+  ms_iso(c->at_ms, at, sizeof(at));
+  ms_iso(c->requested_ms, req, sizeof(req));
+  for (size_t i = 0; i < c->n_approvers; i++) {
+    json_array_append_new(appr, json_string(c->approvers[i]));
+  }
+  return json_pack("{s:s,s:I,s:s,s:I,s:s,s:s,s:s,s:s,s:o,s:I,s:o,s:I,s:s,s:s,s:s}", "time", at,
+                   "at_ms", (json_int_t)c->at_ms, "tenant", c->tenant_id, "version",
+                   (json_int_t)c->version, "event", c->event, "old_state", c->old_state,
+                   "new_state", c->new_state, "actor", c->actor, "approvers", appr, "request_id",
+                   (json_int_t)c->request_id, "requested",
+                   c->request_id != 0 ? json_string(req) : json_null(), "receipt_id",
+                   (json_int_t)c->receipt_id, "executed_by", c->executed_by, "source", "keystore",
+                   "audit_op", c->audit_op);
+}
+
+/*
+ * crosscheck names, for every state change, the audit record that stands for
+ * it: the call of |audit_op| by the requester at the request's time (dual
+ * control) or by whoever made the change at its time.
+ */
+static void
+crosscheck(struct sumb *b, json_t *changes, int64_t from_ms)
+{
+  size_t i;
+  json_t *c;
+  json_array_foreach(changes, i, c)
+  {
+    const char *op = jstr_or(c, "audit_op", "");
+    bool dual = json_integer_value(json_object_get(c, "request_id")) != 0;
+    const char *who = jstr_or(c, dual ? "actor" : "executed_by", "");
+    int64_t t = dual ? kms_auditsum_parse_time(jstr_or(c, "requested", ""))
+                     : json_integer_value(json_object_get(c, "at_ms"));
+    char msg[160];
+    if (op[0] == '\0') {
+      json_object_set_new(c, "audit_index", json_null());
+      json_object_set_new(c, "audit_check", json_string("none: kmsd's own lifecycle tick"));
+      continue;
+    }
+    long k = kms_auditsum_match(b->recs, b->n_recs, op, who, jstr_or(c, "tenant", ""), t);
+    if (k >= 0) {
+      json_object_set_new(c, "audit_index", json_integer((json_int_t)b->recs[k].index));
+      snprintf(msg, sizeof(msg), "record %" PRIu64 ": %s by the %s", b->recs[k].index, op,
+               dual ? "requester" : "actor");
+    } else {
+      json_object_set_new(c, "audit_index", json_null());
+      snprintf(msg, sizeof(msg), "%s: no %s record in this export",
+               t < from_ms ? "before the period" : "MISSING", op);
+    }
+    json_object_set_new(c, "audit_check", json_string(msg));
+  }
+}
+
+/* summary_new builds the summary line's object; |changes| is taken. */
+static json_t *
+summary_new(struct sumb *b, const Tkms__ExportAuditRequest *m, json_t *changes, bool truncated)
+{
+  const char *session = m->session_id != NULL && m->session_id[0] ? m->session_id : NULL;
+  return json_pack(
+      "{s:s,s:I,s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:b,s:[s,s,s]}", "type", "summary", "records",
+      (json_int_t)b->n_records, "from_ms", (json_int_t)m->from_ms, "to_ms", (json_int_t)m->to_ms,
+      "tenant", m->tenant_id != NULL && m->tenant_id[0] ? json_string(m->tenant_id) : json_null(),
+      "session", session != NULL ? json_string(session) : json_null(), "counts",
+      summary_array(b->counts, count_names, 4, NULL), "session_access",
+      summary_array(b->sessions, session_names, 5, session), "state_changes", changes,
+      "state_changes_truncated", truncated, "notes",
+      "counts and session_access are computed from the records above (verify-export recomputes "
+      "them); session ids appear as keyed HMACs (HMAC-SHA256(K, \"session_id\" 0x00 id)[:16]): "
+      "match a known session with kmsctl audit export --session ID",
+      "state_changes come from kmsd's keystore history (source: keystore), not from the Merkle "
+      "log: each names in audit_index the proven record of the call that made or requested it "
+      "(audit_op), which verify-export checks; null with audit_check saying why otherwise",
+      "old_state is empty where the history does not say (a new version); a rotation also "
+      "demotes the previously active version to decrypt-only");
+}
+
+/* ---- tables ----------------------------------------------------------------------- */
+
+static const char *
+jstr_or_idx(json_t *arr, size_t i)
+{
+  const char *v = json_string_value(json_array_get(arr, i));
+  return v != NULL ? v : "";
+}
+
+/* table_print prints rows (arrays of strings) under |hdr|, columns as wide as their widest cell. */
+static void
+table_print(FILE *o, const char *const *hdr, size_t ncol, json_t *rows)
+{
+  size_t w[16] = {0}, i;
+  json_t *row;
+  for (size_t c = 0; c < ncol; c++) {
+    w[c] = strlen(hdr[c]);
+  }
+  json_array_foreach(rows, i, row)
+  {
+    for (size_t c = 0; c < ncol; c++) {
+      size_t l = strlen(jstr_or_idx(row, c));
+      w[c] = l > w[c] ? l : w[c];
+    }
+  }
+  for (size_t c = 0; c < ncol; c++) {
+    fprintf(o, "%-*s%s", c + 1 < ncol ? (int)w[c] : 0, hdr[c], c + 1 < ncol ? "  " : "\n");
+  }
+  json_array_foreach(rows, i, row)
+  {
+    for (size_t c = 0; c < ncol; c++) {
+      fprintf(o, "%-*s%s", c + 1 < ncol ? (int)w[c] : 0, jstr_or_idx(row, c),
+              c + 1 < ncol ? "  " : "\n");
+    }
+  }
+  if (json_array_size(rows) == 0) {
+    fprintf(o, "(none)\n");
+  }
+}
+
+static json_t *
+sfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static json_t *
+sfmt(const char *fmt, ...)
+{
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  return json_string(buf);
+}
+
+/* approvers_text joins a change's approvers with ", " into |out|. */
+static void
+approvers_text(json_t *c, char *out, size_t cap)
+{
+  size_t i, used = 0;
+  json_t *a;
+  out[0] = '\0';
+  json_array_foreach(json_object_get(c, "approvers"), i, a)
+  {
+    int n = snprintf(out + used, cap - used, "%s%s", used ? ", " : "", json_string_value(a));
+    if (n < 0 || (size_t)n >= cap - used) {
+      break;
+    }
+    used += (size_t)n;
+  }
+}
+
+/* print_summary_tables prints a summary object for a human (the default on a terminal). */
+static void
+print_summary_tables(FILE *o, json_t *sum)
+{
+  static const char *const ch[] = {"TENANT", "VERSION", "OPERATION", "OUTCOME", "COUNT"};
+  static const char *const sh[] = {"SESSION", "TENANT", "PRINCIPAL", "OPERATION", "OUTCOME",
+                                   "COUNT"};
+  static const char *const kh[] = {"TIME",    "TENANT",    "VERSION", "EVENT",   "STATE",
+                                   "ACTOR",   "APPROVERS", "REQUEST", "RECEIPT", "AUDIT RECORD"};
+  char from[40], to[40];
+  json_t *rows, *e;
+  size_t i;
+
+  ms_iso(json_integer_value(json_object_get(sum, "from_ms")), from, sizeof(from));
+  ms_iso(json_integer_value(json_object_get(sum, "to_ms")), to, sizeof(to));
+  fprintf(o, "Audit export summary: %" JSON_INTEGER_FORMAT " records from %s to %s, %s%s\n",
+          json_integer_value(json_object_get(sum, "records")), from, to,
+          json_is_string(json_object_get(sum, "tenant")) ? "tenant " : "all tenants",
+          jstr_or(sum, "tenant", ""));
+
+  fprintf(o, "\nUsage by tenant, key version, operation and outcome (from the records)\n");
+  rows = json_array();
+  json_array_foreach(json_object_get(sum, "counts"), i, e)
+  {
+    json_array_append_new(
+        rows, json_pack("[s,o,s,s,o]", jstr_or(e, "tenant", ""),
+                        sfmt("%" JSON_INTEGER_FORMAT,
+                             json_integer_value(json_object_get(e, "kek_version"))),
+                        jstr_or(e, "op", ""), jstr_or(e, "outcome", ""),
+                        sfmt("%" JSON_INTEGER_FORMAT,
+                             json_integer_value(json_object_get(e, "count")))));
+  }
+  table_print(o, ch, 5, rows);
+  json_decref(rows);
+
+  fprintf(o, "\nWho accessed which session's key (session: keyed HMAC, or the id asked for)\n");
+  rows = json_array();
+  json_array_foreach(json_object_get(sum, "session_access"), i, e)
+  {
+    json_array_append_new(
+        rows, json_pack("[s,s,s,s,s,o]", jstr_or(e, "session", jstr_or(e, "session_hmac", "")),
+                        jstr_or(e, "tenant", ""), jstr_or(e, "principal", ""),
+                        jstr_or(e, "op", ""), jstr_or(e, "outcome", ""),
+                        sfmt("%" JSON_INTEGER_FORMAT,
+                             json_integer_value(json_object_get(e, "count")))));
+  }
+  table_print(o, sh, 6, rows);
+  json_decref(rows);
+
+  fprintf(o, "\nKey state changes (from the keystore's history; AUDIT RECORD: the proven record "
+             "of the call)\n");
+  rows = json_array();
+  json_array_foreach(json_object_get(sum, "state_changes"), i, e)
+  {
+    char appr[1024], ver[24], st[64], rq[24], rc[24];
+    json_int_t v = json_integer_value(json_object_get(e, "version"));
+    json_int_t q = json_integer_value(json_object_get(e, "request_id"));
+    json_int_t r = json_integer_value(json_object_get(e, "receipt_id"));
+    approvers_text(e, appr, sizeof(appr));
+    snprintf(ver, sizeof(ver), v == 0 ? "tenant" : "%" JSON_INTEGER_FORMAT, v);
+    snprintf(st, sizeof(st), "%s -> %s", jstr_or(e, "old_state", "")[0] ? jstr_or(e, "old_state", "") : "(new)",
+             jstr_or(e, "new_state", ""));
+    snprintf(rq, sizeof(rq), q ? "%" JSON_INTEGER_FORMAT : "-", q);
+    snprintf(rc, sizeof(rc), r ? "%" JSON_INTEGER_FORMAT : "-", r);
+    json_array_append_new(rows, json_pack("[s,s,s,s,s,s,s,s,s,s]", jstr_or(e, "time", ""),
+                                          jstr_or(e, "tenant", ""), ver, jstr_or(e, "event", ""),
+                                          st, jstr_or(e, "actor", ""), appr[0] ? appr : "-", rq,
+                                          rc, jstr_or(e, "audit_check", "")));
+  }
+  table_print(o, kh, 10, rows);
+  json_decref(rows);
+  if (json_is_true(json_object_get(sum, "state_changes_truncated"))) {
+    fprintf(o, "WARNING: more state changes than one export holds: narrow the period\n");
+  }
+}
+
+/* ---- export ------------------------------------------------------------------------ */
+
+static const char csv_header[] =
+    "index,time,principal,peer,op,tenant,kek_version,session,outcome,status,record,proof";
+static const char *const csv_cols[] = {"time", "principal", "peer", "op", "tenant"};
+
+static void
+csv_summary(FILE *o, json_t *sum, uint64_t tree_size, const char *note)
+{
+  size_t k;
+  json_t *e;
+  /* After the records, each section after a blank line and its own header row. */
+  fprintf(o, "\ncheckpoint,tree_size,note\ncheckpoint,%" PRIu64 ",", tree_size);
+  csv_field(o, note);
+  fprintf(o, "\n\nsummary,tenant,kek_version,op,outcome,count\n");
+  json_array_foreach(json_object_get(sum, "counts"), k, e)
+  {
+    fprintf(o, "summary,");
+    csv_field(o, jstr_or(e, "tenant", ""));
+    fprintf(o, ",%" JSON_INTEGER_FORMAT ",", json_integer_value(json_object_get(e, "kek_version")));
+    csv_field(o, jstr_or(e, "op", ""));
+    fputc(',', o);
+    csv_field(o, jstr_or(e, "outcome", ""));
+    fprintf(o, ",%" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(e, "count")));
+  }
+  fprintf(o, "\nsession_access,session_hmac,session,tenant,principal,op,outcome,count\n");
+  json_array_foreach(json_object_get(sum, "session_access"), k, e)
+  {
+    const char *cols[] = {"session_hmac", "session", "tenant", "principal", "op", "outcome"};
+    fprintf(o, "session_access");
+    for (size_t c = 0; c < 6; c++) {
+      fputc(',', o);
+      csv_field(o, jstr_or(e, cols[c], ""));
+    }
+    fprintf(o, ",%" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(e, "count")));
+  }
+  fprintf(o, "\nstate_change,time,tenant,version,event,old_state,new_state,actor,approvers,"
+             "request_id,requested,receipt_id,executed_by,source,audit_op,audit_index,"
+             "audit_check\n");
+  json_array_foreach(json_object_get(sum, "state_changes"), k, e)
+  {
+    char appr[1024];
+    json_t *ai = json_object_get(e, "audit_index");
+    approvers_text(e, appr, sizeof(appr));
+    fprintf(o, "state_change,");
+    csv_field(o, jstr_or(e, "time", ""));
+    fputc(',', o);
+    csv_field(o, jstr_or(e, "tenant", ""));
+    fprintf(o, ",%" JSON_INTEGER_FORMAT ",", json_integer_value(json_object_get(e, "version")));
+    const char *cols[] = {"event", "old_state", "new_state", "actor"};
+    for (size_t c = 0; c < 4; c++) {
+      csv_field(o, jstr_or(e, cols[c], ""));
+      fputc(',', o);
+    }
+    csv_field(o, appr);
+    fprintf(o, ",%" JSON_INTEGER_FORMAT ",", json_integer_value(json_object_get(e, "request_id")));
+    csv_field(o, jstr_or(e, "requested", ""));
+    fprintf(o, ",%" JSON_INTEGER_FORMAT ",", json_integer_value(json_object_get(e, "receipt_id")));
+    csv_field(o, jstr_or(e, "executed_by", ""));
+    fputc(',', o);
+    csv_field(o, jstr_or(e, "source", ""));
+    fputc(',', o);
+    csv_field(o, jstr_or(e, "audit_op", ""));
+    if (json_is_integer(ai)) {
+      fprintf(o, ",%" JSON_INTEGER_FORMAT ",", json_integer_value(ai));
+    } else {
+      fputs(",,", o);
+    }
+    csv_field(o, jstr_or(e, "audit_check", ""));
+    fputc('\n', o);
+  }
+  if (json_is_true(json_object_get(sum, "state_changes_truncated"))) {
+    fprintf(o, "state_change,TRUNCATED: narrow the period\n");
+  }
+}
+
+static void
+csv_record(FILE *o, const Tkms__AuditRecordProof *p, json_t *rec)
+{
+  char b64[48], ver[24];
+  const char *sess = rec_session(rec);
+  rec_version(rec, ver, sizeof(ver));
+  fprintf(o, "%" PRIu64 ",", p->index);
+  for (size_t k = 0; k < sizeof(csv_cols) / sizeof(csv_cols[0]); k++) {
+    csv_field(o, jstr_or(rec, csv_cols[k], ""));
+    fputc(',', o);
+  }
+  fprintf(o, "%s,", ver);
+  csv_field(o, sess != NULL ? sess : "");
+  fputc(',', o);
+  csv_field(o, jstr_or(rec, "outcome", ""));
+  fputc(',', o);
+  csv_field(o, jstr_or(rec, "status", ""));
+  fputc(',', o);
+  csv_field(o, p->record);
+  fputs(",\"", o);
+  for (size_t k = 0; k < p->n_proof; k++) {
+    kms_b64_encode(b64, sizeof(b64), p->proof[k].data, p->proof[k].len);
+    fprintf(o, "%s%s", k > 0 ? ";" : "", b64);
+  }
+  fputs("\"\n", o);
+}
+
+static void
+jsonl_record(FILE *o, const Tkms__AuditRecordProof *p)
+{
+  char b64[48];
+  /* The record verbatim: verify-export hashes exactly these bytes. */
+  fprintf(o, "{\"index\":%" PRIu64 ",\"record\":%s,\"proof\":[", p->index, p->record);
+  for (size_t k = 0; k < p->n_proof; k++) {
+    kms_b64_encode(b64, sizeof(b64), p->proof[k].data, p->proof[k].len);
+    fprintf(o, "%s\"%s\"", k > 0 ? "," : "", b64);
+  }
+  fprintf(o, "]}\n");
 }
 
 static int
@@ -355,19 +806,24 @@ cmd_export(const char *config, int argc, char **argv)
       {"tenant", required_argument, NULL, 'T'}, {"session", required_argument, NULL, 's'},
       {"op", required_argument, NULL, 'o'},     {"format", required_argument, NULL, 'F'},
       {"out", required_argument, NULL, 'O'},    {"limit", required_argument, NULL, 'l'},
-      {NULL, 0, NULL, 0},
+      {"quiet", no_argument, NULL, 'q'},        {NULL, 0, NULL, 0},
   };
   Tkms__ExportAuditRequest m;
   const char *format = "jsonl", *out_path = NULL;
   tk_client *c = NULL;
   Tkms__Response *resp = NULL;
   FILE *o = stdout;
-  json_t *counts = json_object(), *sessions = json_object();
-  char err[512], *token = NULL;
-  uint64_t n_records = 0;
+  struct sumb b;
+  json_t *changes = json_array(), *sum = NULL;
+  char err[512], *token = NULL, *note = NULL;
   int opt, rc = 2, r;
-  bool csv = false, have_from = false, have_to = false;
+  bool csv = false, have_from = false, have_to = false, truncated = false, quiet = false;
+  bool records_out = true;
 
+  if (sumb_init(&b) != 0 || changes == NULL) {
+    fprintf(stderr, "kmsctl: out of memory\n");
+    goto out;
+  }
   tkms__export_audit_request__init(&m);
   optind = 0;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -375,8 +831,11 @@ cmd_export(const char *config, int argc, char **argv)
     case 'f':
     case 't': {
       int64_t v = 0;
-      if (!parse_when(optarg, &v)) {
-        fprintf(stderr, "kmsctl: --%s %s: not a time\n", opt == 'f' ? "from" : "to", optarg);
+      if (kms_time_parse(optarg, &v) != 0) {
+        fprintf(stderr,
+                "kmsctl: --%s %s: not a time (ms since the epoch, YYYY-MM-DD or "
+                "YYYY-MM-DDTHH:MM:SSZ)\n",
+                opt == 'f' ? "from" : "to", optarg);
         goto out;
       }
       if (opt == 'f') {
@@ -406,17 +865,36 @@ cmd_export(const char *config, int argc, char **argv)
     case 'l':
       m.limit = (uint32_t)strtoul(optarg, NULL, 10);
       break;
+    case 'q':
+      quiet = true;
+      break;
     default:
       audit_usage(stderr);
       goto out;
     }
   }
-  if (!have_from || !have_to || optind != argc ||
-      (strcmp(format, "jsonl") != 0 && strcmp(format, "csv") != 0)) {
+  if (!have_from || !have_to || optind != argc) {
+    fprintf(stderr, "kmsctl: audit export needs --from and --to\n");
     audit_usage(stderr);
     goto out;
   }
+  if (strcmp(format, "jsonl") != 0 && strcmp(format, "csv") != 0) {
+    fprintf(stderr, "kmsctl: --format %s: jsonl or csv\n", format);
+    goto out;
+  }
+  if (m.to_ms <= m.from_ms) {
+    fprintf(stderr, "kmsctl: --to must be after --from (the period is [from, to))\n");
+    goto out;
+  }
+  if (m.operation != NULL && m.operation[0] != '\0' && !kms_auditsum_known_op(m.operation)) {
+    fprintf(stderr, "kmsctl: --op %s: not an operation (e.g. GetSessionKey, RotateKey, "
+                    "ExportAudit; see docs/AUDIT.md)\n",
+            m.operation);
+    goto out;
+  }
   csv = strcmp(format, "csv") == 0;
+  /* On a terminal without --out: the summary as tables, not pages of proofs. */
+  records_out = out_path != NULL || !isatty(STDOUT_FILENO);
   if (config == NULL) {
     fprintf(stderr, "kmsctl: audit export needs --config FILE or $TKMS_CONFIG\n");
     goto out;
@@ -431,9 +909,11 @@ cmd_export(const char *config, int argc, char **argv)
     o = stdout;
     goto out;
   }
-  if (csv) {
-    fprintf(o, "index,time,principal,peer,op,tenant,kek_version,session,outcome,status,record,"
-               "proof\n");
+  if (!records_out) {
+    o = NULL;
+  }
+  if (csv && o != NULL) {
+    fprintf(o, "%s\n", csv_header);
   }
   for (bool first = true;; first = false) {
     r = tk_audit_export_page(c, &m, &resp);
@@ -441,14 +921,25 @@ cmd_export(const char *config, int argc, char **argv)
       char msg[256] = "";
       tk_client_last_message(c, msg, sizeof(msg));
       fprintf(stderr, "kmsctl: audit export: %s%s%s\n", tk_strerror(r), msg[0] ? ": " : "", msg);
-      rc = 1;
+      rc = r == TK_EINVAL ? 2 : 1;
       goto out;
     }
     Tkms__ExportAuditResponse *x = resp->export_audit;
     if (first) {
       /* Every later page is proven against this same checkpoint. */
       m.tree_size = x->tree_size;
-      if (!csv) {
+      note = strdup(x->checkpoint);
+      for (size_t i = 0; i < x->n_state_changes; i++) {
+        json_t *cj = change_json(x->state_changes[i]);
+        if (cj == NULL || json_array_append_new(changes, cj) != 0) {
+          /* Dropping one silently would make the summary lie by omission. */
+          fprintf(stderr, "kmsctl: audit export: state change %zu is not valid text\n", i + 1);
+          rc = 1;
+          goto out;
+        }
+      }
+      truncated = x->state_changes_truncated;
+      if (!csv && o != NULL) {
         json_t *h = json_pack("{s:s,s:I,s:s}", "type", "checkpoint", "tree_size",
                               (json_int_t)x->tree_size, "note", x->checkpoint);
         char *hs = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -460,54 +951,18 @@ cmd_export(const char *config, int argc, char **argv)
     for (size_t i = 0; i < x->n_records; i++) {
       const Tkms__AuditRecordProof *p = x->records[i];
       json_t *rec = json_loads(p->record, 0, NULL);
-      char b64[48], ver[24];
-      json_t *kv = json_object_get(rec, "kek_version");
-      snprintf(ver, sizeof(ver), "%" PRIu64, json_is_integer(kv) ? (uint64_t)json_integer_value(kv) : 0);
-      const char *tenant = jstr_or(rec, "tenant", "-"), *op = jstr_or(rec, "op", "-");
-      const char *outcome = jstr_or(rec, "outcome", "-"), *principal = jstr_or(rec, "principal", "-");
-      const char *sess = jstr_or(rec, "session", NULL);
-      if (sess == NULL) {
-        sess = jstr_or(json_object_get(rec, "context"), "session_id", NULL);
+      if (rec == NULL || sumb_add(&b, p->index, rec) != 0) {
+        json_decref(rec);
+        fprintf(stderr, "kmsctl: audit export: record %" PRIu64 " is not JSON\n", p->index);
+        rc = 1;
+        goto out;
       }
-      char key[2048];
-      snprintf(key, sizeof(key), "%s\t%s\t%s\t%s", tenant, ver, op, outcome);
-      count_add(counts, key);
-      if (sess != NULL) {
-        snprintf(key, sizeof(key), "%s\t%s\t%s\t%s\t%s", sess, tenant, principal, op, outcome);
-        count_add(sessions, key);
-      }
-      if (csv) {
-        fprintf(o, "%" PRIu64 ",", p->index);
-        const char *cols[] = {"time", "principal", "peer", "op", "tenant"};
-        for (size_t k = 0; k < 5; k++) {
-          csv_field(o, jstr_or(rec, cols[k], ""));
-          fputc(',', o);
-        }
-        fprintf(o, "%s,", json_is_integer(kv) ? ver : "");
-        csv_field(o, sess != NULL ? sess : "");
-        fputc(',', o);
-        csv_field(o, outcome);
-        fputc(',', o);
-        csv_field(o, jstr_or(rec, "status", ""));
-        fputc(',', o);
-        csv_field(o, p->record);
-        fputs(",\"", o);
-        for (size_t k = 0; k < p->n_proof; k++) {
-          kms_b64_encode(b64, sizeof(b64), p->proof[k].data, p->proof[k].len);
-          fprintf(o, "%s%s", k > 0 ? ";" : "", b64);
-        }
-        fputs("\"\n", o);
-      } else {
-        /* The record verbatim: verify-export hashes exactly these bytes. */
-        fprintf(o, "{\"index\":%" PRIu64 ",\"record\":%s,\"proof\":[", p->index, p->record);
-        for (size_t k = 0; k < p->n_proof; k++) {
-          kms_b64_encode(b64, sizeof(b64), p->proof[k].data, p->proof[k].len);
-          fprintf(o, "%s\"%s\"", k > 0 ? "," : "", b64);
-        }
-        fprintf(o, "]}\n");
+      if (o != NULL && csv) {
+        csv_record(o, p, rec);
+      } else if (o != NULL) {
+        jsonl_record(o, p);
       }
       json_decref(rec);
-      n_records++;
     }
     free(token);
     token = x->next_page_token != NULL && x->next_page_token[0] != '\0'
@@ -520,58 +975,430 @@ cmd_export(const char *config, int argc, char **argv)
     }
     m.page_token = token;
   }
-  {
-    static const char *const cnames[] = {"tenant", "kek_version", "op", "outcome"};
-    static const char *const snames[] = {"session_hmac", "tenant", "principal", "op", "outcome"};
-    json_t *sum = json_pack(
-        "{s:s,s:I,s:I,s:I,s:o,s:o,s:[s,s]}", "type", "summary", "records", (json_int_t)n_records,
-        "from_ms", (json_int_t)m.from_ms, "to_ms", (json_int_t)m.to_ms, "counts",
-        summary_array(counts, cnames, 4), "session_access", summary_array(sessions, snames, 5),
-        "notes",
-        "session ids appear as keyed HMACs (HMAC-SHA256(K, \"session_id\" 0x00 id)[:16]): "
-        "match a known session with kmsctl audit export --session ID",
-        "key state changes with actor and approver are in the keystore's history "
-        "(kmsctl key list, receipt list), not in this export");
+  crosscheck(&b, changes, m.from_ms);
+  sum = summary_new(&b, &m, changes, truncated);
+  changes = NULL;
+  if (sum == NULL) {
+    fprintf(stderr, "kmsctl: out of memory\n");
+    rc = 1;
+    goto out;
+  }
+  if (o != NULL && csv) {
+    csv_summary(o, sum, m.tree_size, note != NULL ? note : "");
+  } else if (o != NULL) {
     char *ss = json_dumps(sum, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (csv) {
-      /* After a blank line: the summary, for the ISO 27001 file (A.8.15). */
-      fprintf(o, "\nsummary,tenant,kek_version,op,outcome,count\n");
-      json_t *arr = json_object_get(sum, "counts"), *e;
-      size_t k;
-      json_array_foreach(arr, k, e)
-      {
-        fprintf(o, "summary,");
-        csv_field(o, jstr_or(e, "tenant", ""));
-        fprintf(o, ",%" JSON_INTEGER_FORMAT ",", json_integer_value(json_object_get(e, "kek_version")));
-        csv_field(o, jstr_or(e, "op", ""));
-        fputc(',', o);
-        csv_field(o, jstr_or(e, "outcome", ""));
-        fprintf(o, ",%" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(e, "count")));
-      }
-    } else {
-      fprintf(o, "%s\n", ss != NULL ? ss : "");
-    }
+    fprintf(o, "%s\n", ss != NULL ? ss : "");
     free(ss);
-    json_decref(sum);
   }
   if (out_path != NULL) {
-    printf("exported %" PRIu64 " records to %s (tree size %" PRIu64 ")\n", n_records, out_path,
+    printf("exported %" PRIu64 " records to %s (tree size %" PRIu64 ")\n", b.n_records, out_path,
            m.tree_size);
+  }
+  if (!records_out || (out_path != NULL && !quiet)) {
+    if (!records_out) {
+      printf("(records not shown on a terminal: --out FILE or a pipe writes the %s export)\n\n",
+             format);
+    } else {
+      printf("\n");
+    }
+    print_summary_tables(stdout, sum);
   }
   rc = 0;
 out:
   tk_client_response_free(resp);
   tk_client_free(c);
-  if (o != stdout && fclose(o) != 0 && rc == 0) {
+  if (o != stdout && o != NULL && fclose(o) != 0 && rc == 0) {
     rc = 2;
   }
   free(token);
-  json_decref(counts);
-  json_decref(sessions);
+  free(note);
+  sumb_free(&b);
+  json_decref(changes);
+  json_decref(sum);
   return rc;
 }
 
-/* cmd_verify_export checks a jsonl export: checkpoint signature, then every inclusion proof. */
+/* ---- verify-export ---------------------------------------------------------------- */
+
+/*
+ * proof_ok checks one exported record: its seq is |index| and its inclusion
+ * proof (base64 hashes) leads from its leaf hash to |cp|'s root.
+ */
+static bool
+proof_ok(const struct kms_checkpoint *cp, uint64_t index, const char *rec, size_t rec_len,
+         const char *const *b64, size_t n_b64)
+{
+  uint8_t lh[KMS_MERKLE_HASH_LEN], path[KMS_MERKLE_MAX_PROOF][KMS_MERKLE_HASH_LEN];
+  uint64_t seq = UINT64_MAX;
+
+  if (n_b64 > KMS_MERKLE_MAX_PROOF || kms_auditlog_parse_seq(rec, rec_len, &seq) != 0 ||
+      seq != index) {
+    return false;
+  }
+  for (size_t i = 0; i < n_b64; i++) {
+    size_t got = 0;
+    if (b64[i] == NULL ||
+        kms_b64_decode(path[i], KMS_MERKLE_HASH_LEN, &got, b64[i], strlen(b64[i])) != KMS_OK ||
+        got != KMS_MERKLE_HASH_LEN) {
+      return false;
+    }
+  }
+  kms_merkle_leaf_hash(lh, (const uint8_t *)rec, rec_len);
+  return kms_merkle_inclusion_verify(seq, cp->size, lh,
+                                     (const uint8_t (*)[KMS_MERKLE_HASH_LEN])path, n_b64,
+                                     cp->root) == KMS_OK;
+}
+
+static bool
+checkpoint_ok(const struct kms_note_vkey *k, const char *note, struct kms_checkpoint *cp)
+{
+  size_t text_len = 0;
+  return kms_note_verify(note, strlen(note), k, &text_len) == KMS_OK &&
+         kms_checkpoint_parse(cp, note, text_len) == KMS_OK && strcmp(cp->origin, k->name) == 0;
+}
+
+/*
+ * check_changes verifies that every state change naming an audit record names
+ * a verified record of this export that is its call: |audit_op| by the
+ * requester (dual control) or the actor, for its tenant.
+ */
+static int
+check_changes(struct sumb *b, json_t *changes, size_t *out_backed, char *why, size_t why_len)
+{
+  size_t i;
+  json_t *c;
+  *out_backed = 0;
+  json_array_foreach(changes, i, c)
+  {
+    json_t *ai = json_object_get(c, "audit_index");
+    if (!json_is_integer(ai)) {
+      continue;
+    }
+    bool dual = json_integer_value(json_object_get(c, "request_id")) != 0;
+    const char *who = jstr_or(c, dual ? "actor" : "executed_by", "");
+    const char *op = jstr_or(c, "audit_op", ""), *tenant = jstr_or(c, "tenant", "");
+    bool found = false;
+    for (size_t k = 0; k < b->n_recs && !found; k++) {
+      const struct kms_auditsum_rec *r = &b->recs[k];
+      found = r->index == (uint64_t)json_integer_value(ai) && strcmp(r->op, op) == 0 &&
+              strcmp(r->principal, who) == 0 && r->tenant != NULL &&
+              strcmp(r->tenant, tenant) == 0;
+    }
+    if (!found) {
+      snprintf(why, why_len,
+               "state change %zu (%s of %s) names record %" JSON_INTEGER_FORMAT
+               ", which is not a verified %s by %s in this export",
+               i + 1, jstr_or(c, "event", ""), tenant, json_integer_value(ai), op, who);
+      return -1;
+    }
+    (*out_backed)++;
+  }
+  return 0;
+}
+
+/* check_counts compares a summary's counts and session_access with the verified records'. */
+static int
+check_counts(struct sumb *b, json_t *counts, json_t *sessions, const char *session, char *why,
+             size_t why_len)
+{
+  json_t *want_c = summary_array(b->counts, count_names, 4, NULL);
+  json_t *want_s = summary_array(b->sessions, session_names, 5, session);
+  int r = 0;
+  if (!json_equal(want_c, counts)) {
+    snprintf(why, why_len, "the summary's counts are not those of the records");
+    r = -1;
+  } else if (!json_equal(want_s, sessions)) {
+    snprintf(why, why_len, "the summary's session access is not that of the records");
+    r = -1;
+  }
+  json_decref(want_c);
+  json_decref(want_s);
+  return r;
+}
+
+static bool
+is_blank_row(const struct kms_csv_row *row)
+{
+  return row->n == 1 && row->f[0][0] == '\0';
+}
+
+/* csv_row_matches_record: the columns a spreadsheet shows say what the proven record says. */
+static bool
+csv_row_matches_record(const struct kms_csv_row *row, json_t *rec)
+{
+  char ver[24];
+  const char *sess = rec_session(rec);
+  for (size_t k = 0; k < sizeof(csv_cols) / sizeof(csv_cols[0]); k++) {
+    if (strcmp(row->f[1 + k], jstr_or(rec, csv_cols[k], "")) != 0) {
+      return false;
+    }
+  }
+  rec_version(rec, ver, sizeof(ver));
+  return strcmp(row->f[6], ver) == 0 && strcmp(row->f[7], sess != NULL ? sess : "") == 0 &&
+         strcmp(row->f[8], jstr_or(rec, "outcome", "")) == 0 &&
+         strcmp(row->f[9], jstr_or(rec, "status", "")) == 0;
+}
+
+/*
+ * verify_csv checks a csv export: the checkpoint section's signature, every
+ * record row's proof and its columns, then the summary sections against the
+ * verified records. Returns the exit code; prints the verdict.
+ */
+static int
+verify_csv(const char *buf, size_t len, const struct kms_note_vkey *k)
+{
+  struct kms_csv_row *rows = NULL;
+  size_t n = 0, cap = 0, pos = 0, n_rec_rows = 0;
+  struct kms_checkpoint cp;
+  struct sumb b;
+  json_t *counts = json_array(), *sessions = json_array(), *changes = json_array();
+  const char *note = NULL, *session = NULL;
+  char why[512] = "";
+  size_t bad_row = 0, backed = 0;
+  int rc = 1, x;
+
+  if (sumb_init(&b) != 0) {
+    goto out;
+  }
+  for (;;) {
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 256;
+      void *p = realloc(rows, ncap * sizeof(*rows));
+      if (p == NULL) {
+        fprintf(stderr, "kmsctl: out of memory\n");
+        rc = 2;
+        goto out;
+      }
+      rows = p;
+      cap = ncap;
+    }
+    x = kms_csv_next(buf, len, &pos, &rows[n]);
+    if (x == 1) {
+      break;
+    }
+    if (x < 0) {
+      printf("FAILED at row %zu: not CSV (an unclosed or stray quote)\n", n + 1);
+      goto out;
+    }
+    n++;
+  }
+  /* Row 1 is the header; the records run to the first blank row. */
+  if (n == 0 || rows[0].n != 12 || strncmp(buf, csv_header, strlen(csv_header)) != 0) {
+    printf("FAILED: not a kmsctl csv export (no header row)\n");
+    goto out;
+  }
+  size_t i = 1;
+  while (i < n && !is_blank_row(&rows[i])) {
+    i++;
+  }
+  n_rec_rows = i - 1;
+  for (size_t j = i; j < n; j++) {
+    const struct kms_csv_row *r = &rows[j];
+    if (is_blank_row(r)) {
+      continue;
+    }
+    if (strcmp(r->f[0], "checkpoint") == 0 && r->n == 3 && strcmp(r->f[1], "tree_size") != 0) {
+      if (note != NULL) {
+        printf("FAILED at row %zu: a second checkpoint\n", j + 1);
+        goto out;
+      }
+      note = r->f[2];
+    } else if (strcmp(r->f[0], "summary") == 0 && r->n == 6 && strcmp(r->f[1], "tenant") != 0) {
+      json_array_append_new(counts,
+                            json_pack("{s:s,s:I,s:s,s:s,s:I}", "tenant", r->f[1], "kek_version",
+                                      (json_int_t)strtoll(r->f[2], NULL, 10), "op", r->f[3],
+                                      "outcome", r->f[4], "count",
+                                      (json_int_t)strtoll(r->f[5], NULL, 10)));
+    } else if (strcmp(r->f[0], "session_access") == 0 && r->n == 8 &&
+               strcmp(r->f[1], "session_hmac") != 0) {
+      session = r->f[2][0] ? r->f[2] : NULL;
+      json_array_append_new(
+          sessions, json_pack("{s:s,s:o,s:s,s:s,s:s,s:s,s:I}", "session_hmac", r->f[1], "session",
+                              session != NULL ? json_string(session) : json_null(), "tenant",
+                              r->f[3], "principal", r->f[4], "op", r->f[5], "outcome", r->f[6],
+                              "count", (json_int_t)strtoll(r->f[7], NULL, 10)));
+    } else if (strcmp(r->f[0], "state_change") == 0 && r->n == 17 &&
+               strcmp(r->f[1], "time") != 0) {
+      json_array_append_new(
+          changes, json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:o}", "tenant", r->f[2], "event", r->f[4],
+                             "request_id", (json_int_t)strtoll(r->f[9], NULL, 10), "actor",
+                             r->f[7], "executed_by", r->f[12], "audit_op", r->f[14],
+                             "audit_index",
+                             r->f[15][0] ? json_integer(strtoll(r->f[15], NULL, 10))
+                                         : json_null()));
+    } else if (strcmp(r->f[0], "checkpoint") != 0 && strcmp(r->f[0], "summary") != 0 &&
+               strcmp(r->f[0], "session_access") != 0 && strcmp(r->f[0], "state_change") != 0) {
+      printf("FAILED at row %zu: not part of an export\n", j + 1);
+      goto out;
+    }
+  }
+  if (note == NULL) {
+    printf("FAILED: no checkpoint in the export\n");
+    goto out;
+  }
+  if (!checkpoint_ok(k, note, &cp)) {
+    printf("FAILED: the export's checkpoint is not signed by %s\n", k->name);
+    goto out;
+  }
+  for (size_t j = 1; j <= n_rec_rows; j++) {
+    struct kms_csv_row *r = &rows[j];
+    const char *b64[KMS_MERKLE_MAX_PROOF + 1];
+    size_t n_b64 = 0;
+    char *end = NULL;
+    json_t *rec = NULL;
+    bool ok = r->n == 12 && r->f[0][0] != '\0';
+    uint64_t index = ok ? strtoull(r->f[0], &end, 10) : 0;
+    ok = ok && end != NULL && *end == '\0';
+    for (char *p = ok && r->f[11][0] ? r->f[11] : NULL, *save = NULL;
+         ok && (p = strtok_r(p, ";", &save)) != NULL; p = NULL) {
+      ok = n_b64 < KMS_MERKLE_MAX_PROOF;
+      if (ok) {
+        b64[n_b64++] = p;
+      }
+    }
+    ok = ok && proof_ok(&cp, index, r->f[10], strlen(r->f[10]), b64, n_b64);
+    if (ok) {
+      rec = json_loads(r->f[10], 0, NULL);
+      ok = rec != NULL && csv_row_matches_record(r, rec) && sumb_add(&b, index, rec) == 0;
+    }
+    json_decref(rec);
+    if (!ok) {
+      bad_row = j + 1;
+      break;
+    }
+  }
+  if (bad_row != 0) {
+    printf("FAILED at row %zu: the record is not included in the signed checkpoint, or the row's "
+           "columns differ from it: altered, or not from this log\n",
+           bad_row);
+    goto out;
+  }
+  if (check_counts(&b, counts, sessions, session, why, sizeof(why)) != 0 ||
+      check_changes(&b, changes, &backed, why, sizeof(why)) != 0) {
+    printf("FAILED: %s\n", why);
+    goto out;
+  }
+  printf("OK: %" PRIu64 " records verified by inclusion proofs against the checkpoint of size "
+         "%" PRIu64 " signed by %s; summary counts checked against them; %zu of %zu state "
+         "change(s) checked against the record of their call (the rest: see audit_check)\n",
+         b.n_records, cp.size, k->name, backed, json_array_size(changes));
+  rc = 0;
+out:
+  for (size_t j = 0; j < n; j++) {
+    kms_csv_row_free(&rows[j]);
+  }
+  free(rows);
+  sumb_free(&b);
+  json_decref(counts);
+  json_decref(sessions);
+  json_decref(changes);
+  return rc;
+}
+
+/* verify_jsonl checks a jsonl export; returns the exit code and prints the verdict. */
+static int
+verify_jsonl(char *buf, size_t len, const struct kms_note_vkey *k)
+{
+  struct kms_checkpoint cp;
+  struct sumb b;
+  json_t *summary = NULL;
+  uint64_t lineno = 0;
+  bool have_cp = false;
+  char why[512] = "";
+  size_t backed = 0;
+  int rc = 1;
+
+  if (sumb_init(&b) != 0) {
+    return 2;
+  }
+  for (char *line = buf, *next; line < buf + len; line = next) {
+    char *nl = memchr(line, '\n', (size_t)(buf + len - line));
+    size_t ll = nl != NULL ? (size_t)(nl - line) : (size_t)(buf + len - line);
+    next = line + ll + 1;
+    line[ll] = '\0';
+    lineno++;
+    if (ll == 0) {
+      continue;
+    }
+    json_t *j = json_loadb(line, ll, 0, NULL);
+    const char *type = jstr_or(j, "type", NULL);
+    if (type != NULL && strcmp(type, "checkpoint") == 0 && !have_cp) {
+      if (!checkpoint_ok(k, jstr_or(j, "note", ""), &cp)) {
+        printf("FAILED: the export's checkpoint is not signed by %s\n", k->name);
+        json_decref(j);
+        goto out;
+      }
+      have_cp = true;
+    } else if (type != NULL && strcmp(type, "summary") == 0 && summary == NULL) {
+      summary = j;
+      continue;
+    } else if (type == NULL && strncmp(line, "{\"index\":", 9) == 0) {
+      const char *b64[KMS_MERKLE_MAX_PROOF + 1];
+      char *rs = strstr(line, ",\"record\":"), *re = NULL;
+      for (char *p = line; (p = strstr(p, ",\"proof\":[")) != NULL; p++) {
+        re = p;
+      }
+      json_t *idx = json_object_get(j, "index"), *proof = json_object_get(j, "proof");
+      bool ok = have_cp && j != NULL && rs != NULL && re != NULL && re > rs &&
+                json_is_integer(idx) && json_is_array(proof) &&
+                json_array_size(proof) <= KMS_MERKLE_MAX_PROOF;
+      for (size_t i = 0; ok && i < json_array_size(proof); i++) {
+        b64[i] = json_string_value(json_array_get(proof, i));
+      }
+      if (ok) {
+        rs += strlen(",\"record\":");
+        ok = proof_ok(&cp, (uint64_t)json_integer_value(idx), rs, (size_t)(re - rs), b64,
+                      json_array_size(proof));
+        /* Counted from the very bytes proven, not from the line's parse. */
+        json_t *rec = ok ? json_loadb(rs, (size_t)(re - rs), 0, NULL) : NULL;
+        ok = rec != NULL && sumb_add(&b, (uint64_t)json_integer_value(idx), rec) == 0;
+        json_decref(rec);
+      }
+      if (!ok) {
+        printf("FAILED at line %" PRIu64 ": %s\n", lineno,
+               have_cp ? "not included in the signed checkpoint: altered, or not from this log"
+                       : "no checkpoint before the records");
+        json_decref(j);
+        goto out;
+      }
+      /* sumb keeps the record it needs (json_array_append), so |j| may go. */
+    } else {
+      printf("FAILED at line %" PRIu64 ": not part of an export\n", lineno);
+      json_decref(j);
+      goto out;
+    }
+    json_decref(j);
+  }
+  if (!have_cp) {
+    printf("FAILED: no checkpoint in the export\n");
+    goto out;
+  }
+  if (summary != NULL &&
+      (check_counts(&b, json_object_get(summary, "counts"),
+                    json_object_get(summary, "session_access"), jstr_or(summary, "session", NULL),
+                    why, sizeof(why)) != 0 ||
+       check_changes(&b, json_object_get(summary, "state_changes"), &backed, why,
+                     sizeof(why)) != 0)) {
+    printf("FAILED: %s\n", why);
+    goto out;
+  }
+  printf("OK: %" PRIu64 " records verified by inclusion proofs against the checkpoint of size "
+         "%" PRIu64 " signed by %s",
+         b.n_records, cp.size, k->name);
+  if (summary != NULL) {
+    printf("; summary counts checked against them; %zu of %zu state change(s) checked against "
+           "the record of their call (the rest: see audit_check)",
+           backed, json_array_size(json_object_get(summary, "state_changes")));
+  }
+  printf("\n");
+  rc = 0;
+out:
+  json_decref(summary);
+  sumb_free(&b);
+  return rc;
+}
+
+/* cmd_verify_export checks an export (jsonl or csv, by its first bytes) offline. */
 static int
 cmd_verify_export(int argc, char **argv)
 {
@@ -581,13 +1408,9 @@ cmd_verify_export(int argc, char **argv)
   };
   const char *key_arg = NULL;
   struct kms_note_vkey k;
-  struct kms_checkpoint cp;
-  FILE *f = NULL;
-  char *line = NULL;
-  size_t cap = 0;
-  uint64_t lineno = 0, n_ok = 0;
-  bool have_cp = false;
-  int opt, rc = 2;
+  char *buf = NULL, why[512];
+  size_t len = 0;
+  int opt, rc;
 
   optind = 0;
   while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -605,98 +1428,45 @@ cmd_verify_export(int argc, char **argv)
     fprintf(stderr, "kmsctl: --key %s: not a verifier key (or a file holding one)\n", key_arg);
     return 2;
   }
-  f = fopen(argv[optind], "rb");
-  if (f == NULL) {
-    fprintf(stderr, "kmsctl: %s: cannot read\n", argv[optind]);
+  if (kms_auditlog_read_file(argv[optind], &buf, &len, why, sizeof(why)) != KMS_OK) {
+    fprintf(stderr, "kmsctl: %s\n", why);
     return 2;
   }
-  ssize_t len;
-  while ((len = getline(&line, &cap, f)) > 0) {
-    lineno++;
-    if (line[len - 1] == '\n') {
-      line[--len] = '\0';
-    }
-    if (len == 0) {
-      continue;
-    }
-    json_t *j = json_loadb(line, (size_t)len, 0, NULL);
-    const char *type = jstr_or(j, "type", NULL);
-    if (type != NULL && strcmp(type, "checkpoint") == 0 && !have_cp) {
-      const char *note = jstr_or(j, "note", "");
-      size_t text_len = 0;
-      if (kms_note_verify(note, strlen(note), &k, &text_len) != KMS_OK ||
-          kms_checkpoint_parse(&cp, note, text_len) != KMS_OK || strcmp(cp.origin, k.name) != 0) {
-        printf("FAILED: the export's checkpoint is not signed by %s\n", k.name);
-        json_decref(j);
-        rc = 1;
-        goto out;
-      }
-      have_cp = true;
-    } else if (type != NULL) {
-      /* The summary: derived from the records, nothing to prove. */
-    } else if (strncmp(line, "{\"index\":", 9) == 0) {
-      uint8_t lh[KMS_MERKLE_HASH_LEN], path[KMS_MERKLE_MAX_PROOF][KMS_MERKLE_HASH_LEN];
-      size_t n_path = 0;
-      uint64_t seq = UINT64_MAX;
-      char *rs = strstr(line, ",\"record\":");
-      char *re = NULL;
-      for (char *p = line; (p = strstr(p, ",\"proof\":[")) != NULL; p++) {
-        re = p;
-      }
-      json_t *idx = json_object_get(j, "index"), *proof = json_object_get(j, "proof");
-      bool ok = have_cp && j != NULL && rs != NULL && re != NULL && re > rs &&
-                json_is_integer(idx) && json_is_array(proof) &&
-                json_array_size(proof) <= KMS_MERKLE_MAX_PROOF;
-      if (ok) {
-        rs += strlen(",\"record\":");
-        /* The record is leaf |index|: its own seq must say so too. */
-        ok = kms_auditlog_parse_seq(rs, (size_t)(re - rs), &seq) == 0 &&
-             seq == (uint64_t)json_integer_value(idx);
-      }
-      for (size_t i = 0; ok && i < json_array_size(proof); i++) {
-        const char *b = json_string_value(json_array_get(proof, i));
-        size_t got = 0;
-        ok = b != NULL && kms_b64_decode(path[i], KMS_MERKLE_HASH_LEN, &got, b, strlen(b)) ==
-                              KMS_OK && got == KMS_MERKLE_HASH_LEN;
-        n_path = i + 1;
-      }
-      if (ok) {
-        kms_merkle_leaf_hash(lh, (const uint8_t *)rs, (size_t)(re - rs));
-        ok = kms_merkle_inclusion_verify(seq, cp.size, lh,
-                                         (const uint8_t (*)[KMS_MERKLE_HASH_LEN])path, n_path,
-                                         cp.root) == KMS_OK;
-      }
-      if (!ok) {
-        printf("FAILED at line %" PRIu64 " (record %s): %s\n", lineno,
-               seq != UINT64_MAX ? "as numbered" : "?",
-               have_cp ? "not included in the signed checkpoint: altered, or not from this log"
-                       : "no checkpoint before the records");
-        json_decref(j);
-        rc = 1;
-        goto out;
-      }
-      n_ok++;
-    } else {
-      printf("FAILED at line %" PRIu64 ": not part of an export\n", lineno);
-      json_decref(j);
-      rc = 1;
-      goto out;
-    }
-    json_decref(j);
-  }
-  if (!have_cp) {
-    printf("FAILED: no checkpoint in the export\n");
-    rc = 1;
-    goto out;
-  }
-  printf("OK: %" PRIu64 " records verified by inclusion proofs against the checkpoint of size %" PRIu64
-         " signed by %s\n",
-         n_ok, cp.size, k.name);
-  rc = 0;
-out:
-  free(line);
-  fclose(f);
+  rc = strncmp(buf, "index,", 6) == 0 ? verify_csv(buf, len, &k) : verify_jsonl(buf, len, &k);
+  free(buf);
   return rc;
+}
+
+/* cmd_summary prints the summary of an export file (jsonl) as tables. */
+static int
+cmd_summary(int argc, char **argv)
+{
+  char *buf = NULL, why[512];
+  size_t len = 0;
+  json_t *sum = NULL;
+
+  if (argc != 2) {
+    audit_usage(stderr);
+    return 2;
+  }
+  if (kms_auditlog_read_file(argv[1], &buf, &len, why, sizeof(why)) != KMS_OK) {
+    fprintf(stderr, "kmsctl: %s\n", why);
+    return 2;
+  }
+  while (len > 0 && buf[len - 1] == '\n') {
+    buf[--len] = '\0';
+  }
+  char *last = strrchr(buf, '\n');
+  sum = json_loads(last != NULL ? last + 1 : buf, 0, NULL);
+  free(buf);
+  if (sum == NULL || strcmp(jstr_or(sum, "type", ""), "summary") != 0) {
+    fprintf(stderr, "kmsctl: %s: no summary line at the end (a jsonl export?)\n", argv[1]);
+    json_decref(sum);
+    return 2;
+  }
+  print_summary_tables(stdout, sum);
+  json_decref(sum);
+  return 0;
 }
 
 int
@@ -717,6 +1487,9 @@ kmsctl_audit(const char *config, int argc, char **argv)
   }
   if (strcmp(argv[0], "verify-export") == 0) {
     return cmd_verify_export(argc, argv);
+  }
+  if (strcmp(argv[0], "summary") == 0) {
+    return cmd_summary(argc, argv);
   }
   if (strcmp(argv[0], "help") == 0 || strcmp(argv[0], "--help") == 0) {
     audit_usage(stdout);

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kms_time.h"
 #include "kms_wire.h"
 #include "tenantkey.h"
 #include "tk_internal.h"
@@ -41,37 +42,11 @@ enum {
   OPT_SESSIONS = 1 << 6, /* --state, --from, --to */
 };
 
-/*
- * parse_time accepts milliseconds since the epoch, or UTC as YYYY-MM-DD or
- * YYYY-MM-DDTHH:MM:SSZ (what kmsctl prints).
- */
+/* parse_time: ms since the epoch, or UTC as YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (kms_time_parse). */
 static int
 parse_time(const char *s, int64_t *out)
 {
-  struct tm tm;
-  const char *end = NULL;
-  if (s == NULL || s[0] == '\0') {
-    return 0;
-  }
-  if (strspn(s, "0123456789") == strlen(s) && strlen(s) <= 15) {
-    *out = (int64_t)strtoll(s, NULL, 10);
-    return 1;
-  }
-  memset(&tm, 0, sizeof(tm));
-  end = strptime(s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (end == NULL || *end != '\0') {
-    memset(&tm, 0, sizeof(tm));
-    end = strptime(s, "%Y-%m-%d", &tm);
-  }
-  if (end == NULL || *end != '\0') {
-    return 0;
-  }
-  time_t t = timegm(&tm);
-  if (t < 0) {
-    return 0;
-  }
-  *out = (int64_t)t * 1000;
-  return 1;
+  return kms_time_parse(s, out) == 0;
 }
 
 static const char *const session_states[] = {"-", "open", "closed", "shredded"};

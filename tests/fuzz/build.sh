@@ -21,7 +21,8 @@ protoc-c --proto_path="$root/proto" --c_out="$gen" "$root/proto/kms.proto"
 flags=(-std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
   -I"$root/kmsd" -I"$root/common" -I"$root/libtenantkey" -I"$gen")
-wire=("$root/common/kms_wire.c" "$root/common/kms_err.c" "$gen/kms.pb-c.c")
+wire=("$root/common/kms_wire.c" "$root/common/kms_auditsum.c" "$root/common/kms_err.c"
+  "$gen/kms.pb-c.c")
 pbc=$(pkg-config --cflags --libs libprotobuf-c)
 
 # build NAME SOURCES... [-- LIBS]: one target; objects are not shared (each is small).

@@ -16,6 +16,7 @@
 
 #include "keystore.h"
 #include "kms_err.h"
+#include "kms_time.h"
 
 /* Migrations applied to a new keystore: 1 tenants and KEKs, 2 key lifecycle. */
 #define SCHEMA_LATEST 3 /* 3: session keys (docs/SESSIONS.md) */
@@ -1156,6 +1157,57 @@ START_TEST(tenant_list_pages_in_id_order) {
 }
 END_TEST
 
+/* The audit export's history: whole histories of the tenants changed in the period. */
+START_TEST(event_range_returns_whole_histories_of_tenants_changed_in_the_period) {
+  keystore *ks = open_ok();
+  struct ks_kek a = make_kek("acme", 1, 1), b = make_kek("beta", 1, 2);
+  struct ks_event_row *rows = NULL;
+  size_t n = 0;
+  int more = 0;
+
+  ck_assert_int_eq(keystore_tenant_create(ks, &a), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &b), KMS_OK);
+  ck_assert_int_eq(keystore_event_add(ks, "acme", 1, "created", "off", ""), KMS_OK);
+  ck_assert_int_eq(keystore_event_add(ks, "beta", 1, "created", "off", ""), KMS_OK);
+  ck_assert_int_eq(keystore_event_add(ks, "acme", 1, "disabled", "off", "x"), KMS_OK);
+  int64_t now = kms_now_ms();
+
+  ck_assert_int_eq(keystore_event_range(ks, NULL, 0, now + 1000, 100, &rows, &n, &more), KMS_OK);
+  ck_assert_uint_eq(n, 3);
+  ck_assert_int_eq(more, 0);
+  /* By tenant, then in order. */
+  ck_assert_str_eq(rows[0].tenant_id, "acme");
+  ck_assert_str_eq(rows[0].e.event, "created");
+  ck_assert_str_eq(rows[1].tenant_id, "acme");
+  ck_assert_str_eq(rows[1].e.event, "disabled");
+  ck_assert_str_eq(rows[1].e.detail, "x");
+  ck_assert_str_eq(rows[2].tenant_id, "beta");
+  free(rows);
+  ck_assert_int_eq(keystore_event_range(ks, "beta", 0, now + 1000, 100, &rows, &n, &more),
+                   KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_str_eq(rows[0].tenant_id, "beta");
+  free(rows);
+  /* A limit says there is more. */
+  ck_assert_int_eq(keystore_event_range(ks, "", 0, now + 1000, 2, &rows, &n, &more), KMS_OK);
+  ck_assert_uint_eq(n, 2);
+  ck_assert_int_eq(more, 1);
+  free(rows);
+  /* Nothing changed in a later period: no history at all. */
+  ck_assert_int_eq(keystore_event_range(ks, NULL, now + 1000, now + 2000, 100, &rows, &n, &more),
+                   KMS_OK);
+  ck_assert_uint_eq(n, 0);
+  ck_assert_int_eq(keystore_event_range(ks, NULL, 10, 5, 100, &rows, &n, &more),
+                   KMS_ERR_INVALID_ARGUMENT);
+  char longid[KS_TENANT_ID_MAX + 2];
+  memset(longid, 'x', sizeof(longid) - 1);
+  longid[sizeof(longid) - 1] = '\0';
+  ck_assert_int_eq(keystore_event_range(ks, longid, 0, 5, 100, &rows, &n, &more),
+                   KMS_ERR_INVALID_ARGUMENT);
+  keystore_close(ks);
+}
+END_TEST
+
 static Suite *keystore_suite(void) {
   Suite *s = suite_create("keystore");
   TCase *tc = tcase_create("sqlite");
@@ -1198,6 +1250,7 @@ static Suite *keystore_suite(void) {
   tcase_add_test(tc, dual_control_needs_distinct_officers_within_the_window);
   tcase_add_test(tc, expired_request_cannot_be_approved_and_stays_expired);
   tcase_add_test(tc, cancel_restores_the_state_before_pending_destruction);
+  tcase_add_test(tc, event_range_returns_whole_histories_of_tenants_changed_in_the_period);
   tcase_add_test(tc, destroy_deletes_the_tokens_from_the_files_and_keeps_a_receipt);
   tcase_add_test(tc, rotation_due_honours_the_tenant_and_default_periods);
   tcase_add_test(tc, tenant_list_pages_in_id_order);
