@@ -296,8 +296,13 @@ static void *job_main(void *arg) {
     set_state(j, JOB_FAILING, "out of memory");
     return NULL;
   }
+  /* Throttled: about four commits a second, so progress shows and a crash loses little. */
+  size_t per_batch = BATCH_MAX;
+  if (j->cfg.per_second > 0 && j->cfg.per_second / 4 < BATCH_MAX) {
+    per_batch = j->cfg.per_second / 4 > 0 ? j->cfg.per_second / 4 : 1;
+  }
   for (;;) {
-    int found = batch(j, m, BATCH_MAX + j->n_failed);
+    int found = batch(j, m, per_batch + j->n_failed);
     if (found < 0) {
       if (!wait_ms(j, FAIL_WAIT_MS)) {
         break;
