@@ -442,15 +442,23 @@ LC_FILL(fill_backup, TKMS__RESPONSE__RESULT_BACKUP, backup, Tkms__BackupResponse
 
 /* ---- Root key rotation (kmsd/rootjob.c; docs/LIFECYCLE.md) ----------------- */
 
+/* rootjob_of: the root job, or NULL with FAILED_PRECONDITION said (kmsd without one). */
+static struct rootjob *
+rootjob_of(struct rpc_job *job)
+{
+  if (job->rpc->rootjob == NULL) {
+    snprintf(job->res.message, sizeof(job->res.message), "root rotation is not running");
+  }
+  return job->rpc->rootjob;
+}
+
 static int
 run_root_rotate(struct rpc_job *job, struct worker_ctx *w)
 {
   Tkms__RootRotateResponse *out = NULL;
-  if (job->rpc->rootjob == NULL) {
-    snprintf(job->res.message, sizeof(job->res.message), "root rotation is not running");
-    return KMS_ERR_FAILED_PRECONDITION;
-  }
-  int r = rootjob_rotate(job->rpc->rootjob, w, conn_principal(job->c), LC_WHY(job), &out);
+  struct rootjob *j = rootjob_of(job);
+  int r = j == NULL ? KMS_ERR_FAILED_PRECONDITION
+                    : rootjob_rotate(j, w, conn_principal(job->c), LC_WHY(job), &out);
   LC_KEEP(job, out);
   return r;
 }
@@ -461,11 +469,8 @@ static int
 run_root_status(struct rpc_job *job, struct worker_ctx *w)
 {
   Tkms__RootStatusResponse *out = NULL;
-  if (job->rpc->rootjob == NULL) {
-    snprintf(job->res.message, sizeof(job->res.message), "root rotation is not running");
-    return KMS_ERR_FAILED_PRECONDITION;
-  }
-  int r = rootjob_status(job->rpc->rootjob, w, LC_WHY(job), &out);
+  struct rootjob *j = rootjob_of(job);
+  int r = j == NULL ? KMS_ERR_FAILED_PRECONDITION : rootjob_status(j, w, LC_WHY(job), &out);
   LC_KEEP(job, out);
   return r;
 }
