@@ -2450,16 +2450,14 @@ int hsm_root_rescan(hsm_session *s, char *err, size_t err_len) {
     return r;
   }
   r = load_roots(h, found, &n, atomic_load(&h->root_cur), err, err_len);
-  if (r == KMS_OK) {
-    /* A root in use that vanished from the token stays in the table: its handle still works
-     * until a reset, and the caller learns nothing new from dropping it here. */
+  if (r == KMS_OK && !has_root(found, n, atomic_load(&h->root_cur))) {
+    /* Keep the table that works rather than lose the current root's handle. */
+    kms_set_err(err, err_len, "the current root key %s%u is no longer on the token",
+                ROOT_ID_PREFIX, (unsigned)atomic_load(&h->root_cur));
+    r = KMS_ERR_FAILED_PRECONDITION;
+  } else if (r == KMS_OK) {
     memcpy(h->roots, found, n * sizeof(found[0]));
     h->n_roots = n;
-    if (root_of(h, 0) == NULL) {
-      kms_set_err(err, err_len, "the current root key %s%u is no longer on the token",
-                  ROOT_ID_PREFIX, (unsigned)atomic_load(&h->root_cur));
-      r = KMS_ERR_FAILED_PRECONDITION;
-    }
   }
   exclusive_end(h);
   return r;
