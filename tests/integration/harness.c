@@ -450,3 +450,21 @@ harness_run_kmsd_once(const char *conf_rel, char *out, size_t out_len)
   }
   return rc;
 }
+
+int
+harness_finish(int failed)
+{
+  int st = harness_stop_kmsd();
+  if (st != 0) {
+    fprintf(stderr, "kmsd exited with status %d; log in %s/kmsd.log\n", st, dir);
+    failed++;
+  }
+  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+      fprintf(stderr, "could not remove %s\n", dir);
+    }
+  }
+  return failed == 0 ? 0 : 1;
+}
