@@ -40,7 +40,7 @@ static const char *const known_ops[] = {
     "ReEncrypt",       "ReEncryptBatch", "ListTenants",       "ListReceipts",
     "SetRotationPeriod", "OpenSession",  "GetSessionKey",     "CloseSession",
     "ShredSession",    "ListSessions",   "Backup",            "ExportAudit",
-    "unknown",
+    "RootRotate",      "RootStatus",     "unknown",
 };
 
 bool

@@ -394,6 +394,8 @@ kms_wire_request_check(const Tkms__Request *req, const char **why)
   switch (req->op_case) {
   case TKMS__REQUEST__OP_HEALTH:
   case TKMS__REQUEST__OP_BACKUP:
+  case TKMS__REQUEST__OP_ROOT_ROTATE:
+  case TKMS__REQUEST__OP_ROOT_STATUS:
     return KMS_OK;
   case TKMS__REQUEST__OP_CREATE_TENANT:
     return check_tenant(req->create_tenant->tenant_id, why);
@@ -521,6 +523,14 @@ kms_wire_response_check(const Tkms__Response *resp, Tkms__Request__OpCase op)
   case TKMS__RESPONSE__RESULT_LIST_TENANTS:
   case TKMS__RESPONSE__RESULT_LIST_RECEIPTS:
   case TKMS__RESPONSE__RESULT_SET_ROTATION_PERIOD:
+  case TKMS__RESPONSE__RESULT_ROOT_ROTATE:
+    return KMS_OK;
+  case TKMS__RESPONSE__RESULT_ROOT_STATUS:
+    for (size_t i = 0; i < resp->root_status->n_roots; i++) {
+      if (resp->root_status->roots[i] == NULL) {
+        return KMS_ERR_PROTOCOL;
+      }
+    }
     return KMS_OK;
   case TKMS__RESPONSE__RESULT_EXPORT_AUDIT:
     for (size_t i = 0; i < resp->export_audit->n_records; i++) {

@@ -206,6 +206,16 @@ on_entry(void *arg, const char *key, const char *value, char *why, size_t why_le
     c->lifecycle_interval_s = (unsigned)v;
     return r;
   }
+  if (strcmp(key, "root_rewrap_per_second") == 0) {
+    r = set_uint(&v, value, 0, 1000000, why, why_len);
+    c->root_rewrap_per_second = (unsigned)v;
+    return r;
+  }
+  if (strcmp(key, "root_retain_days") == 0) {
+    r = set_uint(&v, value, 0, 3650, why, why_len);
+    c->root_retain_days = (unsigned)v;
+    return r;
+  }
   if (strcmp(key, "hsm_timeout_ms") == 0) {
     r = set_uint(&v, value, 50, 600000, why, why_len);
     c->hsm_timeout_ms = (unsigned)v;

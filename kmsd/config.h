@@ -49,6 +49,9 @@ struct kmsd_config {
   int allow_short_waiting_periods;  /* TEST KNOB: waiting periods below 7 days, down to 0 */
   unsigned rotation_period_days;    /* default automatic rotation period; 0: off */
   unsigned lifecycle_interval_s;    /* timer: expiries, due destructions, rotations */
+  /* Root key rotation (docs/LIFECYCLE.md). */
+  unsigned root_rewrap_per_second;  /* key tokens re-wrapped a second; 0: no limit */
+  unsigned root_retain_days;        /* keep an unreferenced old root this long; 0: destroy */
   /* Running it like a trusted service (docs/HARDENING.md, docs/OPERATIONS.md). */
   unsigned hsm_timeout_ms;          /* an HSM call slower than this marks the HSM down */
   unsigned max_conns_per_peer;      /* open connections from one IP address */

@@ -47,6 +47,14 @@ _Static_assert(sizeof(CK_ULONG) >= sizeof(size_t), "CK_ULONG must hold a size_t"
 #define KEY_GEN_SHIFT 48
 #define KEY_HANDLE_MASK ((UINT64_C(1) << KEY_GEN_SHIFT) - 1)
 
+#define ROOTS_MAX HSM_ROOTS_MAX
+
+struct root_key {
+  uint32_t version;
+  CK_OBJECT_HANDLE obj;
+  bool trusted; /* CKA_TRUSTED: made by the key ceremony, its KEKs can be re-wrapped */
+};
+
 struct hsm {
   void *dl;
   CK_FUNCTION_LIST_PTR p11;
@@ -54,7 +62,15 @@ struct hsm {
   bool logged_in; /* our C_Login returned CKR_OK: only then do we C_Logout */
   CK_SLOT_ID slot;
   CK_MECHANISM_TYPE wrap_mech;
-  CK_OBJECT_HANDLE root; /* found once at open; C_FindObjects is linear in the token */
+  /*
+   * Root keys found on the token, sorted by version; found at open, after a
+   * reset and on hsm_root_rescan (C_FindObjects is linear in the token). The
+   * table changes only with reset_lock held exclusively and owner_mu held, so
+   * an operation (reset_lock shared) sees one table throughout.
+   */
+  struct root_key roots[ROOTS_MAX];
+  size_t n_roots;
+  atomic_uint root_cur; /* version new KEKs are wrapped under */
   /*
    * Session objects die with the session that created them, and worker
    * sessions come and go: loaded KEKs are created on this long-lived session so
@@ -68,7 +84,6 @@ struct hsm {
   /* Recovery (hsm.h). Kept so that a reset can log in again: the path, never the PIN. */
   char token_label[TOKEN_LABEL_LEN + 1];
   char pin_file[PATH_MAX];
-  uint32_t root_version;
   unsigned call_timeout_ms;
   /*
    * Held shared by every operation (from session check to last call), and
@@ -480,7 +495,7 @@ out:
   return r;
 }
 
-static int login(hsm *h, const char *pin_file, char *err, size_t err_len) {
+static int login_as(hsm *h, CK_USER_TYPE who, const char *pin_file, char *err, size_t err_len) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
   char pin[PIN_MAX];
@@ -490,9 +505,9 @@ static int login(hsm *h, const char *pin_file, char *err, size_t err_len) {
   if ((r = read_pin(pin_file, pin, &pin_len, err, err_len)) != KMS_OK) {
     goto out;
   }
-  rv = h->p11->C_Login(h->owner, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
+  rv = h->p11->C_Login(h->owner, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
   OPENSSL_cleanse(pin, sizeof(pin));
-  if (rv == CKR_USER_ALREADY_LOGGED_IN) {
+  if (rv == CKR_USER_ALREADY_LOGGED_IN && who == CKU_USER) {
     /* Login is per application: someone else in this process (libp11) did it and owns it. */
     r = KMS_OK;
     goto out;
@@ -508,34 +523,94 @@ out:
   return r;
 }
 
-/* find_by_id returns up to two matches so that a duplicate is noticed, not picked at random. */
-static int find_by_id(hsm *h, const char *id, CK_OBJECT_HANDLE found[2], CK_ULONG *out_n,
-                      char *err, size_t err_len) {
+static int login(hsm *h, const char *pin_file, char *err, size_t err_len) {
+  return login_as(h, CKU_USER, pin_file, err, err_len);
+}
+
+/* ---- Root keys (docs/LIFECYCLE.md, "Root key rotation") ----------------------- */
+
+#define ROOT_ID_PREFIX "tenantkms-root-v"
+
+/* parse_root_id reads the version out of a CKA_ID "tenantkms-root-v<N>" (N >= 1, no leading 0). */
+static bool parse_root_id(const uint8_t *id, size_t len, uint32_t *out) {
+  size_t plen = sizeof(ROOT_ID_PREFIX) - 1;
+  uint64_t v = 0;
+
+  if (len <= plen || len > plen + 10 || memcmp(id, ROOT_ID_PREFIX, plen) != 0 ||
+      id[plen] == '0') {
+    return false;
+  }
+  for (size_t i = plen; i < len; i++) {
+    if (id[i] < '0' || id[i] > '9') {
+      return false;
+    }
+    v = v * 10 + (uint64_t)(id[i] - '0');
+  }
+  if (v == 0 || v > UINT32_MAX) {
+    return false;
+  }
+  *out = (uint32_t)v;
+  return true;
+}
+
+/*
+ * scan_roots lists every secret-key token object on session |sh| whose CKA_ID
+ * names a root version, unchecked and unsorted. What the session sees depends
+ * on its login: private (legacy) roots only with the user logged in.
+ */
+static int scan_roots(hsm *h, CK_SESSION_HANDLE sh, struct root_key *out, size_t cap,
+                      size_t *out_n, char *err, size_t err_len) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_BBOOL yes = CK_TRUE;
   CK_ATTRIBUTE tmpl[] = {
       {CKA_CLASS, &cls, sizeof(cls)},
-      {CKA_ID, (void *)id, strlen(id)},
+      {CKA_TOKEN, &yes, sizeof(yes)},
   };
+  CK_OBJECT_HANDLE objs[64];
+  CK_ULONG got = 0;
   bool active = false;
 
   *out_n = 0;
-  rv = h->p11->C_FindObjectsInit(h->owner, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  rv = h->p11->C_FindObjectsInit(sh, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
   if (rv != CKR_OK) {
     r = ckr_fail(err, err_len, "C_FindObjectsInit", rv);
     goto out;
   }
   active = true;
-  rv = h->p11->C_FindObjects(h->owner, found, 2, out_n);
-  if (rv != CKR_OK) {
-    r = ckr_fail(err, err_len, "C_FindObjects", rv);
-    goto out;
-  }
+  do {
+    rv = h->p11->C_FindObjects(sh, objs, sizeof(objs) / sizeof(objs[0]), &got);
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_FindObjects", rv);
+      goto out;
+    }
+    for (CK_ULONG i = 0; i < got; i++) {
+      uint8_t id[64];
+      CK_ATTRIBUTE a = {CKA_ID, id, sizeof(id)};
+      uint32_t v;
+
+      /* Too long for our ids, or no id at all: not one of ours. */
+      if (h->p11->C_GetAttributeValue(sh, objs[i], &a, 1) != CKR_OK ||
+          a.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+          !parse_root_id(id, a.ulValueLen, &v)) {
+        continue;
+      }
+      if (*out_n == cap) {
+        kms_set_err(err, err_len, "more than %zu root keys on the token", cap);
+        r = KMS_ERR_FAILED_PRECONDITION;
+        goto out;
+      }
+      out[*out_n].version = v;
+      out[*out_n].obj = objs[i];
+      out[*out_n].trusted = false;
+      (*out_n)++;
+    }
+  } while (got > 0);
   r = KMS_OK;
 out:
   if (active) {
-    rv = h->p11->C_FindObjectsFinal(h->owner);
+    rv = h->p11->C_FindObjectsFinal(sh);
     if (rv != CKR_OK && r == KMS_OK) {
       r = ckr_fail(err, err_len, "C_FindObjectsFinal", rv);
     }
@@ -543,9 +618,17 @@ out:
   return r;
 }
 
-static int create_root(hsm *h, const char *id, char *err, size_t err_len) {
+/*
+ * create_legacy_root makes root v1 the way kmsd always has, on the owner
+ * session: private, with an unwrap template that makes every KEK it unwraps
+ * non-extractable. Such a root can never be rotated away from (no PKCS#11 call
+ * can wrap its KEKs under another key); only the key ceremony makes roots that
+ * can (hsm_root_ceremony).
+ */
+static int create_legacy_root(hsm *h, uint32_t version, char *err, size_t err_len) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
+  char id[ROOT_ID_MAX];
   CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
   CK_KEY_TYPE kt = CKK_AES;
@@ -571,8 +654,8 @@ static int create_root(hsm *h, const char *id, char *err, size_t err_len) {
       {CKA_MODIFIABLE, &no, sizeof(no)},
       {CKA_COPYABLE, &no, sizeof(no)},
       {CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl)},
-      {CKA_ID, (void *)id, strlen(id)},
-      {CKA_LABEL, (void *)id, strlen(id)},
+      {CKA_ID, id, 0},
+      {CKA_LABEL, id, 0},
       {CKA_TOKEN, &yes, sizeof(yes)},
       {CKA_PRIVATE, &yes, sizeof(yes)},
       {CKA_SENSITIVE, &yes, sizeof(yes)},
@@ -584,12 +667,16 @@ static int create_root(hsm *h, const char *id, char *err, size_t err_len) {
   };
   CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
 
+  snprintf(id, sizeof(id), ROOT_ID_PREFIX "%u", (unsigned)version);
+  tmpl[6].ulValueLen = tmpl[7].ulValueLen = strlen(id);
   rv = h->p11->C_GenerateKey(h->owner, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
   if (rv != CKR_OK) {
     r = ckr_fail(err, err_len, "C_GenerateKey", rv);
     goto out;
   }
-  h->root = obj;
+  log_msg(LOG_WARN, "event=root_created version=%u kind=legacy note=\"made by kmsd with the user "
+                    "PIN: it cannot be rotated; run the key ceremony (kmsctl root create) before "
+                    "the first start for a rotatable root\"", (unsigned)version);
   r = KMS_OK;
 out:
   return r;
@@ -599,69 +686,169 @@ out:
  * check_root refuses a root key that could leak what it wraps: a key able to
  * C_Decrypt (e.g. with CKM_AES_ECB) would turn every key token into a KEK in
  * the clear, and one that is extractable or not sensitive could itself leave.
+ * A trusted root (CKA_TRUSTED, set by the security officer) must carry an
+ * unwrap template, since the KEKs it unwraps are extractable (to trusted keys
+ * only, CKA_WRAP_WITH_TRUSTED) and only the template keeps them sensitive.
  */
-static int check_root(hsm *h, const char *id, char *err, size_t err_len) {
+static int check_root(hsm *h, CK_SESSION_HANDLE sh, struct root_key *k, char *err,
+                      size_t err_len) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
   CK_KEY_TYPE kt = 0;
   CK_ULONG len = 0;
   CK_BBOOL sens = CK_FALSE, extr = CK_TRUE, wrap = CK_FALSE, unwrap = CK_FALSE;
-  CK_BBOOL enc = CK_TRUE, dec = CK_TRUE;
+  CK_BBOOL enc = CK_TRUE, dec = CK_TRUE, trusted = CK_FALSE;
   CK_ATTRIBUTE tmpl[] = {
       {CKA_KEY_TYPE, &kt, sizeof(kt)},       {CKA_VALUE_LEN, &len, sizeof(len)},
       {CKA_SENSITIVE, &sens, sizeof(sens)},  {CKA_EXTRACTABLE, &extr, sizeof(extr)},
       {CKA_WRAP, &wrap, sizeof(wrap)},       {CKA_UNWRAP, &unwrap, sizeof(unwrap)},
       {CKA_ENCRYPT, &enc, sizeof(enc)},      {CKA_DECRYPT, &dec, sizeof(dec)},
+      {CKA_TRUSTED, &trusted, sizeof(trusted)},
   };
+  CK_ATTRIBUTE ut = {CKA_UNWRAP_TEMPLATE, NULL, 0};
 
-  rv = h->p11->C_GetAttributeValue(h->owner, h->root, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+  rv = h->p11->C_GetAttributeValue(sh, k->obj, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
   if (rv != CKR_OK) {
     r = ckr_fail(err, err_len, "C_GetAttributeValue", rv);
     goto out;
   }
   if (kt != CKK_AES || len != KEK_LEN || !sens || extr || !wrap || !unwrap || enc || dec) {
     kms_set_err(err, err_len,
-            "root key %s is not a sensitive, non-extractable AES-256 key for wrap/unwrap "
-            "only; refusing to use it",
-            id);
+                "root key %s%u is not a sensitive, non-extractable AES-256 key for wrap/unwrap "
+                "only; refusing to use it",
+                ROOT_ID_PREFIX, (unsigned)k->version);
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
+  }
+  k->trusted = trusted != CK_FALSE;
+  if (k->trusted) {
+    rv = h->p11->C_GetAttributeValue(sh, k->obj, &ut, 1);
+    if (rv != CKR_OK || ut.ulValueLen == CK_UNAVAILABLE_INFORMATION || ut.ulValueLen == 0) {
+      kms_set_err(err, err_len,
+                  "root key %s%u is trusted but has no unwrap template; refusing to use it",
+                  ROOT_ID_PREFIX, (unsigned)k->version);
+      r = KMS_ERR_FAILED_PRECONDITION;
+      goto out;
+    }
   }
   r = KMS_OK;
 out:
   return r;
 }
 
+static int cmp_root(const void *a, const void *b) {
+  const struct root_key *x = a, *y = b;
+  return x->version < y->version ? -1 : x->version > y->version;
+}
+
+/*
+ * load_roots reads every root on the token into |out| (sorted by version) and
+ * checks each. A weak key or a duplicate version with our id is left out and
+ * logged; if it is version |need|, that is an error with the reason in |err|.
+ * Otherwise, when the newest root on the token was left out, the reason is in
+ * |err| all the same (the table is still good), so a rotation can say why.
+ */
+static int load_roots(hsm *h, struct root_key *out, size_t *out_n, uint32_t need, char *err,
+                      size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  size_t n = 0, kept = 0;
+
+  *out_n = 0;
+  if ((r = scan_roots(h, h->owner, out, ROOTS_MAX, &n, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  qsort(out, n, sizeof(out[0]), cmp_root);
+  for (size_t i = 0; i < n; i++) {
+    char why[192] = "";
+    bool dup = (i > 0 && out[i].version == out[i - 1].version) ||
+               (i + 1 < n && out[i].version == out[i + 1].version);
+
+    if (dup) {
+      kms_set_err(why, sizeof(why), "more than one root key with CKA_ID %s%u: ambiguous, refusing",
+                  ROOT_ID_PREFIX, (unsigned)out[i].version);
+      r = KMS_ERR_FAILED_PRECONDITION;
+    } else {
+      r = check_root(h, h->owner, &out[i], why, sizeof(why));
+    }
+    if (r != KMS_OK) {
+      kms_set_err(err, err_len, "%s", why);
+      if (out[i].version == need) {
+        goto out;
+      }
+      if (i == 0 || out[i].version != out[i - 1].version) {
+        log_msg(LOG_WARN, "event=root_refused version=%u reason=\"%s\"", (unsigned)out[i].version,
+                why);
+      }
+      continue;
+    }
+    out[kept++] = out[i];
+  }
+  if (kept > 0 && n > 0 && out[kept - 1].version == out[n - 1].version) {
+    kms_set_err(err, err_len, "%s", ""); /* the newest one is usable */
+  }
+  *out_n = kept;
+  r = KMS_OK;
+out:
+  return r;
+}
+
+/* root_of returns the root of |version| (0: the current one), or NULL. Under reset_lock. */
+static const struct root_key *root_of(const hsm *h, uint32_t version) {
+  if (version == 0) {
+    version = atomic_load(&h->root_cur);
+  }
+  for (size_t i = 0; i < h->n_roots; i++) {
+    if (h->roots[i].version == version) {
+      return &h->roots[i];
+    }
+  }
+  return NULL;
+}
+
+static bool has_root(const struct root_key *k, size_t n, uint32_t version) {
+  for (size_t i = 0; i < n; i++) {
+    if (k[i].version == version) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/*
+ * ensure_root loads the roots and makes |version| current (0: the newest on
+ * the token). With |allow_create| a missing one is made as a legacy root (v1
+ * when the token has none at all).
+ * Called on the owner session, before serving or under both locks.
+ */
 static int ensure_root(hsm *h, uint32_t version, bool allow_create, char *err, size_t err_len) {
   int r = KMS_ERR_INTERNAL;
-  char id[ROOT_ID_MAX];
-  CK_OBJECT_HANDLE found[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
-  CK_ULONG n = 0;
+  struct root_key found[ROOTS_MAX];
+  size_t n = 0;
 
-  snprintf(id, sizeof(id), "tenantkms-root-v%u", (unsigned)version);
-  if ((r = find_by_id(h, id, found, &n, err, err_len)) != KMS_OK) {
+  if ((r = load_roots(h, found, &n, version, err, err_len)) != KMS_OK) {
     goto out;
   }
-  if (n > 1) {
-    kms_set_err(err, err_len, "more than one root key with CKA_ID %s: ambiguous, refusing", id);
-    r = KMS_ERR_FAILED_PRECONDITION;
-    goto out;
+  if (version == 0 && n > 0) {
+    version = found[n - 1].version;
   }
-  if (n == 1) {
-    h->root = found[0];
-  } else if (!allow_create) {
-    /* After a reset: a token without our root is not ours; making a new one would orphan
-     * every key token in the keystore. */
+  if (allow_create && (version == 0 || !has_root(found, n, version))) {
+    version = version == 0 ? 1 : version;
+    if ((r = create_legacy_root(h, version, err, err_len)) != KMS_OK ||
+        (r = load_roots(h, found, &n, version, err, err_len)) != KMS_OK) {
+      goto out;
+    }
+  }
+  memcpy(h->roots, found, n * sizeof(found[0]));
+  h->n_roots = n;
+  if (version == 0 || root_of(h, version) == NULL) {
+    /* A token without our root is not ours; making a new one would orphan every key token. */
     kms_set_err(err, err_len,
-                "root key %s not found on the token, but key tokens need it: wrong token?", id);
+                "root key %s%u not found on the token, but key tokens need it: wrong token?",
+                ROOT_ID_PREFIX, (unsigned)(version != 0 ? version : 1));
     r = KMS_ERR_FAILED_PRECONDITION;
     goto out;
-  } else if ((r = create_root(h, id, err, err_len)) != KMS_OK) {
-    goto out;
   }
-  if ((r = check_root(h, id, err, err_len)) != KMS_OK) {
-    goto out;
-  }
+  atomic_store(&h->root_cur, version);
   r = KMS_OK;
 out:
   return r;
@@ -751,7 +938,7 @@ static int reset(hsm *h, char *err, size_t err_len) {
   }
   h->owner_open = true;
   if ((r = login(h, h->pin_file, err, err_len)) != KMS_OK ||
-      (r = ensure_root(h, h->root_version, false, err, err_len)) != KMS_OK) {
+      (r = ensure_root(h, atomic_load(&h->root_cur), false, err, err_len)) != KMS_OK) {
     goto out;
   }
   r = KMS_OK;
@@ -1020,7 +1207,6 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
     goto out;
   }
   snprintf(h->pin_file, sizeof(h->pin_file), "%s", cfg->pin_file);
-  h->root_version = cfg->root_version != 0 ? cfg->root_version : 1;
   h->call_timeout_ms = CALL_TIMEOUT_MS_DEFAULT;
 
   h->dl = dlopen(cfg->module_path, RTLD_NOW | RTLD_LOCAL);
@@ -1064,7 +1250,7 @@ int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len)
   }
   h->owner_open = true;
   if ((r = login(h, cfg->pin_file, err, err_len)) != KMS_OK ||
-      (r = ensure_root(h, h->root_version, !cfg->require_root, err, err_len)) != KMS_OK) {
+      (r = ensure_root(h, cfg->root_version, !cfg->require_root, err, err_len)) != KMS_OK) {
     goto out;
   }
   *out = h;
@@ -1160,34 +1346,81 @@ void hsm_session_close(hsm_session *s) {
   free(s);
 }
 
+/*
+ * kek_template fills |t| (capacity 12) with the attributes of a KEK as a
+ * session object: generated for, or unwrapped under, a root of kind
+ * |trusted|. Under a trusted root the KEK is extractable but
+ * CKA_WRAP_WITH_TRUSTED, so only a trusted key (a root) can ever wrap it, and
+ * the template equals the root's unwrap template (the module refuses any
+ * other). Under a legacy root it is not extractable once loaded; at
+ * generation it must be extractable so that the root may wrap it.
+ */
+static CK_ULONG kek_template(CK_ATTRIBUTE *t, bool trusted, bool generate, CK_OBJECT_CLASS *cls,
+                             CK_KEY_TYPE *kt, CK_ULONG *len) {
+  static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ULONG n = 0;
+
+  *cls = CKO_SECRET_KEY;
+  *kt = CKK_AES;
+  *len = KEK_LEN;
+  t[n++] = (CK_ATTRIBUTE){CKA_CLASS, cls, sizeof(*cls)};
+  t[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, kt, sizeof(*kt)};
+  if (generate) {
+    t[n++] = (CK_ATTRIBUTE){CKA_VALUE_LEN, len, sizeof(*len)};
+  }
+  t[n++] = (CK_ATTRIBUTE){CKA_TOKEN, &no, sizeof(no)};
+  t[n++] = (CK_ATTRIBUTE){CKA_PRIVATE, &yes, sizeof(yes)};
+  t[n++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
+  t[n++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, trusted || generate ? &yes : &no, sizeof(yes)};
+  if (trusted) {
+    t[n++] = (CK_ATTRIBUTE){CKA_WRAP_WITH_TRUSTED, &yes, sizeof(yes)};
+  }
+  t[n++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &yes, sizeof(yes)};
+  t[n++] = (CK_ATTRIBUTE){CKA_DECRYPT, &yes, sizeof(yes)};
+  t[n++] = (CK_ATTRIBUTE){CKA_WRAP, &no, sizeof(no)};
+  t[n++] = (CK_ATTRIBUTE){CKA_UNWRAP, &no, sizeof(no)};
+  return n;
+}
+
+/* wrap_under wraps |kek| under |root| on |sh| into |out_token|; the caller holds a call. */
+static int wrap_under(hsm *h, CK_SESSION_HANDLE sh, const struct root_key *root,
+                      CK_OBJECT_HANDLE kek, uint8_t *out_token, size_t *out_token_len,
+                      uint32_t *out_mech, uint32_t *out_root) {
+  CK_MECHANISM wrap = {h->wrap_mech, NULL, 0};
+  uint8_t buf[HSM_KEY_TOKEN_MAX];
+  CK_ULONG buf_len = sizeof(buf);
+  CK_RV rv;
+
+  rv = chk(h, "C_WrapKey", h->p11->C_WrapKey(sh, &wrap, root->obj, kek, buf, &buf_len));
+  if (rv != CKR_OK) {
+    /* BUFFER_TOO_SMALL here means HSM_KEY_TOKEN_MAX is wrong for this module: a bug. */
+    return ckr_to_err(rv);
+  }
+  if (buf_len == 0 || buf_len > sizeof(buf)) {
+    return KMS_ERR_INTERNAL;
+  }
+  memcpy(out_token, buf, buf_len);
+  *out_token_len = buf_len;
+  *out_mech = (uint32_t)h->wrap_mech;
+  if (out_root != NULL) {
+    *out_root = root->version;
+  }
+  return KMS_OK;
+}
+
 int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
-                     uint32_t *out_mech) {
+                     uint32_t *out_mech, uint32_t *out_root) {
   int r = KMS_ERR_INTERNAL;
   CK_RV rv;
   hsm *h;
   CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
-  CK_MECHANISM wrap;
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_AES;
-  CK_ULONG len = KEK_LEN;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  /* Extractable only so the root key may wrap it; the object lives for this call only. */
-  CK_ATTRIBUTE tmpl[] = {
-      {CKA_CLASS, &cls, sizeof(cls)},
-      {CKA_KEY_TYPE, &kt, sizeof(kt)},
-      {CKA_VALUE_LEN, &len, sizeof(len)},
-      {CKA_TOKEN, &no, sizeof(no)},
-      {CKA_PRIVATE, &yes, sizeof(yes)},
-      {CKA_SENSITIVE, &yes, sizeof(yes)},
-      {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-      {CKA_ENCRYPT, &yes, sizeof(yes)},
-      {CKA_DECRYPT, &yes, sizeof(yes)},
-      {CKA_WRAP, &no, sizeof(no)},
-      {CKA_UNWRAP, &no, sizeof(no)},
-  };
+  CK_OBJECT_CLASS cls;
+  CK_KEY_TYPE kt;
+  CK_ULONG len;
+  CK_ATTRIBUTE tmpl[12];
+  CK_ULONG n_tmpl;
   CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
-  uint8_t buf[HSM_KEY_TOKEN_MAX];
-  CK_ULONG buf_len = sizeof(buf);
+  const struct root_key *root;
   struct call c = {0, false};
 
   if (out_token_len != NULL) {
@@ -1195,6 +1428,9 @@ int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
   }
   if (out_mech != NULL) {
     *out_mech = 0;
+  }
+  if (out_root != NULL) {
+    *out_root = 0;
   }
   if (s == NULL || out_token == NULL || out_token_len == NULL || out_mech == NULL) {
     r = KMS_ERR_INVALID_ARGUMENT;
@@ -1204,29 +1440,18 @@ int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
   if ((r = enter(s, &c)) != KMS_OK) {
     goto out;
   }
-  rv = chk(h, "C_GenerateKey",
-           h->p11->C_GenerateKey(s->sh, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &kek));
-  if (rv != CKR_OK) {
-    r = ckr_to_err(rv);
-    goto out;
-  }
-  wrap.mechanism = h->wrap_mech;
-  wrap.pParameter = NULL;
-  wrap.ulParameterLen = 0;
-  rv = chk(h, "C_WrapKey", h->p11->C_WrapKey(s->sh, &wrap, h->root, kek, buf, &buf_len));
-  if (rv != CKR_OK) {
-    /* BUFFER_TOO_SMALL here means HSM_KEY_TOKEN_MAX is wrong for this module: a bug. */
-    r = ckr_to_err(rv);
-    goto out;
-  }
-  if (buf_len == 0 || buf_len > sizeof(buf)) {
+  if ((root = root_of(h, 0)) == NULL) {
     r = KMS_ERR_INTERNAL;
     goto out;
   }
-  memcpy(out_token, buf, buf_len);
-  *out_token_len = buf_len;
-  *out_mech = (uint32_t)h->wrap_mech;
-  r = KMS_OK;
+  /* The object lives for this call only. */
+  n_tmpl = kek_template(tmpl, root->trusted, true, &cls, &kt, &len);
+  rv = chk(h, "C_GenerateKey", h->p11->C_GenerateKey(s->sh, &gen, tmpl, n_tmpl, &kek));
+  if (rv != CKR_OK) {
+    r = ckr_to_err(rv);
+    goto out;
+  }
+  r = wrap_under(h, s->sh, root, kek, out_token, out_token_len, out_mech, out_root);
 out:
   if (kek != CK_INVALID_HANDLE) {
     (void)s->h->p11->C_DestroyObject(s->sh, kek);
@@ -1237,36 +1462,45 @@ out:
   return r;
 }
 
-int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_t mech,
-                 hsm_key *out_key) {
-  int r = KMS_ERR_INTERNAL;
-  CK_RV rv;
-  hsm *h;
+static bool valid_token(const uint8_t *token, size_t token_len, uint32_t mech) {
+  return token != NULL && token_len > 0 && token_len <= HSM_KEY_TOKEN_MAX &&
+         (mech == CKM_AES_KEY_WRAP_KWP || mech == CKM_AES_KEY_WRAP_PAD);
+}
+
+/* unwrap_under unwraps a key token under |root| into a session object on |sh|. */
+static int unwrap_under(hsm *h, CK_SESSION_HANDLE sh, const struct root_key *root,
+                        const uint8_t *token, size_t token_len, uint32_t mech,
+                        CK_OBJECT_HANDLE *out) {
   CK_MECHANISM unwrap = {mech, NULL, 0};
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_AES;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_ATTRIBUTE tmpl[] = {
-      {CKA_CLASS, &cls, sizeof(cls)},
-      {CKA_KEY_TYPE, &kt, sizeof(kt)},
-      {CKA_TOKEN, &no, sizeof(no)},
-      {CKA_PRIVATE, &yes, sizeof(yes)},
-      {CKA_SENSITIVE, &yes, sizeof(yes)},
-      {CKA_EXTRACTABLE, &no, sizeof(no)},
-      {CKA_ENCRYPT, &yes, sizeof(yes)},
-      {CKA_DECRYPT, &yes, sizeof(yes)},
-      {CKA_WRAP, &no, sizeof(no)},
-      {CKA_UNWRAP, &no, sizeof(no)},
-  };
+  CK_OBJECT_CLASS cls;
+  CK_KEY_TYPE kt;
+  CK_ULONG len;
+  CK_ATTRIBUTE tmpl[12];
+  CK_ULONG n_tmpl = kek_template(tmpl, root->trusted, false, &cls, &kt, &len);
+  CK_RV rv;
+
+  rv = chk(h, "C_UnwrapKey", h->p11->C_UnwrapKey(sh, &unwrap, root->obj, (CK_BYTE_PTR)token,
+                                                 token_len, tmpl, n_tmpl, out));
+  if (rv != CKR_OK) {
+    *out = CK_INVALID_HANDLE;
+    return ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
+  }
+  return KMS_OK;
+}
+
+int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_t mech,
+                 uint32_t root_version, hsm_key *out_key) {
+  int r = KMS_ERR_INTERNAL;
+  hsm *h;
   CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+  const struct root_key *root;
   bool locked = false;
   struct call c = {0, false};
 
   if (out_key != NULL) {
     *out_key = 0;
   }
-  if (s == NULL || token == NULL || token_len == 0 || token_len > HSM_KEY_TOKEN_MAX ||
-      out_key == NULL || (mech != CKM_AES_KEY_WRAP_KWP && mech != CKM_AES_KEY_WRAP_PAD)) {
+  if (s == NULL || !valid_token(token, token_len, mech) || out_key == NULL) {
     r = KMS_ERR_INVALID_ARGUMENT;
     goto out;
   }
@@ -1274,16 +1508,17 @@ int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_
   if ((r = enter(s, &c)) != KMS_OK) {
     goto out;
   }
+  if ((root = root_of(h, root_version)) == NULL) {
+    /* Its root is not on the token (destroyed, or another token): it cannot open. */
+    r = KMS_ERR_DECRYPT;
+    goto out;
+  }
   if (pthread_mutex_lock(&h->owner_mu) != 0) {
     r = KMS_ERR_INTERNAL;
     goto out;
   }
   locked = true;
-  rv = chk(h, "C_UnwrapKey",
-           h->p11->C_UnwrapKey(h->owner, &unwrap, h->root, (CK_BYTE_PTR)token, token_len, tmpl,
-                               sizeof(tmpl) / sizeof(tmpl[0]), &obj));
-  if (rv != CKR_OK) {
-    r = ckr_is_auth_failure(rv) ? KMS_ERR_DECRYPT : ckr_to_err(rv);
+  if ((r = unwrap_under(h, h->owner, root, token, token_len, mech, &obj)) != KMS_OK) {
     goto out;
   }
   if (((hsm_key)obj & ~KEY_HANDLE_MASK) != 0) {
@@ -1301,6 +1536,52 @@ out:
   }
   if (locked) {
     pthread_mutex_unlock(&s->h->owner_mu);
+  }
+  if (s != NULL) {
+    leave(s, &c);
+  }
+  return r;
+}
+
+int hsm_kek_rewrap(hsm_session *s, const uint8_t *token, size_t token_len, uint32_t mech,
+                   uint32_t root_version, uint8_t *out_token, size_t *out_token_len,
+                   uint32_t *out_mech, uint32_t *out_root) {
+  int r = KMS_ERR_INTERNAL;
+  hsm *h;
+  CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+  const struct root_key *from, *to;
+  struct call c = {0, false};
+
+  if (out_token_len != NULL) {
+    *out_token_len = 0;
+  }
+  if (s == NULL || !valid_token(token, token_len, mech) || root_version == 0 ||
+      out_token == NULL || out_token_len == NULL || out_mech == NULL || out_root == NULL) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  h = s->h;
+  if ((r = enter(s, &c)) != KMS_OK) {
+    goto out;
+  }
+  from = root_of(h, root_version);
+  to = root_of(h, 0);
+  if (from == NULL || to == NULL) {
+    r = KMS_ERR_NOT_FOUND;
+    goto out;
+  }
+  if (!from->trusted || !to->trusted) {
+    r = KMS_ERR_FAILED_PRECONDITION; /* a legacy root's KEKs cannot be wrapped again */
+    goto out;
+  }
+  /* On this worker's session: the object is ours alone and dies with the call. */
+  if ((r = unwrap_under(h, s->sh, from, token, token_len, mech, &obj)) != KMS_OK) {
+    goto out;
+  }
+  r = wrap_under(h, s->sh, to, obj, out_token, out_token_len, out_mech, out_root);
+out:
+  if (obj != CK_INVALID_HANDLE) {
+    (void)s->h->p11->C_DestroyObject(s->sh, obj);
   }
   if (s != NULL) {
     leave(s, &c);
@@ -1576,6 +1857,7 @@ int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractab
       {CKA_SENSITIVE, &sens, sizeof(sens)},
       {CKA_EXTRACTABLE, &extr, sizeof(extr)},
   };
+  const struct root_key *root;
   struct call c = {0, false};
 
   if (s == NULL || out_sensitive == NULL || out_extractable == NULL) {
@@ -1585,8 +1867,12 @@ int hsm_root_attributes(hsm_session *s, bool *out_sensitive, bool *out_extractab
   if ((r = enter(s, &c)) != KMS_OK) {
     goto out;
   }
+  if ((root = root_of(s->h, 0)) == NULL) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
   rv = chk(s->h, "C_GetAttributeValue",
-           s->h->p11->C_GetAttributeValue(s->sh, s->h->root, tmpl, sizeof(tmpl) / sizeof(tmpl[0])));
+           s->h->p11->C_GetAttributeValue(s->sh, root->obj, tmpl, sizeof(tmpl) / sizeof(tmpl[0])));
   if (rv != CKR_OK) {
     r = ckr_to_err(rv);
     goto out;
@@ -2102,5 +2388,292 @@ out:
   if (r != KMS_OK && out != NULL) {
     OPENSSL_cleanse(out, 32);
   }
+  return r;
+}
+
+/* ---- Root rotation (docs/LIFECYCLE.md, "Root key rotation") ----------------------- */
+
+uint32_t hsm_root_current(hsm *h) {
+  return h != NULL ? atomic_load(&h->root_cur) : 0;
+}
+
+/*
+ * exclusive takes what a change of the root table needs: no operation in
+ * flight (reset_lock exclusively) and the owner session (owner_mu). Fails fast
+ * while the HSM is down.
+ */
+static int exclusive(hsm *h) {
+  maybe_recover(h);
+  if (atomic_load(&h->down)) {
+    return KMS_ERR_HSM;
+  }
+  if (pthread_rwlock_wrlock(&h->reset_lock) != 0) {
+    return KMS_ERR_INTERNAL;
+  }
+  if (pthread_mutex_lock(&h->owner_mu) != 0) {
+    pthread_rwlock_unlock(&h->reset_lock);
+    return KMS_ERR_INTERNAL;
+  }
+  return KMS_OK;
+}
+
+static void exclusive_end(hsm *h) {
+  pthread_mutex_unlock(&h->owner_mu);
+  pthread_rwlock_unlock(&h->reset_lock);
+}
+
+int hsm_root_list(hsm_session *s, struct hsm_root_info *out, size_t cap, size_t *out_n) {
+  struct call c = {0, false};
+  int r;
+
+  *out_n = 0;
+  if ((r = enter(s, &c)) != KMS_OK) {
+    return r;
+  }
+  for (size_t i = 0; i < s->h->n_roots && i < cap; i++) {
+    out[i].version = s->h->roots[i].version;
+    out[i].trusted = s->h->roots[i].trusted;
+    (*out_n)++;
+  }
+  leave(s, &c);
+  return KMS_OK;
+}
+
+int hsm_root_rescan(hsm_session *s, char *err, size_t err_len) {
+  struct root_key found[ROOTS_MAX];
+  size_t n = 0;
+  hsm *h = s->h;
+  int r;
+
+  if ((r = exclusive(h)) != KMS_OK) {
+    kms_set_err(err, err_len, "the HSM is unavailable");
+    return r;
+  }
+  r = load_roots(h, found, &n, atomic_load(&h->root_cur), err, err_len);
+  if (r == KMS_OK && !has_root(found, n, atomic_load(&h->root_cur))) {
+    /* Keep the table that works rather than lose the current root's handle. */
+    kms_set_err(err, err_len, "the current root key %s%u is no longer on the token",
+                ROOT_ID_PREFIX, (unsigned)atomic_load(&h->root_cur));
+    r = KMS_ERR_FAILED_PRECONDITION;
+  } else if (r == KMS_OK) {
+    memcpy(h->roots, found, n * sizeof(found[0]));
+    h->n_roots = n;
+  }
+  exclusive_end(h);
+  return r;
+}
+
+int hsm_root_use(hsm_session *s, uint32_t version, char *err, size_t err_len) {
+  const struct root_key *k;
+  hsm *h = s->h;
+  int r;
+
+  if ((r = exclusive(h)) != KMS_OK) {
+    kms_set_err(err, err_len, "the HSM is unavailable");
+    return r;
+  }
+  k = root_of(h, version);
+  if (version == 0 || k == NULL) {
+    kms_set_err(err, err_len, "root key %s%u is not on the token", ROOT_ID_PREFIX,
+                (unsigned)version);
+    r = KMS_ERR_FAILED_PRECONDITION;
+  } else if (!k->trusted) {
+    kms_set_err(err, err_len,
+                "root key %s%u is not CKA_TRUSTED: only a root made by the key ceremony "
+                "(kmsctl root create) can take over",
+                ROOT_ID_PREFIX, (unsigned)version);
+    r = KMS_ERR_FAILED_PRECONDITION;
+  } else {
+    atomic_store(&h->root_cur, version);
+    r = KMS_OK;
+  }
+  exclusive_end(h);
+  return r;
+}
+
+int hsm_root_destroy(hsm_session *s, uint32_t version, char *err, size_t err_len) {
+  hsm *h = s->h;
+  size_t i;
+  CK_RV rv;
+  int r;
+
+  if ((r = exclusive(h)) != KMS_OK) {
+    kms_set_err(err, err_len, "the HSM is unavailable");
+    return r;
+  }
+  for (i = 0; i < h->n_roots && h->roots[i].version != version; i++) {
+  }
+  if (version == 0 || version == atomic_load(&h->root_cur)) {
+    kms_set_err(err, err_len, "refusing to destroy the current root key");
+    r = KMS_ERR_FAILED_PRECONDITION;
+  } else if (i == h->n_roots) {
+    r = KMS_ERR_NOT_FOUND; /* gone already (another kmsd, or by hand) */
+  } else {
+    rv = chk(h, "C_DestroyObject", h->p11->C_DestroyObject(h->owner, h->roots[i].obj));
+    if (rv != CKR_OK) {
+      r = ckr_fail(err, err_len, "C_DestroyObject", rv);
+    } else {
+      memmove(&h->roots[i], &h->roots[i + 1], (h->n_roots - i - 1) * sizeof(h->roots[0]));
+      h->n_roots--;
+      r = KMS_OK;
+    }
+  }
+  exclusive_end(h);
+  return r;
+}
+
+/*
+ * create_trusted_root makes root |version| as the security officer: a public
+ * token object (an SO session can create no other), CKA_TRUSTED, with the
+ * unwrap template of every KEK under it (kek_template, trusted).
+ */
+static int create_trusted_root(hsm *h, uint32_t version, char *err, size_t err_len) {
+  char id[ROOT_ID_MAX];
+  CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_ULONG len = KEK_LEN;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE unwrap_tmpl[] = {
+      {CKA_TOKEN, &no, sizeof(no)},         {CKA_PRIVATE, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)},   {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+      {CKA_WRAP_WITH_TRUSTED, &yes, sizeof(yes)},
+      {CKA_ENCRYPT, &yes, sizeof(yes)},     {CKA_DECRYPT, &yes, sizeof(yes)},
+      {CKA_WRAP, &no, sizeof(no)},          {CKA_UNWRAP, &no, sizeof(no)},
+  };
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof(cls)},
+      {CKA_KEY_TYPE, &kt, sizeof(kt)},
+      {CKA_VALUE_LEN, &len, sizeof(len)},
+      {CKA_ID, id, 0},
+      {CKA_LABEL, id, 0},
+      {CKA_TOKEN, &yes, sizeof(yes)},
+      {CKA_PRIVATE, &no, sizeof(no)},
+      {CKA_TRUSTED, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)},
+      {CKA_EXTRACTABLE, &no, sizeof(no)},
+      {CKA_WRAP, &yes, sizeof(yes)},
+      {CKA_UNWRAP, &yes, sizeof(yes)},
+      {CKA_ENCRYPT, &no, sizeof(no)},
+      {CKA_DECRYPT, &no, sizeof(no)},
+      {CKA_MODIFIABLE, &no, sizeof(no)},
+      {CKA_COPYABLE, &no, sizeof(no)},
+      {CKA_UNWRAP_TEMPLATE, unwrap_tmpl, sizeof(unwrap_tmpl)},
+  };
+  CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
+  struct root_key k;
+  CK_RV rv;
+  int r;
+
+  snprintf(id, sizeof(id), ROOT_ID_PREFIX "%u", (unsigned)version);
+  tmpl[3].ulValueLen = tmpl[4].ulValueLen = strlen(id);
+  rv = h->p11->C_GenerateKey(h->owner, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+  if (rv != CKR_OK) {
+    return ckr_fail(err, err_len, "C_GenerateKey", rv);
+  }
+  k.version = version;
+  k.obj = obj;
+  k.trusted = false;
+  if ((r = check_root(h, h->owner, &k, err, err_len)) == KMS_OK && !k.trusted) {
+    kms_set_err(err, err_len, "the token did not keep CKA_TRUSTED on %s", id);
+    r = KMS_ERR_HSM;
+  }
+  if (r != KMS_OK) {
+    (void)h->p11->C_DestroyObject(h->owner, obj);
+  }
+  return r;
+}
+
+/* newest_root: the highest root version |h->owner| sees, 0 if none. */
+static int newest_root(hsm *h, uint32_t *out, char *err, size_t err_len) {
+  struct root_key found[ROOTS_MAX];
+  size_t n = 0;
+  int r = scan_roots(h, h->owner, found, ROOTS_MAX, &n, err, err_len);
+
+  for (size_t i = 0; r == KMS_OK && i < n; i++) {
+    *out = found[i].version > *out ? found[i].version : *out;
+  }
+  return r;
+}
+
+int hsm_root_ceremony(const char *module_path, const char *token_label,
+                      const char *user_pin_file, const char *so_pin_file,
+                      uint32_t *out_version, char *err, size_t err_len) {
+  int r = KMS_ERR_INTERNAL;
+  hsm *h = NULL;
+  CK_RV rv;
+  CK_C_GetFunctionList get_list = NULL;
+  uint32_t newest = 0;
+
+  kms_set_err(err, err_len, "%s", "");
+  *out_version = 0;
+  if (module_path == NULL || token_label == NULL || so_pin_file == NULL ||
+      strlen(token_label) == 0 || strlen(token_label) > TOKEN_LABEL_LEN) {
+    kms_set_err(err, err_len, "module path, token label (1-32 bytes) and SO PIN file needed");
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  if ((h = calloc(1, sizeof(*h))) == NULL) {
+    return KMS_ERR_ALLOC;
+  }
+  h->dl = dlopen(module_path, RTLD_NOW | RTLD_LOCAL);
+  if (h->dl == NULL) {
+    kms_set_err(err, err_len, "cannot load PKCS#11 module %s: %s", module_path, dlerror());
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  *(void **)&get_list = dlsym(h->dl, "C_GetFunctionList");
+  if (get_list == NULL || get_list(&h->p11) != CKR_OK || h->p11 == NULL) {
+    kms_set_err(err, err_len, "%s is not a PKCS#11 module", module_path);
+    r = KMS_ERR_HSM;
+    goto out;
+  }
+  rv = h->p11->C_Initialize(NULL);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_Initialize", rv);
+    goto out;
+  }
+  h->finalize = true;
+  if ((r = find_slot(h, token_label, err, err_len)) != KMS_OK ||
+      (r = pick_mechanisms(h, token_label, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  rv = h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                             &h->owner);
+  if (rv != CKR_OK) {
+    r = ckr_fail(err, err_len, "C_OpenSession", rv);
+    goto out;
+  }
+  h->owner_open = true;
+  /*
+   * The security officer sees public objects only; a legacy root v1 (made by
+   * kmsd) is private. With the user PIN the ceremony looks at those too, only
+   * to number the new root after them; it makes nothing as the user.
+   */
+  if (user_pin_file != NULL) {
+    if ((r = login(h, user_pin_file, err, err_len)) != KMS_OK ||
+        (r = newest_root(h, &newest, err, err_len)) != KMS_OK) {
+      goto out;
+    }
+    (void)h->p11->C_Logout(h->owner);
+    h->logged_in = false;
+  }
+  if ((r = login_as(h, CKU_SO, so_pin_file, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if ((r = newest_root(h, &newest, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  if (newest == UINT32_MAX) {
+    kms_set_err(err, err_len, "no root version left");
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  if ((r = create_trusted_root(h, newest + 1, err, err_len)) != KMS_OK) {
+    goto out;
+  }
+  *out_version = newest + 1;
+  r = KMS_OK;
+out:
+  hsm_close(h);
   return r;
 }

@@ -7,14 +7,21 @@
 #include <stdint.h>
 
 /*
- * Key hierarchy inside the HSM (docs/ARCHITECTURE.md):
+ * Key hierarchy inside the HSM (docs/ARCHITECTURE.md, docs/LIFECYCLE.md):
  *   root key  - AES-256 token object (CKA_TOKEN, CKA_SENSITIVE, not
  *               CKA_EXTRACTABLE, CKA_WRAP/CKA_UNWRAP only), found by CKA_ID
- *               "tenantkms-root-v<N>", created once on first start.
+ *               "tenantkms-root-v<N>". Trusted roots (CKA_TRUSTED, public)
+ *               are made by the security officer's key ceremony
+ *               (hsm_root_ceremony); a legacy root v1 (private, not trusted)
+ *               is made by kmsd at first start when the token has none.
  *   KEK       - AES-256 generated inside the HSM, leaves it only as a "key
- *               token": the RFC 5649 wrap of the KEK under the root key.
- *   loaded KEK- the token unwrapped back into a session object (sensitive, not
- *               extractable, CKA_ENCRYPT/CKA_DECRYPT only), used for AES-GCM.
+ *               token": the RFC 5649 wrap of the KEK under a root key. Under a
+ *               trusted root it is CKA_WRAP_WITH_TRUSTED: only a trusted key
+ *               (another root) can wrap it, which is what root rotation does.
+ *   loaded KEK- the token unwrapped back into a session object (sensitive,
+ *               CKA_ENCRYPT/CKA_DECRYPT only), used for AES-GCM; not
+ *               extractable under a legacy root, wrappable by trusted keys
+ *               only under a trusted one.
  */
 
 typedef struct hsm hsm;                 /* module, token, login; thread-safe */
@@ -35,7 +42,7 @@ struct hsm_config {
   const char *module_path; /* e.g. /usr/lib/softhsm/libsofthsm2.so */
   const char *token_label; /* the token is found by label, never by slot id */
   const char *pin_file;    /* user PIN, first line; wiped from memory after login */
-  uint32_t root_version;   /* root key version to use; 1 today */
+  uint32_t root_version;   /* root key version new KEKs wrap under; 0: the newest on the token */
   /*
    * The root key must already exist: kmsd sets this when its keystore holds
    * tenants, so a wrong or wiped token is refused instead of given a new root
@@ -65,7 +72,9 @@ struct hsm_config {
  * hsm_open loads the module, initialises it, finds the token by label, logs in
  * with the PIN from |cfg->pin_file|, picks the RFC 5649 wrap mechanism the
  * module offers (CKM_AES_KEY_WRAP_KWP if listed, else CKM_AES_KEY_WRAP_PAD),
- * and makes sure the root key exists (creates it once). On failure returns an
+ * finds every root key on the token and makes sure the one of |cfg->root_version|
+ * exists (with none at all and not |require_root|: creates a legacy root v1
+ * once). On failure returns an
  * error code and writes a reason (never the PIN) into |err|.
  */
 int hsm_open(hsm **out, const struct hsm_config *cfg, char *err, size_t err_len);
@@ -79,21 +88,36 @@ void hsm_session_close(hsm_session *s);
 
 /*
  * hsm_kek_generate creates a fresh AES-256 KEK inside the HSM, wraps it under
- * the root key and destroys the unwrapped object. Writes the key token into
- * |out_token| (capacity HSM_KEY_TOKEN_MAX), its length to |*out_token_len| and
- * the wrap mechanism (a CKM_* value, stored beside the token) to |*out_mech|.
+ * the current root key and destroys the unwrapped object. Writes the key token
+ * into |out_token| (capacity HSM_KEY_TOKEN_MAX), its length to |*out_token_len|,
+ * the wrap mechanism (a CKM_* value, stored beside the token) to |*out_mech| and
+ * the root version it is wrapped under to |*out_root| (may be NULL).
  */
 int hsm_kek_generate(hsm_session *s, uint8_t *out_token, size_t *out_token_len,
-                     uint32_t *out_mech);
+                     uint32_t *out_mech, uint32_t *out_root);
 
 /*
- * hsm_kek_load unwraps a key token into a sensitive, non-extractable session
- * object that every session of this process can use, and returns its handle.
- * Returns KMS_ERR_DECRYPT if the token does not unwrap under the root key.
+ * hsm_kek_load unwraps a key token made under root |root_version| (0: the
+ * current root) into a sensitive session object that every session of this
+ * process can use, and returns its handle. Returns KMS_ERR_DECRYPT if the
+ * token does not unwrap, or its root is not on the token.
  * The object lives until hsm_kek_unload or hsm_close.
  */
-int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len,
-                 uint32_t mech, hsm_key *out_key);
+int hsm_kek_load(hsm_session *s, const uint8_t *token, size_t token_len, uint32_t mech,
+                 uint32_t root_version, hsm_key *out_key);
+
+/*
+ * hsm_kek_rewrap re-wraps a key token made under root |root_version| under the
+ * current root, inside the HSM (unwrap into a session object of |s|, wrap,
+ * destroy): the KEK's bytes never leave it. Writes the new token, mechanism
+ * and root version like hsm_kek_generate. KMS_ERR_FAILED_PRECONDITION if either
+ * root is a legacy one (its KEKs cannot be wrapped by anything);
+ * KMS_ERR_NOT_FOUND if the old root is not on the token; KMS_ERR_DECRYPT if
+ * the token does not unwrap.
+ */
+int hsm_kek_rewrap(hsm_session *s, const uint8_t *token, size_t token_len, uint32_t mech,
+                   uint32_t root_version, uint8_t *out_token, size_t *out_token_len,
+                   uint32_t *out_mech, uint32_t *out_root);
 void hsm_kek_unload(hsm_session *s, hsm_key key);
 
 /* hsm_random fills |out| with |len| bytes from the HSM's RNG. */
@@ -207,5 +231,59 @@ int hsm_sign(hsm_session *s, const struct hsm_signing_key *k, const uint8_t *msg
  */
 int hsm_hmac_derive(hsm *h, const char *id, const char *label, uint8_t out[32], char *err,
                     size_t err_len);
+
+/* ---- Root rotation (docs/LIFECYCLE.md) ---------------------------------------------- */
+
+#define HSM_ROOTS_MAX 32
+
+struct hsm_root_info {
+  uint32_t version;
+  bool trusted; /* made by the key ceremony: its KEKs can be re-wrapped */
+};
+
+/* hsm_root_current returns the root version new KEKs are wrapped under. */
+uint32_t hsm_root_current(hsm *h);
+
+/* hsm_root_list lists the roots kmsd found on the token, oldest first. */
+int hsm_root_list(hsm_session *s, struct hsm_root_info *out, size_t cap, size_t *out_n);
+
+/*
+ * hsm_root_rescan finds the root keys on the token again (a ceremony in another
+ * process made a new one) and checks each like at start; on failure the
+ * table stays as it was. Waits for operations in flight. A weak or duplicated
+ * root is left out; if the newest on the token was, |err| says why even on
+ * success (else it is empty).
+ */
+int hsm_root_rescan(hsm_session *s, char *err, size_t err_len);
+
+/*
+ * hsm_root_use makes root |version| current: new KEKs wrap under it and
+ * hsm_kek_rewrap moves tokens to it. It must be on the token and trusted
+ * (KMS_ERR_FAILED_PRECONDITION with a reason otherwise).
+ */
+int hsm_root_use(hsm_session *s, uint32_t version, char *err, size_t err_len);
+
+/*
+ * hsm_root_destroy destroys root |version| in the HSM (never the current one).
+ * Irreversible: every key token still wrapped under it, in the keystore or in a
+ * backup, can never be opened again. KMS_ERR_NOT_FOUND if it is not there.
+ */
+int hsm_root_destroy(hsm_session *s, uint32_t version, char *err, size_t err_len);
+
+/*
+ * hsm_root_ceremony is the security officer's key ceremony, run outside kmsd
+ * (kmsctl root create): loads |module_path|, finds the token |token_label|,
+ * logs in with the user PIN from |user_pin_file| (may be NULL) only to see
+ * private legacy roots, then as security officer with the PIN from
+ * |so_pin_file| (wiped after C_Login), and generates root N+1 after the newest
+ * N it saw: AES-256, CKA_TRUSTED, public token object (the only kind an SO
+ * session may create), sensitive, not extractable, not modifiable or copyable,
+ * wrap/unwrap only, with an unwrap template that keeps every KEK it unwraps a
+ * sensitive, private session object wrappable by trusted keys only. Writes N+1
+ * to |*out_version|. Calls C_Finalize: not for a process that uses hsm_open.
+ */
+int hsm_root_ceremony(const char *module_path, const char *token_label,
+                      const char *user_pin_file, const char *so_pin_file,
+                      uint32_t *out_version, char *err, size_t err_len);
 
 #endif

@@ -155,7 +155,7 @@ keyops_kek_acquire(const struct keyops *k, struct worker_ctx *w, const struct ks
   }
   hsm_key key;
   hsm_delay(k);
-  int r = hsm_kek_load(w->hs, kek->token, kek->token_len, kek->wrap_mech, &key);
+  int r = hsm_kek_load(w->hs, kek->token, kek->token_len, kek->wrap_mech, kek->root_version, &key);
   if (r != KMS_OK) {
     if (r == KMS_ERR_DECRYPT) {
       /* A stored token that no longer unwraps: wrong root key or tampering. */
@@ -184,7 +184,7 @@ keyops_create_tenant(const struct keyops *k, struct worker_ctx *w,
   kek.root_version = 1;
   kek.created_ms = kms_now_ms();
   hsm_delay(k);
-  int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
+  int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech, &kek.root_version);
   if (r != KMS_OK) {
     return r;
   }
@@ -211,7 +211,7 @@ keyops_rotate_for_limit(struct worker_ctx *w, const struct ks_kek *old)
   kek.state = KS_KEK_ACTIVE;
   kek.root_version = old->root_version;
   kek.created_ms = kms_now_ms();
-  int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
+  int r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech, &kek.root_version);
   if (r != KMS_OK) {
     return r;
   }

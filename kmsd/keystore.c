@@ -632,3 +632,74 @@ keystore_backup(keystore *ks, const char *path)
   }
   return ks->ops->backup(ks, path);
 }
+
+/* ---- Root key rotation ------------------------------------------------------------ */
+
+int keystore_root_note(keystore *ks, uint32_t version, int trusted, int64_t now_ms) {
+  if (ks == NULL || version == 0 || now_ms < 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->root_note(ks, version, trusted, now_ms);
+}
+
+int keystore_root_set_current(keystore *ks, uint32_t version, int trusted, const char *by,
+                              int64_t now_ms, uint32_t *out_previous) {
+  if (out_previous != NULL) {
+    *out_previous = 0;
+  }
+  if (ks == NULL || version == 0 || by == NULL || strlen(by) > KS_PRINCIPAL_MAX || now_ms < 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->root_set_current(ks, version, trusted, by, now_ms, out_previous);
+}
+
+int keystore_root_list(keystore *ks, struct ks_root **out, size_t *out_n) {
+  if (out == NULL || out_n == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out = NULL;
+  *out_n = 0;
+  if (ks == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->root_list(ks, out, out_n);
+}
+
+int keystore_root_pending(keystore *ks, uint32_t current, struct ks_token_move *out, size_t cap,
+                          size_t *out_n) {
+  if (out_n == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_n = 0;
+  if (ks == NULL || current == 0 || out == NULL || cap == 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->root_pending(ks, current, out, cap, out_n);
+}
+
+int keystore_root_move_tokens(keystore *ks, const struct ks_token_move *m, size_t n,
+                              size_t *out_moved) {
+  if (out_moved == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_moved = 0;
+  if (ks == NULL || (n > 0 && m == NULL)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (memchr(m[i].tenant_id, '\0', sizeof(m[i].tenant_id)) == NULL ||
+        !valid_tenant_id(m[i].tenant_id) || m[i].version == 0 || m[i].root == 0 ||
+        m[i].token_len == 0 || m[i].token_len > HSM_KEY_TOKEN_MAX ||
+        m[i].old_len == 0 || m[i].old_len > HSM_KEY_TOKEN_MAX) {
+      return KMS_ERR_INVALID_ARGUMENT;
+    }
+  }
+  return ks->ops->root_move_tokens(ks, m, n, out_moved);
+}
+
+int keystore_root_destroyed(keystore *ks, uint32_t version, int64_t now_ms) {
+  if (ks == NULL || version == 0 || now_ms < 0) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->root_destroyed(ks, version, now_ms);
+}

@@ -485,6 +485,82 @@ int keystore_rewrap_commit(keystore *ks, const struct ks_rewrap_job *job,
                            const struct ks_rewrap_update *u, size_t n, const char *after,
                            int done, size_t *out_moved, int *out_stale);
 
+/* ---- Root key rotation (schema 4; kmsd/rootjob.c, docs/LIFECYCLE.md) -------------- */
+
+enum ks_root_state {
+  KS_ROOT_CURRENT = 1,   /* new KEKs are wrapped under it; one at a time */
+  KS_ROOT_RETIRED = 2,   /* older, or seen but never current: tokens move off it */
+  KS_ROOT_DESTROYED = 3, /* no token referred to it any more: destroyed in the HSM */
+};
+
+/* A root version as the keystore knows it. */
+struct ks_root {
+  uint32_t version;
+  int trusted; /* 1: made by the key ceremony (re-wrappable); 0: legacy; -1: not recorded */
+  int state;   /* enum ks_root_state; 0: not recorded, only key tokens name it */
+  int64_t seen_ms;
+  int64_t current_since_ms; /* 0: never current */
+  char current_by[KS_PRINCIPAL_MAX + 1];
+  int64_t destroyed_ms;
+  uint64_t key_tokens; /* key tokens wrapped under it (a destroyed KEK version has none) */
+};
+
+/* One key token to move to another root: read as old_*, written as the rest. */
+struct ks_token_move {
+  char tenant_id[KS_TENANT_ID_MAX + 1];
+  uint32_t version;
+  uint32_t old_root, old_mech;
+  uint8_t old_token[HSM_KEY_TOKEN_MAX];
+  size_t old_len;
+  uint32_t root, mech;
+  uint8_t token[HSM_KEY_TOKEN_MAX];
+  size_t token_len;
+};
+
+/* keystore_root_note records root |version| found on the token (retired) unless known. */
+int keystore_root_note(keystore *ks, uint32_t version, int trusted, int64_t now_ms);
+
+/*
+ * keystore_root_set_current makes |version| the current root (the previous one
+ * retired) by |by|, in one transaction, and writes the previous current
+ * version (0: none) to *out_previous (may be NULL). Nothing changes if it is
+ * current already. KMS_ERR_FAILED_PRECONDITION if it was destroyed.
+ */
+int keystore_root_set_current(keystore *ks, uint32_t version, int trusted, const char *by,
+                              int64_t now_ms, uint32_t *out_previous);
+
+/*
+ * keystore_root_list lists every recorded root and every root a key token
+ * names, oldest first, each with its key token count. Free *out with free().
+ * Counts every KEK version: fine for a status call, not for a request path.
+ */
+int keystore_root_list(keystore *ks, struct ks_root **out, size_t *out_n);
+
+/*
+ * keystore_root_pending reads up to |cap| key tokens wrapped under a trusted
+ * root other than |current| (the re-wrap job's next batch; legacy roots'
+ * tokens are never listed), oldest root first, old_* filled.
+ */
+int keystore_root_pending(keystore *ks, uint32_t current, struct ks_token_move *out, size_t cap,
+                          size_t *out_n);
+
+/*
+ * keystore_root_move_tokens stores the re-wrapped tokens |m| in one
+ * transaction, each only if its row still holds old_token under old_root (a
+ * token destroyed or moved meanwhile stays as it is). *out_moved counts rows
+ * changed.
+ */
+int keystore_root_move_tokens(keystore *ks, const struct ks_token_move *m, size_t n,
+                              size_t *out_moved);
+
+/*
+ * keystore_root_destroyed records that retired root |version| is destroyed,
+ * in a transaction that first checks no key token names it.
+ * KMS_ERR_FAILED_PRECONDITION (nothing changes) if one does, or the root is
+ * current, unknown or destroyed already.
+ */
+int keystore_root_destroyed(keystore *ks, uint32_t version, int64_t now_ms);
+
 /* The backend interface (one per storage engine). */
 struct keystore_ops {
   const char *scheme; /* URL scheme, e.g. "sqlite" */
@@ -550,6 +626,16 @@ struct keystore_ops {
                        const struct ks_rewrap_update *u, size_t n, const char *after, int done,
                        size_t *out_moved, int *out_stale);
   int (*backup)(keystore *ks, const char *path); /* NULL: the backend cannot */
+  /* Root key rotation (schema 4). */
+  int (*root_note)(keystore *ks, uint32_t version, int trusted, int64_t now_ms);
+  int (*root_set_current)(keystore *ks, uint32_t version, int trusted, const char *by,
+                          int64_t now_ms, uint32_t *out_previous);
+  int (*root_list)(keystore *ks, struct ks_root **out, size_t *out_n);
+  int (*root_pending)(keystore *ks, uint32_t current, struct ks_token_move *out, size_t cap,
+                      size_t *out_n);
+  int (*root_move_tokens)(keystore *ks, const struct ks_token_move *m, size_t n,
+                          size_t *out_moved);
+  int (*root_destroyed)(keystore *ks, uint32_t version, int64_t now_ms);
 };
 
 /* Every backend's handle starts with this, so keystore.c can dispatch. */

@@ -160,6 +160,24 @@ static const char *const migrations[] = {
     "  after TEXT NOT NULL,"
     "  started_ms INTEGER NOT NULL"
     ") STRICT, WITHOUT ROWID;",
+    /*
+     * 4: root key rotation (docs/LIFECYCLE.md). One row per root version kmsd
+     * has seen on the token: trusted (made by the key ceremony) or legacy,
+     * current / retired / destroyed, since when and by whom. Progress is not
+     * stored: it is the count of key tokens per root_version, which the index
+     * serves, so a re-wrap job killed at any point resumes where the keystore
+     * says it stands.
+     */
+    "CREATE TABLE root_keys ("
+    "  version INTEGER NOT NULL PRIMARY KEY CHECK (version >= 1),"
+    "  trusted INTEGER NOT NULL CHECK (trusted IN (0, 1)),"
+    "  state INTEGER NOT NULL CHECK (state BETWEEN 1 AND 3),"
+    "  seen_ms INTEGER NOT NULL,"
+    "  current_since_ms INTEGER NOT NULL DEFAULT 0,"
+    "  current_by TEXT NOT NULL DEFAULT '',"
+    "  destroyed_ms INTEGER NOT NULL DEFAULT 0"
+    ") STRICT;"
+    "CREATE INDEX kek_versions_by_root ON kek_versions (root_version);",
 };
 
 #define SCHEMA_VERSION_LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -2817,6 +2835,268 @@ out:
   return r;
 }
 
+/* ---- Root key rotation (schema 4) ------------------------------------------------ */
+
+static int sqlite_root_note(keystore *base, uint32_t version, int trusted, int64_t now_ms) {
+  return run(ks_sqlite(base), NULL,
+             "INSERT INTO root_keys (version, trusted, state, seen_ms) VALUES (?1, ?2, 2, ?3)"
+             " ON CONFLICT (version) DO NOTHING",
+             "iii", (int64_t)version, (int64_t)(trusted != 0), now_ms);
+}
+
+static int sqlite_root_set_current(keystore *base, uint32_t version, int trusted, const char *by,
+                                   int64_t now_ms, uint32_t *out_previous) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int64_t prev = 0, state = 0;
+  int rc, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  r = query(ks, &st, "SELECT coalesce((SELECT version FROM root_keys WHERE state = 1), 0),"
+                     " coalesce((SELECT state FROM root_keys WHERE version = ?1), 0)",
+            "i", (int64_t)version);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    r = map_rc(rc);
+    goto out;
+  }
+  if ((r = col_i64(st, 0, 0, UINT32_MAX, &prev)) != KMS_OK ||
+      (r = col_i64(st, 1, 0, 3, &state)) != KMS_OK) {
+    goto out;
+  }
+  if (state == KS_ROOT_DESTROYED) {
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
+  }
+  if (prev != (int64_t)version) {
+    if ((r = run(ks, NULL, "UPDATE root_keys SET state = 2 WHERE state = 1", "")) != KMS_OK ||
+        (r = run(ks, NULL,
+                 "INSERT INTO root_keys (version, trusted, state, seen_ms, current_since_ms,"
+                 " current_by) VALUES (?1, ?2, 1, ?3, ?3, ?4) ON CONFLICT (version) DO UPDATE"
+                 " SET state = 1, trusted = ?2, current_since_ms = ?3, current_by = ?4",
+                 "iiit", (int64_t)version, (int64_t)(trusted != 0), now_ms, by)) != KMS_OK) {
+      goto out;
+    }
+  }
+  r = tx_commit(ks);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  } else if (out_previous != NULL) {
+    *out_previous = (uint32_t)prev;
+  }
+  return r;
+}
+
+static int sqlite_root_list(keystore *base, struct ks_root **out, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  struct ks_root *v = NULL, *grown;
+  size_t n = 0, cap = 0;
+  int64_t x[7];
+  int rc, r;
+
+  *out = NULL;
+  *out_n = 0;
+  /* Every recorded root, and every root a key token names even if never recorded. */
+  r = query(ks, &st,
+            "SELECT vs.v, coalesce(r.trusted, -1), coalesce(r.state, 0), coalesce(r.seen_ms, 0),"
+            " coalesce(r.current_since_ms, 0), coalesce(r.destroyed_ms, 0),"
+            " coalesce(c.n, 0), coalesce(r.current_by, '')"
+            " FROM (SELECT version AS v FROM root_keys UNION SELECT root_version FROM"
+            " kek_versions WHERE length(key_token) > 0) vs"
+            " LEFT JOIN root_keys r ON r.version = vs.v"
+            " LEFT JOIN (SELECT root_version, count(*) AS n FROM kek_versions"
+            " WHERE length(key_token) > 0 GROUP BY root_version) c ON c.root_version = vs.v"
+            " ORDER BY vs.v",
+            "");
+  if (r != KMS_OK) {
+    return r;
+  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == cap) {
+      cap = cap == 0 ? 8 : cap * 2;
+      if ((grown = realloc(v, cap * sizeof(*v))) == NULL) {
+        r = KMS_ERR_ALLOC;
+        goto out;
+      }
+      v = grown;
+    }
+    memset(&v[n], 0, sizeof(v[n]));
+    if ((r = col_i64(st, 0, 1, UINT32_MAX, &x[0])) != KMS_OK ||
+        (r = col_i64(st, 1, -1, 1, &x[1])) != KMS_OK ||
+        (r = col_i64(st, 2, 0, 3, &x[2])) != KMS_OK ||
+        (r = col_i64(st, 3, 0, INT64_MAX, &x[3])) != KMS_OK ||
+        (r = col_i64(st, 4, 0, INT64_MAX, &x[4])) != KMS_OK ||
+        (r = col_i64(st, 5, 0, INT64_MAX, &x[5])) != KMS_OK ||
+        (r = col_i64(st, 6, 0, INT64_MAX, &x[6])) != KMS_OK ||
+        (r = col_text(st, 7, v[n].current_by, sizeof(v[n].current_by))) != KMS_OK) {
+      goto out;
+    }
+    v[n].version = (uint32_t)x[0];
+    v[n].trusted = (int)x[1];
+    v[n].state = (int)x[2];
+    v[n].seen_ms = x[3];
+    v[n].current_since_ms = x[4];
+    v[n].destroyed_ms = x[5];
+    v[n].key_tokens = (uint64_t)x[6];
+    n++;
+  }
+  r = rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    free(v);
+    return r;
+  }
+  *out = v;
+  *out_n = n;
+  return KMS_OK;
+}
+
+static int sqlite_root_pending(keystore *base, uint32_t current, struct ks_token_move *out,
+                               size_t cap, size_t *out_n) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int64_t version, mech, root;
+  size_t n = 0;
+  int rc, r;
+
+  *out_n = 0;
+  /* Tokens under an older trusted root only: a legacy root's KEKs cannot move. */
+  r = query(ks, &st,
+            "SELECT k.tenant_id, k.version, k.wrap_mech, k.root_version, k.key_token"
+            " FROM kek_versions k JOIN root_keys r ON r.version = k.root_version"
+            " WHERE r.trusted = 1 AND k.root_version != ?1 AND length(k.key_token) > 0"
+            " ORDER BY k.root_version, k.tenant_id, k.version LIMIT ?2",
+            "ii", (int64_t)current, (int64_t)cap);
+  if (r != KMS_OK) {
+    return r;
+  }
+  while (n < cap && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    memset(&out[n], 0, sizeof(out[n]));
+    if ((r = col_text(st, 0, out[n].tenant_id, sizeof(out[n].tenant_id))) != KMS_OK ||
+        (r = col_i64(st, 1, 1, UINT32_MAX, &version)) != KMS_OK ||
+        (r = col_i64(st, 2, 0, UINT32_MAX, &mech)) != KMS_OK ||
+        (r = col_i64(st, 3, 1, UINT32_MAX, &root)) != KMS_OK ||
+        (r = col_blob(st, 4, out[n].old_token, sizeof(out[n].old_token), &out[n].old_len)) !=
+            KMS_OK) {
+      goto out;
+    }
+    out[n].version = (uint32_t)version;
+    out[n].old_mech = (uint32_t)mech;
+    out[n].old_root = (uint32_t)root;
+    n++;
+  }
+  r = n == cap || rc == SQLITE_DONE ? KMS_OK : map_rc(rc);
+out:
+  sqlite3_finalize(st);
+  *out_n = r == KMS_OK ? n : 0;
+  return r;
+}
+
+static int sqlite_root_move_tokens(keystore *base, const struct ks_token_move *m, size_t n,
+                                   size_t *out_moved) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int rc, r;
+
+  *out_moved = 0;
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  rc = sqlite3_prepare_v2(ks->db,
+                          "UPDATE kek_versions SET key_token = ?3, wrap_mech = ?4,"
+                          " root_version = ?5 WHERE tenant_id = ?1 AND version = ?2"
+                          " AND root_version = ?6 AND key_token = ?7",
+                          -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    r = map_rc(rc);
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    /* Only if unchanged since read: never resurrect a shredded token or undo another move. */
+    if (sqlite3_bind_text(st, 1, m[i].tenant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, m[i].version) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 3, m[i].token, (int)m[i].token_len, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 4, m[i].mech) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 5, m[i].root) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 6, m[i].old_root) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 7, m[i].old_token, (int)m[i].old_len, SQLITE_STATIC) !=
+            SQLITE_OK) {
+      r = KMS_ERR_INTERNAL;
+      goto out;
+    }
+    rc = sqlite3_step(st);
+    stmt_done(st);
+    if (rc != SQLITE_DONE) {
+      r = map_rc(rc);
+      goto out;
+    }
+    *out_moved += (size_t)sqlite3_changes(ks->db);
+  }
+  r = tx_commit(ks);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+    *out_moved = 0;
+  }
+  return r;
+}
+
+static int sqlite_root_destroyed(keystore *base, uint32_t version, int64_t now_ms) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int64_t refs = 0;
+  int rc, changes = 0, r;
+
+  if ((r = tx_begin(ks)) != KMS_OK) {
+    return r;
+  }
+  r = query(ks, &st,
+            "SELECT count(*) FROM kek_versions WHERE root_version = ?1 AND length(key_token) > 0",
+            "i", (int64_t)version);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    r = map_rc(rc);
+    goto out;
+  }
+  if ((r = col_i64(st, 0, 0, INT64_MAX, &refs)) != KMS_OK) {
+    goto out;
+  }
+  if (refs > 0) {
+    r = KMS_ERR_FAILED_PRECONDITION; /* a token still needs it */
+    goto out;
+  }
+  r = run(ks, &changes,
+          "UPDATE root_keys SET state = 3, destroyed_ms = ?2 WHERE version = ?1 AND state = 2",
+          "ii", (int64_t)version, now_ms);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if (changes == 0) {
+    r = KMS_ERR_FAILED_PRECONDITION; /* current, unknown, or destroyed already */
+    goto out;
+  }
+  r = tx_commit(ks);
+out:
+  sqlite3_finalize(st);
+  if (r != KMS_OK) {
+    tx_rollback(ks);
+  }
+  return r;
+}
+
 const struct keystore_ops keystore_sqlite_ops = {
     .scheme = "sqlite",
     .open = sqlite_open,
@@ -2856,4 +3136,10 @@ const struct keystore_ops keystore_sqlite_ops = {
     .rewrap_batch = sqlite_rewrap_batch,
     .rewrap_commit = sqlite_rewrap_commit,
     .backup = sqlite_backup,
+    .root_note = sqlite_root_note,
+    .root_set_current = sqlite_root_set_current,
+    .root_list = sqlite_root_list,
+    .root_pending = sqlite_root_pending,
+    .root_move_tokens = sqlite_root_move_tokens,
+    .root_destroyed = sqlite_root_destroyed,
 };

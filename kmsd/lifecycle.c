@@ -260,7 +260,7 @@ rotate_now(const struct lifecycle *lc, struct worker_ctx *w, const char *by, con
   kek.state = KS_KEK_ACTIVE;
   kek.root_version = cur.root_version;
   kek.created_ms = kms_now_ms();
-  r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech);
+  r = hsm_kek_generate(w->hs, kek.token, &kek.token_len, &kek.wrap_mech, &kek.root_version);
   if (r != KMS_OK) {
     return r;
   }

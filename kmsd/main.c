@@ -28,6 +28,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "rpc.h"
+#include "rootjob.h"
 #include "selftest.h"
 #include "transport.h"
 #include "workers.h"
@@ -271,7 +272,22 @@ main(int argc, char **argv)
     log_msg(LOG_ERROR, "event=start_failed stage=keystore reason=\"%s\"", err);
     goto out;
   }
-  struct hsm_config hc = {cfg.pkcs11_module, cfg.token_label, cfg.pin_file, 1, false};
+  struct hsm_config hc = {cfg.pkcs11_module, cfg.token_label, cfg.pin_file, 0, false};
+  {
+    /* The root new KEKs wrap under is the keystore's word (0 at first: the newest on the token). */
+    struct ks_root *roots = NULL;
+    size_t n_roots = 0;
+    if (keystore_root_list(ks, &roots, &n_roots) != KMS_OK) {
+      log_msg(LOG_ERROR, "event=start_failed stage=keystore reason=\"cannot list root keys\"");
+      goto out;
+    }
+    for (size_t i = 0; i < n_roots; i++) {
+      if (roots[i].state == KS_ROOT_CURRENT) {
+        hc.root_version = roots[i].version;
+      }
+    }
+    free(roots);
+  }
   {
     /* Tenants exist: their key tokens need the root key that is on the token now. */
     struct ks_tenant *some = NULL;
@@ -325,6 +341,14 @@ main(int argc, char **argv)
     log_msg(LOG_ERROR, "event=start_failed stage=workers reason=\"%s\"", err);
     goto out;
   }
+  {
+    /* Resumes a root rotation left unfinished (kill -9, power cut) on its own. */
+    struct rootjob_config rc_cfg = {cfg.root_rewrap_per_second, cfg.root_retain_days};
+    if (rootjob_start(&d.rpc.rootjob, h, cfg.keystore, &rc_cfg, err, sizeof(err)) != KMS_OK) {
+      log_msg(LOG_ERROR, "event=start_failed stage=root_job reason=\"%s\"", err);
+      goto out;
+    }
+  }
   char bound[128];
   if (server_start(&d.srv, d.base, &cfg, &d.rpc, bound, sizeof(bound), err,
                    sizeof(err)) != KMS_OK) {
@@ -373,6 +397,7 @@ out:
     server_close_all(d.srv);
   }
   workers_stop(d.rpc.pool); /* joins threads; last done() callbacks see closed conns */
+  rootjob_stop(d.rpc.rootjob);
   audit_close(d.rpc.audit); /* last records, final checkpoint, then the held answers */
   server_free(d.srv);
   if (d.drain_timer != NULL) {

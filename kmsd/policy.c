@@ -41,7 +41,8 @@ static const struct {
     {"EnableKey", 1},         {"ScheduleDestruction", 1},
     {"CancelDestruction", 1}, {"Approve", 1},
     {"ExportAudit", 1},       {"Health", 0},
-    {"Backup", 0},
+    {"Backup", 0},            {"RootRotate", 0},
+    {"RootStatus", 0},
 };
 #define N_OPS (sizeof(vocabulary) / sizeof(vocabulary[0]))
 _Static_assert(N_OPS <= 32, "operations are a 32-bit mask");

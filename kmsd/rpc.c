@@ -19,6 +19,7 @@
 #include "limiter.h"
 #include "log.h"
 #include "metrics.h"
+#include "rootjob.h"
 #include "sessions.h"
 
 #define KMSD_VERSION "0.1.0"
@@ -440,6 +441,43 @@ run_backup(struct rpc_job *job, struct worker_ctx *w)
 }
 LC_FILL(fill_backup, TKMS__RESPONSE__RESULT_BACKUP, backup, Tkms__BackupResponse)
 
+/* ---- Root key rotation (kmsd/rootjob.c; docs/LIFECYCLE.md) ----------------- */
+
+/* rootjob_of: the root job, or NULL with FAILED_PRECONDITION said (kmsd without one). */
+static struct rootjob *
+rootjob_of(struct rpc_job *job)
+{
+  if (job->rpc->rootjob == NULL) {
+    snprintf(job->res.message, sizeof(job->res.message), "root rotation is not running");
+  }
+  return job->rpc->rootjob;
+}
+
+static int
+run_root_rotate(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__RootRotateResponse *out = NULL;
+  struct rootjob *j = rootjob_of(job);
+  int r = j == NULL ? KMS_ERR_FAILED_PRECONDITION
+                    : rootjob_rotate(j, w, conn_principal(job->c), LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_root_rotate, TKMS__RESPONSE__RESULT_ROOT_ROTATE, root_rotate,
+        Tkms__RootRotateResponse)
+
+static int
+run_root_status(struct rpc_job *job, struct worker_ctx *w)
+{
+  Tkms__RootStatusResponse *out = NULL;
+  struct rootjob *j = rootjob_of(job);
+  int r = j == NULL ? KMS_ERR_FAILED_PRECONDITION : rootjob_status(j, w, LC_WHY(job), &out);
+  LC_KEEP(job, out);
+  return r;
+}
+LC_FILL(fill_root_status, TKMS__RESPONSE__RESULT_ROOT_STATUS, root_status,
+        Tkms__RootStatusResponse)
+
 /* What the policy sees of lifecycle requests. */
 static const char *
 tenant_rotate_key(const Tkms__Request *req)
@@ -807,6 +845,11 @@ static const struct rpc_method methods[] = {
   {.op = TKMS__REQUEST__OP_LIST_SESSIONS, .name = "ListSessions",
    .policy_ops = {"ListSessions"}, .tenant = tenant_list_sessions, .run = run_list_sessions,
    .fill = fill_list_sessions},
+  /* Root key rotation: no tenant (every tenant's key tokens move). */
+  {.op = TKMS__REQUEST__OP_ROOT_ROTATE, .name = "RootRotate", .policy_ops = {"RootRotate"},
+   .run = run_root_rotate, .fill = fill_root_rotate},
+  {.op = TKMS__REQUEST__OP_ROOT_STATUS, .name = "RootStatus", .policy_ops = {"RootStatus"},
+   .run = run_root_status, .fill = fill_root_status},
   /* Diagnostics: a keystore snapshot in backup_dir (no tenant: the whole keystore). */
   {.op = TKMS__REQUEST__OP_BACKUP, .name = "Backup", .policy_ops = {"Backup"},
    .run = run_backup, .fill = fill_backup},

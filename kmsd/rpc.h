@@ -11,6 +11,7 @@
 #include "workers.h"
 
 struct audit;
+struct rootjob;
 
 struct rpc {
   const struct kmsd_config *cfg;
@@ -19,6 +20,7 @@ struct rpc {
   struct keyops ops;
   int draining; /* set on SIGTERM: new requests get UNAVAILABLE */
   struct limits *limits; /* per-principal rate limit (kmsd/limiter.h); NULL: none */
+  struct rootjob *rootjob; /* root rotation (kmsd/rootjob.h); NULL: RootRotate refused */
 };
 
 /*

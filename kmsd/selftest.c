@@ -286,7 +286,7 @@ hsm_wrap_round_trip(hsm_session *s, char *err, size_t err_len)
   uint32_t mech = 0;
   hsm_key key = 0;
 
-  if (hsm_kek_generate(s, token, &token_len, &mech) != KMS_OK) {
+  if (hsm_kek_generate(s, token, &token_len, &mech, NULL) != KMS_OK) {
     r = fail(err, err_len, "generating and wrapping a test KEK in the HSM");
     goto out;
   }
@@ -295,7 +295,7 @@ hsm_wrap_round_trip(hsm_session *s, char *err, size_t err_len)
     r = fail(err, err_len, "the HSM's RFC 5649 wrap of a 256-bit key is not 40 bytes");
     goto out;
   }
-  if (hsm_kek_load(s, token, token_len, mech, &key) != KMS_OK) {
+  if (hsm_kek_load(s, token, token_len, mech, 0, &key) != KMS_OK) {
     r = fail(err, err_len, "unwrapping the test KEK under the root key");
     goto out;
   }
@@ -307,7 +307,7 @@ hsm_wrap_round_trip(hsm_session *s, char *err, size_t err_len)
     goto out;
   }
   token[token_len - 1] ^= 1;
-  if (hsm_kek_load(s, token, token_len, mech, &key) == KMS_OK) {
+  if (hsm_kek_load(s, token, token_len, mech, 0, &key) == KMS_OK) {
     r = fail(err, err_len, "the HSM unwraps a changed key token");
     goto out;
   }

@@ -119,8 +119,8 @@ hsm_bench_run(const struct kmsd_config *cfg, unsigned threads, unsigned latency_
     goto out;
   }
   if (hsm_session_open(h, &s) != KMS_OK ||
-      hsm_kek_generate(s, token, &token_len, &mech) != KMS_OK ||
-      hsm_kek_load(s, token, token_len, mech, &kek) != KMS_OK) {
+      hsm_kek_generate(s, token, &token_len, &mech, NULL) != KMS_OK ||
+      hsm_kek_load(s, token, token_len, mech, 0, &kek) != KMS_OK) {
     snprintf(err, err_len, "cannot create and load a KEK for the HSM baseline");
     goto out;
   }

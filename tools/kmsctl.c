@@ -7,6 +7,7 @@
 #include "kmsctl_audit.h"
 #include "kmsctl_backup.h"
 #include "kmsctl_keys.h"
+#include "kmsctl_root.h"
 #include "tenantkey.h"
 
 static void
@@ -20,7 +21,7 @@ usage(FILE *f)
           "  health                 ask kmsd whether it serves\n"
           "  backup [COPY]          keystore snapshot in kmsd's backup_dir (officer)\n"
           "  audit verify FILE... --key VKEY   verify audit logs offline (kmsctl audit help)\n"
-          "officer commands (kmsctl tenant|key|request|receipt|approve --help):\n");
+          "officer commands (kmsctl tenant|key|request|receipt|approve|root --help):\n");
   kmsctl_keys_usage(f);
   fprintf(f,
           "\n"
@@ -68,6 +69,10 @@ main(int argc, char **argv)
   /* Auditors verify offline: no configuration, no kmsd (tools/kmsctl_audit.c). */
   if (argc >= 1 && strcmp(argv[0], "audit") == 0) {
     return kmsctl_audit(config, argc - 1, argv + 1);
+  }
+  /* The key ceremony talks to the HSM, not to kmsd (tools/kmsctl_root.c). */
+  if (argc >= 2 && strcmp(argv[0], "root") == 0 && strcmp(argv[1], "create") == 0) {
+    return kmsctl_root_create(argc - 2, argv + 2);
   }
   /* Officer commands: tenants, keys, dual control (tools/kmsctl_keys.c). */
   if (argc >= 1 && kmsctl_keys_handles(argv[0])) {

@@ -593,6 +593,113 @@ cmd_key_rotate(tk_client *c, const struct args *a)
   return KMSCTL_OK;
 }
 
+/* ---- Root key rotation (docs/LIFECYCLE.md) ------------------------------------------ */
+
+static int
+cmd_root_rotate(tk_client *c, const struct args *a)
+{
+  Tkms__Request req;
+  Tkms__RootRotateRequest rr;
+  Tkms__Response *resp = NULL;
+  tkms__request__init(&req);
+  tkms__root_rotate_request__init(&rr);
+  req.op_case = TKMS__REQUEST__OP_ROOT_ROTATE;
+  req.root_rotate = &rr;
+  int r = call(c, &req, &resp);
+  if (r != TK_OK) {
+    return fail(c, a->cmd, r);
+  }
+  const Tkms__RootRotateResponse *m = resp->root_rotate;
+  if (a->json) {
+    printf("{\"root_version\":%u,\"previous_version\":%u,\"to_rewrap\":%" PRIu64
+           ",\"legacy\":%" PRIu64 "}\n",
+           m->root_version, m->previous_version, m->to_rewrap, m->legacy);
+  } else {
+    printf("root key v%u is current (was v%u): new KEKs wrap under it; %" PRIu64
+           " key tokens are being re-wrapped in the background (kmsctl root status)\n",
+           m->root_version, m->previous_version, m->to_rewrap);
+    if (m->legacy > 0) {
+      printf("%" PRIu64 " key tokens are under a legacy root and cannot be re-wrapped (legacy "
+             "root): rotate those tenants' keys and let the old versions go\n",
+             m->legacy);
+    }
+  }
+  tk_client_response_free(resp);
+  return KMSCTL_OK;
+}
+
+static int
+cmd_root_status(tk_client *c, const struct args *a)
+{
+  Tkms__Request req;
+  Tkms__RootStatusRequest rs;
+  Tkms__Response *resp = NULL;
+  char t1[32], t2[32];
+  tkms__request__init(&req);
+  tkms__root_status_request__init(&rs);
+  req.op_case = TKMS__REQUEST__OP_ROOT_STATUS;
+  req.root_status = &rs;
+  int r = call(c, &req, &resp);
+  if (r != TK_OK) {
+    return fail(c, a->cmd, r);
+  }
+  const Tkms__RootStatusResponse *m = resp->root_status;
+  if (a->json) {
+    printf("{\"current_version\":%u,\"done\":%" PRIu64 ",\"total\":%" PRIu64
+           ",\"legacy\":%" PRIu64 ",\"rate\":%.1f,\"eta_s\":%" PRId64 ",\"job_state\":",
+           m->current_version, m->done, m->total, m->legacy, m->rate, m->eta_s);
+    json_str(m->job_state);
+    printf(",\"job_message\":");
+    json_str(m->job_message);
+    printf(",\"roots\":[");
+    for (size_t i = 0; i < m->n_roots; i++) {
+      const Tkms__RootVersionInfo *v = m->roots[i];
+      printf("%s{\"version\":%u,\"trusted\":%s,\"state\":", i > 0 ? "," : "", v->version,
+             v->trusted ? "true" : "false");
+      json_str(v->state);
+      printf(",\"key_tokens\":%" PRIu64 ",\"on_token\":%s,\"current_since\":\"%s\","
+             "\"current_by\":",
+             v->key_tokens, v->on_token ? "true" : "false",
+             fmt_time(t1, sizeof(t1), v->current_since_ms));
+      json_str(v->current_by);
+      printf(",\"destroyed\":\"%s\"}", fmt_time(t2, sizeof(t2), v->destroyed_ms));
+    }
+    printf("]}\n");
+  } else {
+    printf("%-5s %-8s %-10s %-9s %10s  %-20s  %s\n", "ROOT", "KIND", "STATE", "ON TOKEN",
+           "KEY TOKENS", "CURRENT SINCE", "DESTROYED");
+    for (size_t i = 0; i < m->n_roots; i++) {
+      const Tkms__RootVersionInfo *v = m->roots[i];
+      printf("v%-4u %-8s %-10s %-9s %10" PRIu64 "  %-20s  %s\n", v->version,
+             v->trusted ? "trusted" : "legacy", v->state, v->on_token ? "yes" : "no",
+             v->key_tokens, fmt_time(t1, sizeof(t1), v->current_since_ms),
+             fmt_time(t2, sizeof(t2), v->destroyed_ms));
+    }
+    uint64_t pending = m->total - m->done - m->legacy;
+    printf("\ncurrent root v%u: %" PRIu64 " / %" PRIu64 " key tokens done", m->current_version,
+           m->done, m->total);
+    if (pending > 0) {
+      printf(", %" PRIu64 " to go at %.1f/s, ETA ", pending, m->rate);
+      if (m->eta_s >= 0) {
+        printf("%" PRId64 " s\n", m->eta_s);
+      } else {
+        printf("unknown\n");
+      }
+    } else {
+      printf("\n");
+    }
+    if (m->legacy > 0) {
+      printf("%" PRIu64 " key tokens cannot be re-wrapped (legacy root): rotate the tenant's key "
+             "and let the old version go\n",
+             m->legacy);
+    }
+    printf("job: %s%s%s\n", m->job_state, m->job_message[0] != '\0' ? ": " : "",
+           m->job_message);
+  }
+  tk_client_response_free(resp);
+  return KMSCTL_OK;
+}
+
 /* change_call sends one of Disable/Enable/ScheduleDestruction/CancelDestruction and reports. */
 static int
 change_call(tk_client *c, const struct args *a, Tkms__Request *req,
@@ -992,9 +1099,19 @@ static const struct command commands[] = {
      OPT_JSON, 2, 1},
     {"approve", NULL, "approve ID [--json]",
      "Approve another officer's request; the last approval makes it take effect.", OPT_JSON, 1, 0},
-    {"root", "rotate", "root rotate", "Root key rotation: not built yet (docs/LIFECYCLE.md).", 0, 0,
-     0},
-    {"root", "status", "root status", "Root key rotation progress: not built yet.", 0, 0, 0},
+    {"root", "create", "root create [--config KMSD_CONF] --so-pin-file FILE",
+     "Key ceremony, security officer, on kmsd's machine (no kmsd needed): generates the next\n"
+     "  root key version inside the HSM, CKA_TRUSTED, with the SO PIN. --config is kmsd's\n"
+     "  configuration (module and token), default $KMSD_CONFIG. Then: root rotate.",
+     0, 0, 0},
+    {"root", "rotate", "root rotate [--json]",
+     "Make the newest root key on the HSM token current; kmsd re-wraps every key token under\n"
+     "  it in the background (see root status) and destroys the old root once nothing needs it.",
+     OPT_JSON, 0, 0},
+    {"root", "status", "root status [--json]",
+     "Root key versions with their key token counts; re-wrap progress done/total, rate, ETA,\n"
+     "  legacy tokens that cannot be re-wrapped, and the job's state.",
+     OPT_JSON, 0, 0},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -1077,10 +1194,6 @@ kmsctl_keys(const char *config, int argc, char **argv)
   if (cmd->needs_tenant && (r = tenant_arg(&a, 0)) != 0) {
     return r;
   }
-  if (strcmp(group, "root") == 0) {
-    fprintf(stderr, "kmsctl %s: root key rotation is not built yet; see docs/LIFECYCLE.md\n", name);
-    return KMSCTL_FAILED;
-  }
   if (strcmp(name, "approve") == 0) {
     uint32_t id = 0;
     if (!parse_u32(a.pos[0], UINT32_MAX, &id) || id == 0) {
@@ -1134,6 +1247,10 @@ kmsctl_keys(const char *config, int argc, char **argv)
     r = cmd_session_list(c, &a);
   } else if (strcmp(name, "session shred") == 0) {
     r = cmd_session_shred(c, &a);
+  } else if (strcmp(name, "root rotate") == 0) {
+    r = cmd_root_rotate(c, &a);
+  } else if (strcmp(name, "root status") == 0) {
+    r = cmd_root_status(c, &a);
   } else {
     r = cmd_approve(c, &a);
   }

@@ -11,6 +11,8 @@
 #                                 spiffe://tenantkms.dev/tenant/<t>/integration (t: acme, globex)
 #   pki/crl.pem                   CRL of the dev CA (empty unless a test revoked something)
 #   hsm/softhsm2.conf, hsm/tokens/, hsm/pin, hsm/so-pin, and a token labelled "tenantkms"
+#                                 with root key v1 made by the key ceremony (`kmsctl root
+#                                 create`, SO PIN) when the token is new, so it can be rotated
 #   kmsd.conf, clients/<p>.conf   (rewritten each run, so a new PORT takes effect)
 #   env                           "export SOFTHSM2_CONF=..." (source it)
 #
@@ -22,7 +24,9 @@
 # kmsd.conf points `policy` at the repository's policies/ directory (the example policies).
 #
 # Environment: PKCS11_MODULE (default /usr/lib/softhsm/libsofthsm2.so) for kmsd.conf;
-# KMSD_EXTRA_CONF, if set, is appended verbatim to kmsd.conf.
+# KMSD_EXTRA_CONF, if set, is appended verbatim to kmsd.conf; KMSCTL, the kmsctl to run the
+# key ceremony with (default build/tools/kmsctl); TKMS_NO_ROOT_CEREMONY=1 skips the ceremony
+# (kmsd then makes a legacy root that cannot be rotated, as before root rotation existed).
 #
 # The file can also be sourced (by tests/integration/mkfixtures.sh) for its tkms_* functions.
 
@@ -323,7 +327,25 @@ log.level = ERROR
     tkms_token_labels "$conf" | grep -Fxq -- "$TKMS_TOKEN_LABEL" ||
       tkms_die "token '$TKMS_TOKEN_LABEL' not found after init"
     tkms_note "created SoftHSM2 token '$TKMS_TOKEN_LABEL' in $hsm/tokens"
+    TKMS_NEW_TOKEN=1
   fi
+}
+
+# tkms_root_ceremony DIR: root key v1, CKA_TRUSTED, made with the SO PIN (docs/LIFECYCLE.md),
+# so the dev token's root can be rotated. Needs DIR/kmsd.conf (module, token, user PIN file).
+tkms_root_ceremony() {
+  local dir=$1 kmsctl=${KMSCTL:-$TKMS_REPO/build/tools/kmsctl}
+  if [[ -n "${TKMS_NO_ROOT_CEREMONY:-}" ]]; then
+    tkms_note "no key ceremony (TKMS_NO_ROOT_CEREMONY): kmsd will make a legacy root"
+    return 0
+  fi
+  if [[ ! -x "$kmsctl" ]]; then
+    tkms_note "warning: $kmsctl not built: no key ceremony; kmsd will make a legacy root that cannot be rotated"
+    return 0
+  fi
+  SOFTHSM2_CONF="$dir/hsm/softhsm2.conf" "$kmsctl" root create --config "$dir/kmsd.conf" \
+    --so-pin-file "$dir/hsm/so-pin" >/dev/null || tkms_die "key ceremony (kmsctl root create) failed"
+  tkms_note "key ceremony: trusted root key v1 generated in token '$TKMS_TOKEN_LABEL'"
 }
 
 tkms_setup_configs() {
@@ -400,8 +422,12 @@ tkms_devenv_main() {
   dir=$(tkms_abs_dir "$1")
   tkms_tmpdir
   tkms_setup_pki "$dir"
+  TKMS_NEW_TOKEN=0
   tkms_setup_hsm "$dir"
   tkms_setup_configs "$dir" "$port"
+  if ((TKMS_NEW_TOKEN)); then
+    tkms_root_ceremony "$dir"
+  fi
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -44,17 +44,8 @@ harness_setup(const char *extra_conf)
   if (extra_conf != NULL) {
     setenv("KMSD_EXTRA_CONF", extra_conf, 1);
   }
-  char cmd[1024];
-  snprintf(cmd, sizeof(cmd), "'%s/scripts/lib/devenv.sh' '%s' 0 2>/dev/null && "
-           "'%s/tests/integration/mkfixtures.sh' '%s' 2>/dev/null",
-           srcdir(), dir, srcdir(), dir);
-  if (system(cmd) != 0) {
-    die("devenv.sh or mkfixtures.sh failed");
-  }
-  char conf[512];
-  snprintf(conf, sizeof(conf), "%s/hsm/softhsm2.conf", dir);
-  setenv("SOFTHSM2_CONF", conf, 1);
-  /* ASan builds: kmsd's checkpoint signing hits a SoftHSM leak we cannot fix (tests/lsan.supp). */
+  /* ASan builds: kmsd's checkpoint signing hits a SoftHSM leak we cannot fix (tests/lsan.supp);
+   * set before devenv.sh, whose key ceremony runs kmsctl. */
   char supp[600];
   snprintf(supp, sizeof(supp), "suppressions=%s/tests/lsan.supp:fast_unwind_on_malloc=0",
            srcdir());
@@ -68,6 +59,16 @@ harness_setup(const char *extra_conf)
              asan != NULL && asan[0] != '\0' ? ":" : "");
     setenv("ASAN_OPTIONS", opts, 1);
   }
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "'%s/scripts/lib/devenv.sh' '%s' 0 2>/dev/null && "
+           "'%s/tests/integration/mkfixtures.sh' '%s' 2>/dev/null",
+           srcdir(), dir, srcdir(), dir);
+  if (system(cmd) != 0) {
+    die("devenv.sh or mkfixtures.sh failed");
+  }
+  char conf[512];
+  snprintf(conf, sizeof(conf), "%s/hsm/softhsm2.conf", dir);
+  setenv("SOFTHSM2_CONF", conf, 1);
 }
 
 const char *
@@ -457,4 +458,22 @@ harness_run_kmsd_once(const char *conf_rel, char *out, size_t out_len)
     fclose(f);
   }
   return rc;
+}
+
+int
+harness_finish(int failed)
+{
+  int st = harness_stop_kmsd();
+  if (st != 0) {
+    fprintf(stderr, "kmsd exited with status %d; log in %s/kmsd.log\n", st, dir);
+    failed++;
+  }
+  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+      fprintf(stderr, "could not remove %s\n", dir);
+    }
+  }
+  return failed == 0 ? 0 : 1;
 }

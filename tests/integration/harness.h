@@ -84,4 +84,12 @@ char *harness_sighup(void);
  */
 int harness_run_kmsd_once(const char *conf_rel, char *out, size_t out_len);
 
+/*
+ * harness_finish ends a test program: stops kmsd (a nonzero exit status counts
+ * as one more failure, with the log's path on stderr), removes the directory
+ * if nothing failed and TKMS_KEEP_DIR is unset, and returns the program's exit
+ * status for |failed| failed tests.
+ */
+int harness_finish(int failed);
+
 #endif

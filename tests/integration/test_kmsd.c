@@ -598,12 +598,12 @@ START_TEST(test_keystore_holds_only_wrapped_keks_and_no_data_keys)
   ck_assert_uint_eq(kek.token_len, 40);
   uint8_t out[32];
   const char *module = getenv("PKCS11_MODULE");
-  ck_assert_int_eq(p11_probe_unwrap_kek(module, "tenantkms", pin, kek.token, kek.token_len,
+  ck_assert_int_eq(p11_probe_unwrap_kek(module, "tenantkms", pin, kek.root_version, kek.token, kek.token_len,
                                         kek.wrap_mech, 0, out),
                    0);
   /* ...but even with the PIN nobody can unwrap it into readable bytes, so the
    * KEK's plaintext can exist nowhere outside the HSM, the keystore included. */
-  ck_assert_int_eq(p11_probe_unwrap_kek(module, "tenantkms", pin, kek.token, kek.token_len,
+  ck_assert_int_eq(p11_probe_unwrap_kek(module, "tenantkms", pin, kek.root_version, kek.token, kek.token_len,
                                         kek.wrap_mech, 1, out),
                    1);
 }

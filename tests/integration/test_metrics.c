@@ -462,6 +462,8 @@ main(void)
   char extra[1024];
   snprintf(extra, sizeof(extra),
            "pkcs11_module = %s\nhsm_timeout_ms = 300\nmetrics_listen = 127.0.0.1:0\n", shim);
+  /* devenv.sh's key ceremony already goes through the shim (kmsd.conf names it). */
+  setenv("P11SHIM_MODULE", real, 1);
   harness_setup(extra);
   harness_write_file("it-policy/metrics.json", POLICY);
   char line[600];
@@ -474,7 +476,6 @@ main(void)
   snprintf(line, sizeof(line), "backup_dir = %s/backups", harness_dir());
   harness_append_conf(line);
   snprintf(control, sizeof(control), "%s/p11shim.control", harness_dir());
-  setenv("P11SHIM_MODULE", real, 1);
   setenv("P11SHIM_CONTROL", control, 1);
   harness_start_kmsd();
   metrics_port = find_metrics_port();

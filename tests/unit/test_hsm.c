@@ -221,8 +221,8 @@ struct kek {
 
 static void new_kek(hsm_session *s, struct kek *k) {
   memset(k, 0, sizeof(*k));
-  ck_assert_int_eq(hsm_kek_generate(s, k->token, &k->token_len, &k->mech), KMS_OK);
-  ck_assert_int_eq(hsm_kek_load(s, k->token, k->token_len, k->mech, &k->key), KMS_OK);
+  ck_assert_int_eq(hsm_kek_generate(s, k->token, &k->token_len, &k->mech, NULL), KMS_OK);
+  ck_assert_int_eq(hsm_kek_load(s, k->token, k->token_len, k->mech, 0, &k->key), KMS_OK);
   ck_assert_uint_ne(k->key, 0);
 }
 
@@ -256,7 +256,7 @@ START_TEST(test_open_creates_root_once_and_reopen_finds_it) {
   /* Reopen: the token wrapped before still unwraps, so the same root key was found. */
   h = open_ok(7);
   ck_assert_int_eq(hsm_session_open(h, &s), KMS_OK);
-  ck_assert_int_eq(hsm_kek_load(s, k.token, k.token_len, k.mech, &key), KMS_OK);
+  ck_assert_int_eq(hsm_kek_load(s, k.token, k.token_len, k.mech, 0, &key), KMS_OK);
   ck_assert_int_eq(hsm_gcm_decrypt(s, key, k_iv, k_aad, sizeof(k_aad), ct, sizeof(ct), pt),
                    KMS_OK);
   ck_assert_mem_eq(pt, k_pt, sizeof(k_pt));
@@ -271,7 +271,7 @@ START_TEST(test_open_creates_root_once_and_reopen_finds_it) {
   h = open_ok(8);
   ck_assert_int_eq(hsm_session_open(h, &s), KMS_OK);
   key = 99;
-  ck_assert_int_eq(hsm_kek_load(s, k.token, k.token_len, k.mech, &key), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(hsm_kek_load(s, k.token, k.token_len, k.mech, 0, &key), KMS_ERR_DECRYPT);
   ck_assert_uint_eq(key, 0);
   hsm_session_close(s);
   hsm_close(h);
@@ -296,7 +296,7 @@ START_TEST(test_key_tokens_survive_close_and_reopen) {
 
   h = open_ok(1);
   ck_assert_int_eq(hsm_session_open(h, &s), KMS_OK);
-  ck_assert_int_eq(hsm_kek_load(s, k.token, k.token_len, k.mech, &key), KMS_OK);
+  ck_assert_int_eq(hsm_kek_load(s, k.token, k.token_len, k.mech, 0, &key), KMS_OK);
   memset(pt, 0, sizeof(pt));
   ck_assert_int_eq(hsm_gcm_decrypt(s, key, k_iv, k_aad, sizeof(k_aad), ct, sizeof(ct), pt),
                    KMS_OK);
@@ -587,20 +587,20 @@ START_TEST(test_corrupted_key_token_is_a_decrypt_error) {
     memcpy(bad, k.token, k.token_len);
     bad[positions[i]] ^= 0x01;
     key = 99;
-    ck_assert_int_eq(hsm_kek_load(g_s1, bad, k.token_len, k.mech, &key), KMS_ERR_DECRYPT);
+    ck_assert_int_eq(hsm_kek_load(g_s1, bad, k.token_len, k.mech, 0, &key), KMS_ERR_DECRYPT);
     ck_assert_uint_eq(key, 0);
   }
   /* Cut short by one AES block, and by one byte. */
-  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len - 8, k.mech, &key), KMS_ERR_DECRYPT);
-  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len - 1, k.mech, &key), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len - 8, k.mech, 0, &key), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len - 1, k.mech, 0, &key), KMS_ERR_DECRYPT);
   /* Malformed requests. */
-  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, 0, k.mech, &key), KMS_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, HSM_KEY_TOKEN_MAX + 1, k.mech, &key),
+  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, 0, k.mech, 0, &key), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, HSM_KEY_TOKEN_MAX + 1, k.mech, 0, &key),
                    KMS_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len, MECH_AES_KEY_WRAP, &key),
+  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len, MECH_AES_KEY_WRAP, 0, &key),
                    KMS_ERR_INVALID_ARGUMENT);
   /* The intact token still loads. */
-  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len, k.mech, &key), KMS_OK);
+  ck_assert_int_eq(hsm_kek_load(g_s1, k.token, k.token_len, k.mech, 0, &key), KMS_OK);
 }
 END_TEST
 
@@ -629,8 +629,8 @@ START_TEST(test_kek_loaded_in_one_session_outlives_it) {
   uint8_t pt[sizeof(k_pt)];
 
   ck_assert_int_eq(hsm_session_open(g_h, &s3), KMS_OK);
-  ck_assert_int_eq(hsm_kek_generate(s3, token, &token_len, &mech), KMS_OK);
-  ck_assert_int_eq(hsm_kek_load(s3, token, token_len, mech, &key), KMS_OK);
+  ck_assert_int_eq(hsm_kek_generate(s3, token, &token_len, &mech, NULL), KMS_OK);
+  ck_assert_int_eq(hsm_kek_load(s3, token, token_len, mech, 0, &key), KMS_OK);
   /* Session objects die with the session that created them, unless that is the owner session. */
   hsm_session_close(s3);
   ck_assert_int_eq(hsm_gcm_encrypt(g_s1, key, k_iv, k_aad, sizeof(k_aad), k_pt, sizeof(k_pt), ct),
@@ -674,7 +674,7 @@ static void *worker(void *p) {
   }
   for (i = 0; i < 200; i++) {
     hsm_key key = 0;
-    if (hsm_kek_load(s, w->k->token, w->k->token_len, w->k->mech, &key) != KMS_OK ||
+    if (hsm_kek_load(s, w->k->token, w->k->token_len, w->k->mech, 0, &key) != KMS_OK ||
         hsm_gcm_encrypt(s, key, k_iv, k_aad, sizeof(k_aad), k_pt, sizeof(k_pt), ct) != KMS_OK ||
         hsm_gcm_decrypt(s, w->k->key, k_iv, k_aad, sizeof(k_aad), ct, sizeof(ct), pt) !=
             KMS_OK ||

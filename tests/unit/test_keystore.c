@@ -19,7 +19,7 @@
 #include "kms_time.h"
 
 /* Migrations applied to a new keystore: 1 tenants and KEKs, 2 key lifecycle. */
-#define SCHEMA_LATEST 3 /* 3: session keys (docs/SESSIONS.md) */
+#define SCHEMA_LATEST 4 /* 3: session keys (docs/SESSIONS.md); 4: root keys (docs/LIFECYCLE.md) */
 
 /* Each test gets a fresh directory; the fixture runs in the test's own process. */
 static char dir[PATH_MAX / 2];
@@ -1208,6 +1208,133 @@ START_TEST(event_range_returns_whole_histories_of_tenants_changed_in_the_period)
 }
 END_TEST
 
+/* ---- Root key rotation (schema 4) ---- */
+
+static const struct ks_root *find_root(const struct ks_root *v, size_t n, uint32_t version) {
+  for (size_t i = 0; i < n; i++) {
+    if (v[i].version == version) {
+      return &v[i];
+    }
+  }
+  return NULL;
+}
+
+START_TEST(root_rotation_moves_tokens_off_trusted_roots_and_counts_them) {
+  keystore *ks = open_ok();
+  struct ks_kek a1 = make_kek("acme", 1, 1), b1 = make_kek("bravo", 1, 2),
+                c1 = make_kek("charlie", 1, 3);
+  struct ks_token_move m[8];
+  struct ks_root *roots = NULL;
+  size_t n = 0, moved = 0;
+  uint32_t prev = 99;
+
+  /* acme and bravo under trusted root 1, charlie under legacy root 5. */
+  a1.root_version = 1;
+  b1.root_version = 1;
+  c1.root_version = 5;
+  ck_assert_int_eq(keystore_tenant_create(ks, &a1), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &b1), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &c1), KMS_OK);
+  ck_assert_int_eq(keystore_root_note(ks, 5, 0, now_ms()), KMS_OK);
+  ck_assert_int_eq(keystore_root_set_current(ks, 1, 1, "kmsd", now_ms(), &prev), KMS_OK);
+  ck_assert_uint_eq(prev, 0);
+
+  /* Nothing to move while root 1 is current. */
+  ck_assert_int_eq(keystore_root_pending(ks, 1, m, 8, &n), KMS_OK);
+  ck_assert_uint_eq(n, 0);
+
+  ck_assert_int_eq(keystore_root_set_current(ks, 2, 1, "officer-a", now_ms(), &prev), KMS_OK);
+  ck_assert_uint_eq(prev, 1);
+  /* The legacy root's token is never listed; the batch cap holds. */
+  ck_assert_int_eq(keystore_root_pending(ks, 2, m, 1, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  ck_assert_int_eq(keystore_root_pending(ks, 2, m, 8, &n), KMS_OK);
+  ck_assert_uint_eq(n, 2);
+  ck_assert_str_eq(m[0].tenant_id, "acme");
+  ck_assert_uint_eq(m[0].old_root, 1);
+  ck_assert_uint_eq(m[0].old_len, a1.token_len);
+  ck_assert_mem_eq(m[0].old_token, a1.token, a1.token_len);
+
+  /* A root with tokens on it cannot be recorded destroyed. */
+  ck_assert_int_eq(keystore_root_destroyed(ks, 1, now_ms()), KMS_ERR_FAILED_PRECONDITION);
+
+  for (size_t i = 0; i < n; i++) {
+    m[i].root = 2;
+    m[i].mech = 0x2109;
+    m[i].token_len = 40;
+    memset(m[i].token, 0xA0 + (int)i, 40);
+  }
+  /* bravo's row changed since it was read (as a destruction would): it stays as it is. */
+  m[1].old_token[0] ^= 1;
+  ck_assert_int_eq(keystore_root_move_tokens(ks, m, n, &moved), KMS_OK);
+  ck_assert_uint_eq(moved, 1);
+
+  struct ks_kek got;
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
+  ck_assert_uint_eq(got.root_version, 2);
+  ck_assert_uint_eq(got.wrap_mech, 0x2109);
+  ck_assert_uint_eq(got.token[0], 0xA0);
+  ck_assert_int_eq(keystore_kek_get(ks, "bravo", 1, &got), KMS_OK);
+  ck_assert_uint_eq(got.root_version, 1);
+
+  ck_assert_int_eq(keystore_root_list(ks, &roots, &n), KMS_OK);
+  ck_assert_uint_eq(n, 3);
+  ck_assert_uint_eq(find_root(roots, n, 1)->key_tokens, 1);
+  ck_assert_int_eq(find_root(roots, n, 1)->state, KS_ROOT_RETIRED);
+  ck_assert_uint_eq(find_root(roots, n, 2)->key_tokens, 1);
+  ck_assert_int_eq(find_root(roots, n, 2)->state, KS_ROOT_CURRENT);
+  ck_assert_str_eq(find_root(roots, n, 2)->current_by, "officer-a");
+  ck_assert_int_eq(find_root(roots, n, 5)->trusted, 0);
+  ck_assert_uint_eq(find_root(roots, n, 5)->key_tokens, 1);
+  free(roots);
+
+  /* bravo moved for real: root 1 is unreferenced and may be recorded destroyed, once. */
+  ck_assert_int_eq(keystore_root_pending(ks, 2, m, 8, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  m[0].root = 2;
+  m[0].mech = 0x2109;
+  m[0].token_len = 40;
+  memset(m[0].token, 0xB0, 40);
+  ck_assert_int_eq(keystore_root_move_tokens(ks, m, 1, &moved), KMS_OK);
+  ck_assert_uint_eq(moved, 1);
+  ck_assert_int_eq(keystore_root_destroyed(ks, 2, now_ms()), KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(keystore_root_destroyed(ks, 1, now_ms()), KMS_OK);
+  ck_assert_int_eq(keystore_root_destroyed(ks, 1, now_ms()), KMS_ERR_FAILED_PRECONDITION);
+  /* A destroyed root never becomes current again. */
+  ck_assert_int_eq(keystore_root_set_current(ks, 1, 1, "x", now_ms(), NULL),
+                   KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(keystore_root_list(ks, &roots, &n), KMS_OK);
+  ck_assert_int_eq(find_root(roots, n, 1)->state, KS_ROOT_DESTROYED);
+  ck_assert_int_gt(find_root(roots, n, 1)->destroyed_ms, 0);
+  ck_assert_uint_eq(find_root(roots, n, 1)->key_tokens, 0);
+  free(roots);
+  keystore_close(ks);
+}
+END_TEST
+
+START_TEST(root_functions_refuse_bad_arguments_and_change_nothing) {
+  keystore *ks = open_ok();
+  struct ks_token_move m;
+  struct ks_root *roots = NULL;
+  size_t n = 7;
+
+  ck_assert_int_eq(keystore_root_note(ks, 0, 1, now_ms()), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_root_set_current(ks, 0, 1, "x", now_ms(), NULL),
+                   KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_root_set_current(ks, 1, 1, NULL, now_ms(), NULL),
+                   KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_root_pending(ks, 0, &m, 1, &n), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_uint_eq(n, 0);
+  memset(&m, 0, sizeof(m));
+  ck_assert_int_eq(keystore_root_move_tokens(ks, &m, 1, &n), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_root_destroyed(ks, 0, now_ms()), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(keystore_root_list(ks, &roots, &n), KMS_OK);
+  ck_assert_uint_eq(n, 0);
+  free(roots);
+  keystore_close(ks);
+}
+END_TEST
+
 static Suite *keystore_suite(void) {
   Suite *s = suite_create("keystore");
   TCase *tc = tcase_create("sqlite");
@@ -1254,6 +1381,8 @@ static Suite *keystore_suite(void) {
   tcase_add_test(tc, destroy_deletes_the_tokens_from_the_files_and_keeps_a_receipt);
   tcase_add_test(tc, rotation_due_honours_the_tenant_and_default_periods);
   tcase_add_test(tc, tenant_list_pages_in_id_order);
+  tcase_add_test(tc, root_rotation_moves_tokens_off_trusted_roots_and_counts_them);
+  tcase_add_test(tc, root_functions_refuse_bad_arguments_and_change_nothing);
   suite_add_tcase(s, tc);
 
   /* Waits out the 5 s busy timeout. */
