@@ -33,17 +33,25 @@ uint64_t hist_quantile(const struct bench_hist *h, double q);
 enum bench_op {
   BOP_GENERATE,
   BOP_DECRYPT,
+  BOP_REENCRYPT,    /* ReEncrypt of a tenant's pre-generated wrapped key to the newest version */
+  BOP_SESSION_GET,  /* GetSessionKey of a tenant's pre-opened session */
+  BOP_OPEN_SESSION, /* count mode only: opens the sessions session-get reads */
   BOP_CREATE_TENANT,
   BOP_COUNT_,
 };
 
 const char *bench_op_name(int op);
 
-/* A wrapped data key of one tenant, with its plaintext so decrypts can be checked. */
+/*
+ * A wrapped data key of one tenant, with its plaintext so decrypts can be
+ * checked, and the KEK version that wrapped it (re-encrypt checks its source
+ * version). For sessions only |plaintext| and |ok| are used: the session key.
+ */
 struct bench_blob {
   uint8_t wrapped[128];
   size_t wrapped_len;
   uint8_t plaintext[32];
+  uint32_t kek_version;
   bool ok;
 };
 
@@ -64,14 +72,25 @@ struct load_cfg {
   size_t mix_n;
   unsigned tenants;          /* requests spread uniformly over tenants 0..tenants-1 */
   const char *tenant_prefix; /* tenant i is "<prefix><i, 7 digits>" */
-  struct bench_blob *blobs;  /* one per tenant (decrypt); may be NULL without decrypts */
-  bool verify;               /* decrypt must return the recorded plaintext */
-  Tkms__ContextEntry **context; /* sent with every generate and decrypt */
+  struct bench_blob *blobs;  /* one per tenant (decrypt, re-encrypt); may be NULL without them */
+  struct bench_blob *sessions; /* one per tenant (session-get); may be NULL without it */
+  /* Count mode re-encrypt: the re-wrapped keys go here (plaintext copied from |blobs|). */
+  struct bench_blob *rewrapped;
+  /*
+   * verify: decrypt must return the recorded plaintext, session-get the key
+   * OpenSession returned, re-encrypt must name the recorded source version and
+   * a target version not older than it.
+   */
+  bool verify;
+  Tkms__ContextEntry **context; /* sent with every generate, decrypt and re-encrypt */
   size_t n_context;
+  const char *session_prefix; /* tenant i's session is "<prefix><i, 7 digits>" */
+  const char *purpose;        /* GetSessionKey's purpose ("" for none) */
   /*
    * Count mode (prefill, tenant creation): instead of a timed run, send exactly
    * one request of op |count_op| for every tenant index and stop when all are
-   * answered. Responses fill |blobs| (generate) or count as ok (create; ALREADY_EXISTS too).
+   * answered. Responses fill |blobs| (generate), |sessions| (open-session),
+   * |rewrapped| (re-encrypt) or count as ok (create; ALREADY_EXISTS too).
    */
   bool count_mode;
   int count_op;
@@ -138,11 +157,31 @@ struct aead_bench_row {
   double raw_reuse_mbs; /* EVP AES-256-GCM, keyed context reused, new IV per message */
   double cob_enc_mbs;   /* tk_cob_encrypt */
   double cob_dec_mbs;   /* tk_cob_decrypt */
+  /* Envelope API; 0 when not measured (no kmsd given). See aead_bench_run. */
+  double seal_mbs;        /* tk_seal_session: the session key held, no round trip */
+  double open_mbs;        /* tk_open: one GetSessionKey round trip per envelope, wall time */
+  double stream_seal_mbs; /* tk_stream_seal_session_new + 64 KiB updates + final */
+  double stream_open_mbs; /* tk_stream_open_new + 64 KiB updates + final, wall time */
 };
 
-/* aead_bench_run measures the four rows (1 KiB, 16 KiB, 1 MiB, 64 MiB), thread CPU time. */
-int aead_bench_run(struct aead_bench_row rows[4], double secs_per_cell, char *err,
-                   size_t err_len);
+/* What the envelope columns of --baseline-aead need from kmsd (all NULL: not measured). */
+struct aead_env_cfg {
+  const char *client_config; /* libtenantkey client config (kms-bench's --config) */
+  const char *tenant;        /* an existing tenant */
+  const char *session_id;    /* a new session id, opened once */
+  const char *purpose;       /* GetSessionKey purpose when opening ("" for none) */
+};
+
+/*
+ * aead_bench_run measures the rows (1 KiB, 16 KiB, 1 MiB, 64 MiB), thread CPU
+ * time, best of 5 interleaved trials per cell. With |env| (not NULL), it opens
+ * one session in kmsd and also measures the envelope API under its key:
+ * sealing is local per message (thread CPU time); opening asks kmsd for the
+ * key once per envelope, as tk_open and tk_stream_open_new always do, and is
+ * timed by the wall clock so the round trip counts.
+ */
+int aead_bench_run(struct aead_bench_row rows[4], double secs_per_cell,
+                   const struct aead_env_cfg *env, char *err, size_t err_len);
 
 /* ---- Helpers ------------------------------------------------------------------- */
 

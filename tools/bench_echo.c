@@ -103,6 +103,9 @@ answer(struct econn *ec, const uint8_t *payload, size_t len)
   Tkms__GenerateDataKeyResponse g;
   Tkms__DecryptResponse d;
   Tkms__CreateTenantResponse t;
+  Tkms__ReEncryptResponse re;
+  Tkms__GetSessionKeyResponse gs;
+  Tkms__OpenSessionResponse os;
   Tkms__HealthResponse h;
   tkms__response__init(&resp);
   if (req == NULL) {
@@ -130,6 +133,35 @@ answer(struct econn *ec, const uint8_t *payload, size_t len)
       d.plaintext.len = sizeof(key);
       resp.result_case = TKMS__RESPONSE__RESULT_DECRYPT;
       resp.decrypt = &d;
+      break;
+    case TKMS__REQUEST__OP_RE_ENCRYPT:
+      tkms__re_encrypt_response__init(&re);
+      re.kek_version = 1;
+      re.source_version = 1;
+      re.wrapped_key.data = (uint8_t *)blob;
+      re.wrapped_key.len = sizeof(blob);
+      resp.result_case = TKMS__RESPONSE__RESULT_RE_ENCRYPT;
+      resp.re_encrypt = &re;
+      break;
+    case TKMS__REQUEST__OP_GET_SESSION_KEY:
+      tkms__get_session_key_response__init(&gs);
+      gs.kek_version = 1;
+      gs.plaintext.data = (uint8_t *)key;
+      gs.plaintext.len = sizeof(key);
+      gs.state = 1;
+      gs.created_ms = 1;
+      resp.result_case = TKMS__RESPONSE__RESULT_GET_SESSION_KEY;
+      resp.get_session_key = &gs;
+      break;
+    case TKMS__REQUEST__OP_OPEN_SESSION:
+      tkms__open_session_response__init(&os);
+      os.kek_version = 1;
+      os.plaintext.data = (uint8_t *)key;
+      os.plaintext.len = sizeof(key);
+      os.state = 1;
+      os.created_ms = 1;
+      resp.result_case = TKMS__RESPONSE__RESULT_OPEN_SESSION;
+      resp.open_session = &os;
       break;
     case TKMS__REQUEST__OP_CREATE_TENANT:
       tkms__create_tenant_response__init(&t);

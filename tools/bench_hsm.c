@@ -72,9 +72,20 @@ hthread_main(void *arg)
                                  b.ct_tag);
       }
     } else {
+      /* decrypt and session-get: one GCM decrypt of a wrapped key under the loaded KEK. */
       delay(t->latency_us);
       t->err = hsm_gcm_decrypt(s, t->kek, t->sample->iv, t->aad, t->aad_len,
                                t->sample->ct_tag, sizeof(t->sample->ct_tag), dek);
+      /* re-encrypt: and wrap it again (the same KEK stands in for the newest version). */
+      if (t->err == KMS_OK && op == BOP_REENCRYPT) {
+        if (RAND_bytes(b.iv, sizeof(b.iv)) != 1) {
+          t->err = KMS_ERR_INTERNAL;
+        } else {
+          delay(t->latency_us);
+          t->err = hsm_gcm_encrypt(s, t->kek, b.iv, t->aad, t->aad_len, dek, sizeof(dek),
+                                   b.ct_tag);
+        }
+      }
     }
     uint64_t t1 = bench_now_ns();
     if (t1 >= t->t_measure && t1 < t->t_end) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <sys/resource.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -17,6 +18,7 @@
 #include "kms_err.h"
 
 #define MIX_MAX 256
+#define ROUNDS_MAX 50
 
 struct client_conf {
   char host[256];
@@ -28,10 +30,12 @@ struct opts {
   const char *config;
   const char *kmsd_config;
   const char *officer_config;
-  unsigned conns, inflight, threads, tenants, hsm_threads;
+  unsigned conns, inflight, threads, tenants, hsm_threads, rounds;
   double duration, warmup, rate;
   const char *mix_spec;
   const char *tenant_prefix;
+  const char *session_prefix;
+  const char *purpose;
   const char *label;
   const char *json_out;
   Tkms__ContextEntry ctx_entries[4];
@@ -69,7 +73,15 @@ usage(FILE *f)
           "  -d, --duration T       measured seconds (default 10)\n"
           "  --warmup S             seconds before measuring (default 1)\n"
           "  --mix SPEC             op=weight,... of generate, decrypt, re-encrypt,\n"
-          "                         session-get (default generate=1)\n"
+          "                         session-get (default generate=1). decrypt and\n"
+          "                         re-encrypt first generate one wrapped key per\n"
+          "                         tenant; session-get first opens one session per\n"
+          "                         tenant (OpenSession)\n"
+          "  --purpose P            GetSessionKey's purpose for session-get (default\n"
+          "                         recording; \"\" for none)\n"
+          "  --session-prefix P     tenant i's session is P followed by i in 7 digits\n"
+          "                         (default kb-<time>-<pid>-: session ids are never\n"
+          "                         reused, so every run opens new ones)\n"
           "  --rate R               open loop: R requests/s in total, evenly scheduled;\n"
           "                         latency counts from the scheduled time\n"
           "  --context KEY=VALUE    encryption context sent with every request (up to 4)\n"
@@ -83,10 +95,19 @@ usage(FILE *f)
           "  --baseline-hsm         also run the mix's HSM work in-process (hsm.h) with as\n"
           "                         many threads as kmsd workers (or --hsm-threads)\n"
           "  --hsm-threads N        threads for --baseline-hsm\n"
-          "  --baseline-aead        also compare Cobblestone with raw EVP AES-256-GCM\n"
+          "  --baseline-aead        also compare Cobblestone and the envelope API\n"
+          "                         (tk_seal_session/tk_open, tk_stream_*) with raw EVP\n"
+          "                         AES-256-GCM; the envelope columns need --config\n"
+          "                         and its kmsd, also with --no-kmsd (one OpenSession\n"
+          "                         on tenant 0 for the key; tk_open asks for it again)\n"
           "  --aead-seconds S       CPU seconds per AEAD cell (default 2)\n"
+          "  --rounds N             run the baseline-tls, kmsd and baseline-hsm phases N\n"
+          "                         times, interleaved, and report the median round of\n"
+          "                         each (and the best); default 1\n"
           "  --no-kmsd              only the baselines\n"
-          "  --no-verify            do not check decrypted keys against generated ones\n"
+          "  --no-verify            do not check decrypted keys against generated ones,\n"
+          "                         session keys against opened ones, re-encrypt's\n"
+          "                         versions; skips decrypting each re-encrypted key\n"
           "  --kmsd-pid PID         also report kmsd's CPU time and memory\n"
           "  --label TEXT           names the run in the output\n"
           "  --json                 machine-readable output (one JSON object)\n"
@@ -198,12 +219,10 @@ parse_mix(const char *spec, uint8_t *mix, size_t *mix_n)
       op = BOP_GENERATE;
     } else if (strcmp(tok, "decrypt") == 0) {
       op = BOP_DECRYPT;
-    } else if (strcmp(tok, "re-encrypt") == 0 || strcmp(tok, "session-get") == 0) {
-      if (w == 0) {
-        continue;
-      }
-      fprintf(stderr, "kms-bench: --mix: %s: not implemented in kmsd yet\n", tok);
-      return -1;
+    } else if (strcmp(tok, "re-encrypt") == 0) {
+      op = BOP_REENCRYPT;
+    } else if (strcmp(tok, "session-get") == 0) {
+      op = BOP_SESSION_GET;
     } else {
       fprintf(stderr,
               "kms-bench: --mix: unknown operation '%s' (generate, decrypt, re-encrypt, "
@@ -283,8 +302,10 @@ json_hist(FILE *f, const char *key, const struct bench_hist *h)
          (double)hist_quantile(h, 0.999) / 1e6, (double)h->max_ns / 1e6);
 }
 
+static void json_rounds(FILE *f, const double *v, unsigned n);
+
 static void
-json_load(FILE *f, const struct phase *p)
+json_load(FILE *f, const struct phase *p, const double *rounds, unsigned n_rounds)
 {
   const struct load_result *r = &p->res;
   fprintf(f, "\"%s\":{\"ops_per_s\":%.1f,\"window_s\":%.3f,\"errors\":%llu,\"mismatches\":%llu,"
@@ -308,7 +329,9 @@ json_load(FILE *f, const struct phase *p)
     }
     fputc((unsigned char)*s >= 0x20 ? *s : ' ', f);
   }
-  fprintf(f, "\"}");
+  fprintf(f, "\"");
+  json_rounds(f, rounds, n_rounds);
+  fprintf(f, "}");
 }
 
 /* ---- Phases --------------------------------------------------------------------------- */
@@ -328,6 +351,157 @@ run_phase(const struct opts *o, struct load_cfg *lc, struct phase *p, const char
   }
   p->ran = 1;
   return 0;
+}
+
+/* Count mode: one request of |op| per tenant, pipelined, before the window; any error aborts. */
+static int
+prefill(const struct load_cfg *base, const struct opts *o, int op, const char *what)
+{
+  char err[256] = "";
+  struct load_cfg lc = *base;
+  struct load_result *res = calloc(1, sizeof(*res));
+  if (res == NULL) {
+    fprintf(stderr, "kms-bench: out of memory\n");
+    return -1;
+  }
+  lc.threads = 1;
+  lc.inflight = o->inflight > 32 ? o->inflight : 32;
+  lc.conns = o->conns < 8 ? o->conns : 8;
+  lc.rate = 0;
+  lc.count_mode = true;
+  lc.count_op = op;
+  lc.server_pid = 0;
+  if (!o->json) {
+    fprintf(stderr, "kms-bench: %s (%u) ...\n", what, o->tenants);
+  }
+  int r = 0;
+  if (load_run(&lc, res, err, sizeof(err)) != 0 || res->errors[op] > 0 ||
+      res->mismatches > 0 || res->ok[op] != o->tenants) {
+    fprintf(stderr, "kms-bench: %s: %s%s%s (%llu ok, %llu errors, %llu mismatches)\n", what,
+            err, err[0] != '\0' && res->first_error[0] != '\0' ? "; " : "", res->first_error,
+            (unsigned long long)res->ok[op], (unsigned long long)res->errors[op],
+            (unsigned long long)res->mismatches);
+    r = -1;
+  }
+  free(res);
+  return r;
+}
+
+static double
+hsm_ops_per_s(const struct hsm_bench_result *h)
+{
+  uint64_t n = 0;
+  for (int op = 0; op < BOP_COUNT_; op++) {
+    n += h->ok[op];
+  }
+  return h->window_s > 0 ? (double)n / h->window_s : 0;
+}
+
+/* The index of the median of |v| (the lower middle one for an even |n|). */
+static unsigned
+pick_median(const double *v, unsigned n)
+{
+  unsigned idx[ROUNDS_MAX];
+  for (unsigned i = 0; i < n; i++) {
+    idx[i] = i;
+  }
+  for (unsigned i = 1; i < n; i++) { /* insertion sort: n <= ROUNDS_MAX */
+    for (unsigned j = i; j > 0 && v[idx[j - 1]] > v[idx[j]]; j--) {
+      unsigned t = idx[j];
+      idx[j] = idx[j - 1];
+      idx[j - 1] = t;
+    }
+  }
+  return idx[(n - 1) / 2];
+}
+
+static double
+max_of(const double *v, unsigned n)
+{
+  double m = 0;
+  for (unsigned i = 0; i < n; i++) {
+    m = v[i] > m ? v[i] : m;
+  }
+  return m;
+}
+
+static size_t
+mix_distinct(const uint8_t *mix, size_t n)
+{
+  size_t k = 0;
+  for (int op = 0; op < BOP_COUNT_; op++) {
+    k += (size_t)mix_has(mix, n, op);
+  }
+  return k;
+}
+
+/* ,"rounds":{...} with every round's ops/s, the median and the best (only with --rounds > 1). */
+static void
+json_rounds(FILE *f, const double *v, unsigned n)
+{
+  if (n <= 1) {
+    return;
+  }
+  fprintf(f, ",\"rounds\":{\"n\":%u,\"ops_per_s\":[", n);
+  for (unsigned i = 0; i < n; i++) {
+    fprintf(f, "%s%.1f", i > 0 ? "," : "", v[i]);
+  }
+  fprintf(f, "],\"median\":%.1f,\"best\":%.1f}", v[pick_median(v, n)], max_of(v, n));
+}
+
+static void
+print_rounds(const char *name, const double *v, unsigned n, int ran)
+{
+  if (!ran) {
+    return;
+  }
+  printf("%s rounds, ops/s:", name);
+  for (unsigned i = 0; i < n; i++) {
+    printf(" %.0f", v[i]);
+  }
+  printf("; median %.0f, best %.0f\n", v[pick_median(v, n)], max_of(v, n));
+}
+
+static void
+print_aead(const struct aead_bench_row *aead, int env, const char *session)
+{
+  printf("\nAEAD, one thread, MB/s (best of 5, thread CPU time)\n");
+  printf("%-9s %12s %12s %12s %12s %10s %10s", "size", "EVP fresh", "EVP reuse",
+         "cob encrypt", "cob decrypt", "enc/fresh", "enc/reuse");
+  if (env) {
+    printf(" %10s %10s %10s %10s %10s", "seal", "open*", "str seal", "str open*",
+           "seal/fresh");
+  }
+  printf("\n");
+  for (int i = 0; i < 4; i++) {
+    char sz[32];
+    if (aead[i].size >= (1u << 20)) {
+      snprintf(sz, sizeof(sz), "%zu MiB", aead[i].size >> 20);
+    } else {
+      snprintf(sz, sizeof(sz), "%zu KiB", aead[i].size >> 10);
+    }
+    printf("%-9s %12.0f %12.0f %12.0f %12.0f %9.0f%% %9.0f%%", sz, aead[i].raw_fresh_mbs,
+           aead[i].raw_reuse_mbs, aead[i].cob_enc_mbs, aead[i].cob_dec_mbs,
+           100.0 * aead[i].cob_enc_mbs / aead[i].raw_fresh_mbs,
+           100.0 * aead[i].cob_enc_mbs / aead[i].raw_reuse_mbs);
+    if (env) {
+      printf(" %10.0f %10.0f %10.0f %10.0f %9.0f%%", aead[i].seal_mbs, aead[i].open_mbs,
+             aead[i].stream_seal_mbs, aead[i].stream_open_mbs,
+             100.0 * aead[i].seal_mbs / aead[i].raw_fresh_mbs);
+    }
+    printf("\n");
+  }
+  if (env) {
+    printf("seal: tk_seal_session; str seal: tk_stream_seal_session_new, 64 KiB updates. The\n"
+           "library has no local-key tk_seal, so the key is session %s's, fetched once\n"
+           "from kmsd (OpenSession); sealing then makes no round trip. * open, str open:\n"
+           "tk_open / tk_stream_open_new ask kmsd for the key (GetSessionKey) on every\n"
+           "envelope, so they are timed by the wall clock, round trip included.\n",
+           session);
+  } else {
+    printf("envelope API (tk_seal_session, tk_open, tk_stream_*) not measured: it needs a key\n"
+           "from kmsd (--config)\n");
+  }
 }
 
 int
@@ -359,13 +533,21 @@ main(int argc, char **argv)
       {"json", no_argument, NULL, 'J'},
       {"json-out", required_argument, NULL, 'j'},
       {"context", required_argument, NULL, 'X'},
+      {"rounds", required_argument, NULL, 'R'},
+      {"purpose", required_argument, NULL, 'U'},
+      {"session-prefix", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   struct opts o = {
       .conns = 16, .inflight = 8, .threads = 1, .tenants = 1, .duration = 10, .warmup = 1,
       .mix_spec = "generate", .tenant_prefix = "bench-", .verify = 1, .aead_secs = 2,
+      .rounds = 1, .purpose = "recording",
   };
+  char default_session_prefix[64];
+  snprintf(default_session_prefix, sizeof(default_session_prefix), "kb-%llx-%d-",
+           (unsigned long long)time(NULL), (int)getpid());
+  o.session_prefix = default_session_prefix;
   int opt;
   while ((opt = getopt_long(argc, argv, "c:m:d:h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -457,6 +639,15 @@ main(int argc, char **argv)
       o.n_ctx++;
       break;
     }
+    case 'R':
+      o.rounds = (unsigned)strtoul(optarg, NULL, 10);
+      break;
+    case 'U':
+      o.purpose = optarg;
+      break;
+    case 'S':
+      o.session_prefix = optarg;
+      break;
     case 'h':
       usage(stdout);
       return 0;
@@ -468,7 +659,9 @@ main(int argc, char **argv)
   if (optind != argc || o.conns == 0 || o.conns > 100000 || o.inflight == 0 ||
       o.inflight > 4096 || o.threads == 0 || o.threads > 64 || o.tenants == 0 ||
       o.tenants > 10000000 || o.duration <= 0 || o.warmup < 0 || o.rate < 0 ||
-      strlen(o.tenant_prefix) > 56) {
+      strlen(o.tenant_prefix) > 56 || o.rounds == 0 || o.rounds > ROUNDS_MAX ||
+      strlen(o.session_prefix) == 0 || strlen(o.session_prefix) > 100 ||
+      strlen(o.purpose) > 256) {
     usage(stderr);
     return 2;
   }
@@ -502,15 +695,18 @@ main(int argc, char **argv)
   char err[512] = "";
   SSL_CTX *ctx = NULL, *officer_ctx = NULL;
   struct client_conf cc, occ;
-  struct bench_blob *blobs = NULL;
+  struct bench_blob *blobs = NULL, *sessions = NULL, *rewrapped = NULL;
   pid_t echo_pid = -1;
-  static struct phase tls_phase, kmsd_phase;
-  static struct hsm_bench_result hsm_res;
+  /* Per round; the reported phase is the median round (see pick_median). */
+  struct phase *tls_rounds = NULL, *kmsd_rounds = NULL;
+  struct hsm_bench_result *hsm_rounds = NULL;
   struct aead_bench_row aead[4];
-  int hsm_ran = 0, aead_ran = 0;
+  int hsm_ran = 0, aead_ran = 0, aead_env = 0;
   double create_s = 0, create_rate = 0;
   uint64_t created = 0;
   long rss_kb = -1, hwm_kb = -1;
+  uint64_t errors_all_rounds = 0;
+  char aead_session[160] = "";
 
   if (o.kmsd_config != NULL && config_load(&kcfg, o.kmsd_config, err, sizeof(err)) != KMS_OK) {
     fprintf(stderr, "kms-bench: %s\n", err);
@@ -527,7 +723,12 @@ main(int argc, char **argv)
     goto out;
   }
   blobs = calloc(o.tenants, sizeof(*blobs));
-  if (blobs == NULL) {
+  sessions = calloc(o.tenants, sizeof(*sessions));
+  tls_rounds = calloc(o.rounds, sizeof(*tls_rounds));
+  kmsd_rounds = calloc(o.rounds, sizeof(*kmsd_rounds));
+  hsm_rounds = calloc(o.rounds, sizeof(*hsm_rounds));
+  if (blobs == NULL || sessions == NULL || tls_rounds == NULL || kmsd_rounds == NULL ||
+      hsm_rounds == NULL) {
     fprintf(stderr, "kms-bench: out of memory\n");
     goto out;
   }
@@ -546,9 +747,12 @@ main(int argc, char **argv)
       .tenants = o.tenants,
       .tenant_prefix = o.tenant_prefix,
       .blobs = blobs,
+      .sessions = sessions,
       .verify = o.verify != 0,
       .context = o.n_ctx > 0 ? o.ctx : NULL,
       .n_context = o.n_ctx,
+      .session_prefix = o.session_prefix,
+      .purpose = o.purpose,
   };
 
   if (o.create_tenants) {
@@ -582,88 +786,133 @@ main(int argc, char **argv)
     create_s = res.window_s;
     create_rate = create_s > 0 ? (double)created / create_s : 0;
   }
-  if (mix_has(mix, mix_n, BOP_DECRYPT)) {
-    if (!o.no_kmsd) {
-      /* One wrapped key per tenant to decrypt, generated up front (pipelined). */
-      struct load_cfg lc = base;
-      struct load_result res;
-      memset(&res, 0, sizeof(res));
-      lc.threads = 1;
-      lc.inflight = o.inflight > 32 ? o.inflight : 32;
-      lc.conns = o.conns < 8 ? o.conns : 8;
-      lc.rate = 0;
-      lc.count_mode = true;
-      lc.count_op = BOP_GENERATE;
-      if (load_run(&lc, &res, err, sizeof(err)) != 0 || res.errors[BOP_GENERATE] > 0) {
-        fprintf(stderr, "kms-bench: generating keys to decrypt: %s%s\n", err, res.first_error);
-        goto out;
-      }
-    } else {
-      for (unsigned i = 0; i < o.tenants; i++) {
-        blobs[i].wrapped_len = 65;
-        blobs[i].wrapped[0] = 1;
-      }
+  int want_blobs = mix_has(mix, mix_n, BOP_DECRYPT) || mix_has(mix, mix_n, BOP_REENCRYPT);
+  if (want_blobs && !o.no_kmsd) {
+    /* One wrapped key per tenant to decrypt or re-encrypt, generated up front (pipelined). */
+    if (prefill(&base, &o, BOP_GENERATE, "generating keys to decrypt or re-encrypt") != 0) {
+      goto out;
+    }
+  } else if (want_blobs) {
+    for (unsigned i = 0; i < o.tenants; i++) {
+      blobs[i].wrapped_len = 65;
+      blobs[i].wrapped[0] = 1;
+      blobs[i].kek_version = 1;
+    }
+  }
+  if (mix_has(mix, mix_n, BOP_REENCRYPT) && !o.no_kmsd && o.verify) {
+    /*
+     * ReEncrypt returns no plaintext, so the window can only check versions.
+     * Once per tenant before it: re-encrypt the key and decrypt the result,
+     * which must give the key generated above (this needs Decrypt too).
+     */
+    rewrapped = calloc(o.tenants, sizeof(*rewrapped));
+    if (rewrapped == NULL) {
+      fprintf(stderr, "kms-bench: out of memory\n");
+      goto out;
+    }
+    struct load_cfg lc = base;
+    lc.rewrapped = rewrapped;
+    if (prefill(&lc, &o, BOP_REENCRYPT, "re-encrypting each tenant's key once") != 0) {
+      goto out;
+    }
+    lc.blobs = rewrapped;
+    if (prefill(&lc, &o, BOP_DECRYPT, "decrypting each re-encrypted key (--no-verify skips)") !=
+        0) {
+      goto out;
+    }
+  }
+  if (mix_has(mix, mix_n, BOP_SESSION_GET) && !o.no_kmsd) {
+    /* One session per tenant, opened up front; GetSessionKey reads them in the window. */
+    if (prefill(&base, &o, BOP_OPEN_SESSION, "opening one session per tenant") != 0) {
+      goto out;
     }
   }
 
-  if (o.baseline_tls) {
-    struct load_cfg lc = base;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", echo_port);
-    lc.host = "127.0.0.1";
-    lc.port = port;
-    lc.verify = false;
-    lc.server_pid = echo_pid;
-    if (run_phase(&o, &lc, &tls_phase, "baseline-tls") != 0) {
-      goto out;
+  /* Rounds: the phases interleaved, so each round's phases share the machine's mood. */
+  for (unsigned rd = 0; rd < o.rounds; rd++) {
+    if (o.rounds > 1 && !o.json) {
+      fprintf(stderr, "kms-bench: round %u of %u\n", rd + 1, o.rounds);
     }
+    if (o.baseline_tls) {
+      struct load_cfg lc = base;
+      char port[8];
+      snprintf(port, sizeof(port), "%u", echo_port);
+      lc.host = "127.0.0.1";
+      lc.port = port;
+      lc.verify = false;
+      lc.server_pid = echo_pid;
+      if (run_phase(&o, &lc, &tls_rounds[rd], "baseline-tls") != 0) {
+        goto out;
+      }
+      errors_all_rounds += errors_of(&tls_rounds[rd].res);
+    }
+    if (!o.no_kmsd) {
+      struct load_cfg lc = base;
+      lc.server_pid = o.kmsd_pid;
+      if (run_phase(&o, &lc, &kmsd_rounds[rd], "kmsd") != 0) {
+        goto out;
+      }
+      errors_all_rounds += errors_of(&kmsd_rounds[rd].res);
+    }
+    if (o.baseline_hsm) {
+      unsigned n = o.hsm_threads > 0 ? o.hsm_threads : kcfg.workers;
+      if (!o.json) {
+        fprintf(stderr, "kms-bench: baseline-hsm: %u threads, %.0f s ...\n", n, o.duration);
+      }
+      if (hsm_bench_run(&kcfg, n, kcfg.hsm_latency_us, mix, mix_n, o.warmup, o.duration,
+                        &hsm_rounds[rd], err, sizeof(err)) != 0) {
+        fprintf(stderr, "kms-bench: %s\n", err);
+        goto out;
+      }
+      hsm_ran = 1;
+    }
+  }
+  if (echo_pid > 0) {
     echo_server_stop(echo_pid);
     echo_pid = -1;
   }
-  if (!o.no_kmsd) {
-    struct load_cfg lc = base;
-    lc.server_pid = o.kmsd_pid;
-    if (run_phase(&o, &lc, &kmsd_phase, "kmsd") != 0) {
-      goto out;
-    }
+  double tls_all[ROUNDS_MAX], kmsd_all[ROUNDS_MAX], hsm_all[ROUNDS_MAX];
+  for (unsigned rd = 0; rd < o.rounds; rd++) {
+    tls_all[rd] = tls_rounds[rd].ran ? ops_per_s(&tls_rounds[rd].res) : 0;
+    kmsd_all[rd] = kmsd_rounds[rd].ran ? ops_per_s(&kmsd_rounds[rd].res) : 0;
+    hsm_all[rd] = hsm_ran ? hsm_ops_per_s(&hsm_rounds[rd]) : 0;
   }
-  if (kmsd_phase.ran) {
-    rss_kb = kmsd_phase.res.server_rss_kb;
-    hwm_kb = kmsd_phase.res.server_hwm_kb;
-  }
-  if (o.baseline_hsm) {
-    unsigned n = o.hsm_threads > 0 ? o.hsm_threads : kcfg.workers;
-    if (!o.json) {
-      fprintf(stderr, "kms-bench: baseline-hsm: %u threads, %.0f s ...\n", n, o.duration);
-    }
-    if (hsm_bench_run(&kcfg, n, kcfg.hsm_latency_us, mix, mix_n, o.warmup, o.duration,
-                      &hsm_res, err, sizeof(err)) != 0) {
-      fprintf(stderr, "kms-bench: %s\n", err);
-      goto out;
-    }
-    hsm_ran = 1;
+  unsigned tls_med = pick_median(tls_all, o.rounds), kmsd_med = pick_median(kmsd_all, o.rounds);
+  unsigned hsm_med = pick_median(hsm_all, o.rounds);
+  const struct phase *tls_phase = &tls_rounds[tls_med], *kmsd_phase = &kmsd_rounds[kmsd_med];
+  const struct hsm_bench_result *hsm_res = &hsm_rounds[hsm_med];
+  if (kmsd_phase->ran) {
+    rss_kb = kmsd_phase->res.server_rss_kb;
+    hwm_kb = kmsd_phase->res.server_hwm_kb;
   }
   if (o.baseline_aead) {
-    if (!o.json) {
-      fprintf(stderr, "kms-bench: baseline-aead: %.1f CPU s per cell ...\n", o.aead_secs);
+    struct aead_env_cfg env = {0};
+    char tenant0[96];
+    aead_env = o.config != NULL; /* with --no-kmsd too: the kmsd is still there */
+    if (aead_env) {
+      snprintf(tenant0, sizeof(tenant0), "%s%07u", o.tenant_prefix, 0u);
+      snprintf(aead_session, sizeof(aead_session), "%saead", o.session_prefix);
+      env.client_config = o.config;
+      env.tenant = tenant0;
+      env.session_id = aead_session;
+      env.purpose = o.purpose;
     }
-    if (aead_bench_run(aead, o.aead_secs, err, sizeof(err)) != 0) {
+    if (!o.json) {
+      fprintf(stderr, "kms-bench: baseline-aead: %.1f CPU s per cell%s ...\n", o.aead_secs,
+              aead_env ? ", envelope API too" : "");
+    }
+    if (aead_bench_run(aead, o.aead_secs, aead_env ? &env : NULL, err, sizeof(err)) != 0) {
       fprintf(stderr, "kms-bench: %s\n", err);
       goto out;
     }
     aead_ran = 1;
   }
 
-  double hsm_rate = 0;
-  if (hsm_ran) {
-    uint64_t n = 0;
-    for (int op = 0; op < BOP_COUNT_; op++) {
-      n += hsm_res.ok[op];
-    }
-    hsm_rate = (double)n / hsm_res.window_s;
-  }
-  double kr = kmsd_phase.ran ? ops_per_s(&kmsd_phase.res) : 0;
-  double tr = tls_phase.ran ? ops_per_s(&tls_phase.res) : 0;
+  double hsm_rate = hsm_ran ? hsm_ops_per_s(hsm_res) : 0;
+  double kr = kmsd_phase->ran ? ops_per_s(&kmsd_phase->res) : 0;
+  double tr = tls_phase->ran ? ops_per_s(&tls_phase->res) : 0;
+  double kr_best = max_of(kmsd_all, o.rounds), tr_best = max_of(tls_all, o.rounds);
+  double hsm_best = max_of(hsm_all, o.rounds);
 
   FILE *jf = o.json ? stdout : NULL;
   if (jf == NULL && o.json_out != NULL && (jf = fopen(o.json_out, "a")) == NULL) {
@@ -671,43 +920,62 @@ main(int argc, char **argv)
   }
   if (jf != NULL) {
     fprintf(jf, "{\"label\":\"%s\",\"params\":{\"connections\":%u,\"inflight\":%u,\"threads\":%u,"
-           "\"duration_s\":%.1f,\"warmup_s\":%.1f,\"rate\":%.0f,\"mix\":\"%s\",\"tenants\":%u},",
+           "\"duration_s\":%.1f,\"warmup_s\":%.1f,\"rate\":%.0f,\"mix\":\"%s\",\"tenants\":%u,"
+           "\"rounds\":%u},",
            o.label != NULL ? o.label : "", o.conns, o.inflight, o.threads, o.duration,
-           o.warmup, o.rate, o.mix_spec, o.tenants);
+           o.warmup, o.rate, o.mix_spec, o.tenants, o.rounds);
     if (o.create_tenants) {
       fprintf(jf, "\"create_tenants\":{\"tenants\":%llu,\"seconds\":%.3f,\"per_s\":%.1f},",
              (unsigned long long)created, create_s, create_rate);
     }
-    if (tls_phase.ran) {
-      json_load(jf, &tls_phase);
+    if (tls_phase->ran) {
+      json_load(jf, tls_phase, tls_all, o.rounds);
       fprintf(jf, ",");
     }
-    if (kmsd_phase.ran) {
-      json_load(jf, &kmsd_phase);
+    if (kmsd_phase->ran) {
+      json_load(jf, kmsd_phase, kmsd_all, o.rounds);
       fprintf(jf, ",");
     }
     if (hsm_ran) {
       fprintf(jf, "\"baseline-hsm\":{\"ops_per_s\":%.1f,\"threads\":%u,\"latency_us\":%u,"
              "\"cpu_s\":%.3f,",
-             hsm_rate, hsm_res.threads, kcfg.hsm_latency_us, hsm_res.cpu_s);
-      json_hist(jf, "latency", &hsm_res.all);
+             hsm_rate, hsm_res->threads, kcfg.hsm_latency_us, hsm_res->cpu_s);
+      json_hist(jf, "latency", &hsm_res->all);
+      json_rounds(jf, hsm_all, o.rounds);
       fprintf(jf, "},");
     }
     if (aead_ran) {
       fprintf(jf, "\"baseline-aead\":[");
       for (int i = 0; i < 4; i++) {
         fprintf(jf, "%s{\"size\":%zu,\"raw_fresh_mbs\":%.0f,\"raw_reuse_mbs\":%.0f,"
-               "\"cob_encrypt_mbs\":%.0f,\"cob_decrypt_mbs\":%.0f}",
+               "\"cob_encrypt_mbs\":%.0f,\"cob_decrypt_mbs\":%.0f",
                i > 0 ? "," : "", aead[i].size, aead[i].raw_fresh_mbs, aead[i].raw_reuse_mbs,
                aead[i].cob_enc_mbs, aead[i].cob_dec_mbs);
+        if (aead_env) {
+          fprintf(jf, ",\"seal_mbs\":%.0f,\"open_mbs\":%.0f,\"stream_seal_mbs\":%.0f,"
+                 "\"stream_open_mbs\":%.0f",
+                 aead[i].seal_mbs, aead[i].open_mbs, aead[i].stream_seal_mbs,
+                 aead[i].stream_open_mbs);
+        }
+        fprintf(jf, "}");
       }
-      fprintf(jf, "],");
+      /* How the envelope columns were measured, for whoever reads the JSON later. */
+      fprintf(jf, "],\"baseline-aead-envelope\":{\"measured\":%s,\"key\":\"%s\","
+             "\"seal_timing\":\"thread cpu\",\"open_timing\":\"wall, one GetSessionKey per "
+             "envelope\"},",
+             aead_env ? "true" : "false",
+             aead_env ? "one OpenSession before the trials (tk_seal_session)" : "none");
     }
     if (rss_kb > 0) {
       fprintf(jf, "\"kmsd_rss_kb\":%ld,\"kmsd_hwm_kb\":%ld,", rss_kb, hwm_kb);
     }
-    fprintf(jf, "\"ratios\":{\"kmsd_over_tls\":%.3f,\"kmsd_over_hsm\":%.3f}}\n",
+    fprintf(jf, "\"ratios\":{\"kmsd_over_tls\":%.3f,\"kmsd_over_hsm\":%.3f",
            tr > 0 ? kr / tr : 0, hsm_rate > 0 ? kr / hsm_rate : 0);
+    if (o.rounds > 1) {
+      fprintf(jf, ",\"kmsd_over_tls_best\":%.3f,\"kmsd_over_hsm_best\":%.3f",
+             tr_best > 0 ? kr_best / tr_best : 0, hsm_best > 0 ? kr_best / hsm_best : 0);
+    }
+    fprintf(jf, "}}\n");
     if (jf != stdout) {
       fclose(jf);
     }
@@ -720,6 +988,10 @@ main(int argc, char **argv)
            "%.0f s measured\n",
            o.mix_spec, o.tenants, o.conns, o.inflight, o.rate > 0 ? " (cap)" : "", o.threads,
            o.duration);
+    if (o.rounds > 1) {
+      printf("%u rounds, phases interleaved; each row is that phase's median round "
+             "(lower middle if even)\n", o.rounds);
+    }
     if (o.rate > 0) {
       printf("open loop at %.0f requests/s (latency from the scheduled send time)\n", o.rate);
     }
@@ -727,20 +999,21 @@ main(int argc, char **argv)
       printf("created %llu tenants in %.1f s (%.0f/s)\n", (unsigned long long)created,
              create_s, create_rate);
     }
-    printf("%-22s %10s %9s %9s %9s %9s %7s %9s %9s\n", "phase", "ops/s", "p50 ms", "p99 ms",
-           "p99.9 ms", "max ms", "errors", "cli CPU", "srv us/op");
-    if (tls_phase.ran) {
-      const struct load_result *r = &tls_phase.res;
+    if (tls_phase->ran || kmsd_phase->ran || hsm_ran) {
+      printf("%-22s %10s %9s %9s %9s %9s %7s %9s %9s\n", "phase", "ops/s", "p50 ms", "p99 ms",
+             "p99.9 ms", "max ms", "errors", "cli CPU", "srv us/op");
+    }
+    if (tls_phase->ran) {
+      const struct load_result *r = &tls_phase->res;
       print_row("baseline-tls", ops_per_s(r), &r->all, errors_of(r), r->client_cpu_s,
                 r->server_cpu_s, r->window_s);
     }
-    if (kmsd_phase.ran) {
-      const struct load_result *r = &kmsd_phase.res;
+    if (kmsd_phase->ran) {
+      const struct load_result *r = &kmsd_phase->res;
       print_row("kmsd", ops_per_s(r), &r->all, errors_of(r), r->client_cpu_s, r->server_cpu_s,
                 r->window_s);
-      for (int op = 0; op < BOP_COUNT_; op++) {
-        if (r->ok[op] > 0 && mix_n > 1 && mix_has(mix, mix_n, BOP_DECRYPT) &&
-            mix_has(mix, mix_n, BOP_GENERATE)) {
+      for (int op = 0; op < BOP_COUNT_ && mix_distinct(mix, mix_n) > 1; op++) {
+        if (r->ok[op] + r->errors[op] > 0) {
           char name[40];
           snprintf(name, sizeof(name), "  kmsd %s", bench_op_name(op));
           print_row(name, (double)r->ok[op] / r->window_s, &r->hist[op], r->errors[op], 0, 0,
@@ -750,48 +1023,48 @@ main(int argc, char **argv)
     }
     if (hsm_ran) {
       char name[40];
-      snprintf(name, sizeof(name), "baseline-hsm (%u thr)", hsm_res.threads);
-      print_row(name, hsm_rate, &hsm_res.all, 0, hsm_res.cpu_s, 0, hsm_res.window_s);
+      snprintf(name, sizeof(name), "baseline-hsm (%u thr)", hsm_res->threads);
+      print_row(name, hsm_rate, &hsm_res->all, 0, hsm_res->cpu_s, 0, hsm_res->window_s);
     }
-    if (kmsd_phase.ran && errors_of(&kmsd_phase.res) > 0) {
-      printf("first error: %s\n", kmsd_phase.res.first_error);
+    if (o.rounds > 1) {
+      print_rounds("baseline-tls", tls_all, o.rounds, tls_phase->ran);
+      print_rounds("kmsd", kmsd_all, o.rounds, kmsd_phase->ran);
+      print_rounds("baseline-hsm", hsm_all, o.rounds, hsm_ran);
+      if (errors_all_rounds > 0) {
+        printf("errors over all rounds: %llu\n", (unsigned long long)errors_all_rounds);
+      }
     }
-    if (kmsd_phase.ran && kmsd_phase.res.late > 0) {
+    if (kmsd_phase->ran && errors_of(&kmsd_phase->res) > 0) {
+      printf("first error: %s\n", kmsd_phase->res.first_error);
+    }
+    if (kmsd_phase->ran && kmsd_phase->res.late > 0) {
       printf("warning: %llu sends left more than 1 ms after their schedule (client saturated?)\n",
-             (unsigned long long)kmsd_phase.res.late);
+             (unsigned long long)kmsd_phase->res.late);
     }
     if (tr > 0 && kr > 0) {
-      printf("kmsd / baseline-tls: %.1f%%\n", 100.0 * kr / tr);
+      printf("kmsd / baseline-tls: %.1f%%", 100.0 * kr / tr);
+      if (o.rounds > 1) {
+        printf(" (medians; best / best %.1f%%)", 100.0 * kr_best / tr_best);
+      }
+      printf("\n");
     }
     if (hsm_rate > 0 && kr > 0) {
-      printf("kmsd / baseline-hsm: %.1f%%\n", 100.0 * kr / hsm_rate);
+      printf("kmsd / baseline-hsm: %.1f%%", 100.0 * kr / hsm_rate);
+      if (o.rounds > 1) {
+        printf(" (medians; best / best %.1f%%)", 100.0 * kr_best / hsm_best);
+      }
+      printf("\n");
     }
     if (rss_kb > 0) {
       printf("kmsd memory at the end of the window: VmRSS %.1f MiB, VmHWM %.1f MiB\n",
              (double)rss_kb / 1024, (double)hwm_kb / 1024);
     }
     if (aead_ran) {
-      printf("\nAEAD, one thread, MB/s (best of 5, thread CPU time); tk_seal (envelope) is "
-             "pending\n");
-      printf("%-9s %12s %12s %12s %12s %10s %10s\n", "size", "EVP fresh", "EVP reuse",
-             "cob encrypt", "cob decrypt", "enc/fresh", "enc/reuse");
-      for (int i = 0; i < 4; i++) {
-        char sz[32];
-        if (aead[i].size >= (1u << 20)) {
-          snprintf(sz, sizeof(sz), "%zu MiB", aead[i].size >> 20);
-        } else {
-          snprintf(sz, sizeof(sz), "%zu KiB", aead[i].size >> 10);
-        }
-        printf("%-9s %12.0f %12.0f %12.0f %12.0f %9.0f%% %9.0f%%\n", sz, aead[i].raw_fresh_mbs,
-               aead[i].raw_reuse_mbs, aead[i].cob_enc_mbs, aead[i].cob_dec_mbs,
-               100.0 * aead[i].cob_enc_mbs / aead[i].raw_fresh_mbs,
-               100.0 * aead[i].cob_enc_mbs / aead[i].raw_reuse_mbs);
-      }
+      print_aead(aead, aead_env, aead_session);
     }
   }
   rc = 0;
-  if ((kmsd_phase.ran && errors_of(&kmsd_phase.res) > 0) ||
-      (tls_phase.ran && errors_of(&tls_phase.res) > 0)) {
+  if (errors_all_rounds > 0) {
     rc = 3;
   }
 out:
@@ -799,6 +1072,11 @@ out:
     echo_server_stop(echo_pid);
   }
   free(blobs);
+  free(sessions);
+  free(rewrapped);
+  free(tls_rounds);
+  free(kmsd_rounds);
+  free(hsm_rounds);
   SSL_CTX_free(ctx);
   SSL_CTX_free(officer_ctx);
   return rc;
