@@ -683,6 +683,63 @@ out:
 }
 
 /*
+ * template_is_safe reads |obj|'s CKA_UNWRAP_TEMPLATE and returns true if
+ * every key it unwraps is forced sensitive and, unless |trusted|, not
+ * extractable; under a trusted root an extractable key must also be
+ * CKA_WRAP_WITH_TRUSTED (it may leave the HSM only wrapped by a trusted key).
+ * A template that is missing, unreadable or says anything weaker is false.
+ */
+static bool template_is_safe(hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj, bool trusted) {
+  CK_ATTRIBUTE ut = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+  CK_ATTRIBUTE *a = NULL;
+  uint8_t vals[16][16]; /* every value of the template; ours are booleans and small ints */
+  size_t n = 0;
+  int sens = -1, extr = -1, wwt = -1; /* -1: not in the template */
+  bool ok = false;
+
+  if (h->p11->C_GetAttributeValue(sh, obj, &ut, 1) != CKR_OK ||
+      ut.ulValueLen == CK_UNAVAILABLE_INFORMATION || ut.ulValueLen == 0 ||
+      ut.ulValueLen % sizeof(CK_ATTRIBUTE) != 0) {
+    return false;
+  }
+  n = ut.ulValueLen / sizeof(CK_ATTRIBUTE);
+  if (n > sizeof(vals) / sizeof(vals[0]) || (a = calloc(n, sizeof(*a))) == NULL) {
+    return false;
+  }
+  /* Second call: each entry's type and value length; third: the values. */
+  ut.pValue = a;
+  if (h->p11->C_GetAttributeValue(sh, obj, &ut, 1) != CKR_OK) {
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (a[i].ulValueLen == CK_UNAVAILABLE_INFORMATION || a[i].ulValueLen > sizeof(vals[i])) {
+      goto out;
+    }
+    a[i].pValue = vals[i];
+  }
+  if (h->p11->C_GetAttributeValue(sh, obj, &ut, 1) != CKR_OK) {
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (a[i].ulValueLen != sizeof(CK_BBOOL)) {
+      continue;
+    }
+    int v = vals[i][0] != CK_FALSE;
+    if (a[i].type == CKA_SENSITIVE) {
+      sens = v;
+    } else if (a[i].type == CKA_EXTRACTABLE) {
+      extr = v;
+    } else if (a[i].type == CKA_WRAP_WITH_TRUSTED) {
+      wwt = v;
+    }
+  }
+  ok = sens == 1 && (extr == 0 || (trusted && extr == 1 && wwt == 1));
+out:
+  free(a);
+  return ok;
+}
+
+/*
  * check_root refuses a root key that could leak what it wraps: a key able to
  * C_Decrypt (e.g. with CKM_AES_ECB) would turn every key token into a KEK in
  * the clear, and one that is extractable or not sensitive could itself leave.
@@ -705,7 +762,6 @@ static int check_root(hsm *h, CK_SESSION_HANDLE sh, struct root_key *k, char *er
       {CKA_ENCRYPT, &enc, sizeof(enc)},      {CKA_DECRYPT, &dec, sizeof(dec)},
       {CKA_TRUSTED, &trusted, sizeof(trusted)},
   };
-  CK_ATTRIBUTE ut = {CKA_UNWRAP_TEMPLATE, NULL, 0};
 
   rv = h->p11->C_GetAttributeValue(sh, k->obj, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
   if (rv != CKR_OK) {
@@ -721,15 +777,15 @@ static int check_root(hsm *h, CK_SESSION_HANDLE sh, struct root_key *k, char *er
     goto out;
   }
   k->trusted = trusted != CK_FALSE;
-  if (k->trusted) {
-    rv = h->p11->C_GetAttributeValue(sh, k->obj, &ut, 1);
-    if (rv != CKR_OK || ut.ulValueLen == CK_UNAVAILABLE_INFORMATION || ut.ulValueLen == 0) {
-      kms_set_err(err, err_len,
-                  "root key %s%u is trusted but has no unwrap template; refusing to use it",
-                  ROOT_ID_PREFIX, (unsigned)k->version);
-      r = KMS_ERR_FAILED_PRECONDITION;
-      goto out;
-    }
+  /* What the template says, not only that there is one: it is all that keeps unwrapped KEKs
+   * inside the HSM. */
+  if (!template_is_safe(h, sh, k->obj, k->trusted)) {
+    kms_set_err(err, err_len,
+                "root key %s%u has no unwrap template forcing sensitive KEKs that leave the HSM "
+                "at most wrapped by a trusted key; refusing to use it",
+                ROOT_ID_PREFIX, (unsigned)k->version);
+    r = KMS_ERR_FAILED_PRECONDITION;
+    goto out;
   }
   r = KMS_OK;
 out:

@@ -178,6 +178,21 @@ static const char *const migrations[] = {
     "  destroyed_ms INTEGER NOT NULL DEFAULT 0"
     ") STRICT;"
     "CREATE INDEX kek_versions_by_root ON kek_versions (root_version);",
+    /*
+     * 5: no key token may name a destroyed root (docs/LIFECYCLE.md). A KEK
+     * wrapped under the old root just before a rotation, and recorded after
+     * the re-wrap job found the old root unreferenced and destroyed it, would
+     * be lost for good; SQLite's write lock orders the two, and these
+     * triggers refuse the late one (FAILED_PRECONDITION: the caller's retry
+     * wraps under the current root).
+     */
+    "CREATE TRIGGER kek_root_alive_insert BEFORE INSERT ON kek_versions"
+    "  WHEN EXISTS (SELECT 1 FROM root_keys WHERE version = NEW.root_version AND state = 3)"
+    "  BEGIN SELECT RAISE(ABORT, 'root key destroyed'); END;"
+    "CREATE TRIGGER kek_root_alive_update BEFORE UPDATE OF root_version, key_token ON kek_versions"
+    "  WHEN length(NEW.key_token) > 0 AND EXISTS"
+    "    (SELECT 1 FROM root_keys WHERE version = NEW.root_version AND state = 3)"
+    "  BEGIN SELECT RAISE(ABORT, 'root key destroyed'); END;",
 };
 
 #define SCHEMA_VERSION_LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -297,6 +312,9 @@ static int map_rc(int rc) {
   case SQLITE_CONSTRAINT:
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) {
       return KMS_ERR_ALREADY_EXISTS;
+    }
+    if (rc == SQLITE_CONSTRAINT_TRIGGER) {
+      return KMS_ERR_FAILED_PRECONDITION; /* a rule of the schema (e.g. root key destroyed) */
     }
     return KMS_ERR_INTERNAL;
   default:

@@ -198,3 +198,36 @@ p11_probe_count_root(const char *module, const char *label, const char *pin_file
   }
   return (int)n;
 }
+
+int
+p11_probe_make_root(const char *module, const char *label, const char *pin_file, uint32_t version,
+                    int extractable_kek)
+{
+  CK_FUNCTION_LIST_PTR f;
+  CK_SESSION_HANDLE s;
+  if (open_user(module, label, pin_file, &f, &s) != 0) {
+    return -1;
+  }
+  char id[32];
+  snprintf(id, sizeof(id), "tenantkms-root-v%u", (unsigned)version);
+  CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+  CK_ULONG len = 32;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  /* Everything a root must be, except what its template lets unwrapped KEKs become. */
+  CK_ATTRIBUTE weak_tmpl[] = {
+      {CKA_SENSITIVE, &yes, sizeof(yes)},
+      {CKA_EXTRACTABLE, &yes, sizeof(yes)}, /* and no CKA_WRAP_WITH_TRUSTED */
+  };
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_ID, id, strlen(id)},
+      {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
+      {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+      {CKA_WRAP, &yes, sizeof(yes)},      {CKA_UNWRAP, &yes, sizeof(yes)},
+      {CKA_ENCRYPT, &no, sizeof(no)},     {CKA_DECRYPT, &no, sizeof(no)},
+      {CKA_UNWRAP_TEMPLATE, weak_tmpl, sizeof(weak_tmpl)},
+  };
+  CK_ULONG n = sizeof(tmpl) / sizeof(tmpl[0]);
+  CK_OBJECT_HANDLE obj;
+  /* Without |extractable_kek|: no template at all (the last attribute left out). */
+  return f->C_GenerateKey(s, &mech, tmpl, extractable_kek ? n : n - 1, &obj) == CKR_OK ? 0 : -1;
+}

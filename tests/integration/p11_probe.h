@@ -34,4 +34,13 @@ int p11_probe_wrap_loaded_kek(const char *module, const char *label, const char 
 int p11_probe_count_root(const char *module, const char *label, const char *pin_file,
                          uint32_t version);
 
+/*
+ * p11_probe_make_root makes, as the user, a root key "tenantkms-root-v<version>"
+ * that is sensitive, not extractable and wrap/unwrap only, but whose unwrap
+ * template is missing (|extractable_kek| 0) or lets unwrapped KEKs be
+ * extractable to any key (1). kmsd must refuse both. 0 on success, else -1.
+ */
+int p11_probe_make_root(const char *module, const char *label, const char *pin_file,
+                        uint32_t version, int extractable_kek);
+
 #endif

@@ -18,6 +18,7 @@
 #include <openssl/x509.h>
 
 #include "hsm.h"
+#include "../integration/p11_probe.h"
 #include "kms_err.h"
 
 #define TOKEN_LABEL "tenantkms-unit"
@@ -434,6 +435,21 @@ START_TEST(test_weak_root_key_is_refused) {
 }
 END_TEST
 
+/* The unwrap template is all that keeps unwrapped KEKs in the HSM: what it says is checked. */
+START_TEST(test_root_with_a_weak_unwrap_template_is_refused) {
+  for (int extractable = 0; extractable <= 1; extractable++) {
+    char err[256] = "";
+    hsm *h = NULL;
+    uint32_t v = 11 + (uint32_t)extractable;
+    struct hsm_config cfg = config(v);
+    ck_assert_int_eq(p11_probe_make_root(g_module, TOKEN_LABEL, g_pin_file, v, extractable), 0);
+    ck_assert_int_ne(hsm_open(&h, &cfg, err, sizeof(err)), KMS_OK);
+    ck_assert_ptr_null(h);
+    ck_assert_msg(strstr(err, "unwrap template") != NULL, "err: %s", err);
+  }
+}
+END_TEST
+
 START_TEST(test_duplicate_root_key_is_refused) {
   char err[256] = "";
   hsm *h = NULL;
@@ -809,6 +825,7 @@ static Suite *hsm_suite(void) {
   tcase_add_test(life, test_missing_module_is_an_error);
   tcase_add_test(life, test_weak_root_key_is_refused);
   tcase_add_test(life, test_duplicate_root_key_is_refused);
+  tcase_add_test(life, test_root_with_a_weak_unwrap_template_is_refused);
 
   tcase_add_checked_fixture(ops, fixture_open, fixture_close);
   tcase_set_timeout(ops, 60);

@@ -19,7 +19,7 @@
 #include "kms_time.h"
 
 /* Migrations applied to a new keystore: 1 tenants and KEKs, 2 key lifecycle. */
-#define SCHEMA_LATEST 4 /* 3: session keys (docs/SESSIONS.md); 4: root keys (docs/LIFECYCLE.md) */
+#define SCHEMA_LATEST 5 /* 3: session keys (docs/SESSIONS.md); 4: root keys, 5: no token under a destroyed root (docs/LIFECYCLE.md) */
 
 /* Each test gets a fresh directory; the fixture runs in the test's own process. */
 static char dir[PATH_MAX / 2];
@@ -422,7 +422,8 @@ START_TEST(add_version_failing_midway_rolls_back_the_demotion) {
   db = raw_open();
   raw_exec(db, "CREATE TRIGGER no_v2 BEFORE INSERT ON kek_versions WHEN NEW.version = 2"
                " BEGIN SELECT RAISE(ABORT, 'test'); END");
-  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_ERR_INTERNAL);
+  /* A trigger's refusal reads as a rule of the schema: FAILED_PRECONDITION. */
+  ck_assert_int_eq(keystore_kek_add_version(ks, &k2), KMS_ERR_FAILED_PRECONDITION);
 
   ck_assert_int_eq(keystore_kek_get(ks, "acme", 1, &got), KMS_OK);
   ck_assert_int_eq(got.state, KS_KEK_ACTIVE);
@@ -1312,6 +1313,41 @@ START_TEST(root_rotation_moves_tokens_off_trusted_roots_and_counts_them) {
 }
 END_TEST
 
+/* A KEK wrapped under a root that was destroyed meanwhile is refused, not stored unopenable. */
+START_TEST(no_key_token_may_name_a_destroyed_root) {
+  keystore *ks = open_ok();
+  struct ks_kek a1 = make_kek("acme", 1, 1), b1 = make_kek("bravo", 1, 2);
+  struct ks_token_move m[4];
+  size_t n = 0, moved = 0;
+  a1.root_version = 1;
+  ck_assert_int_eq(keystore_tenant_create(ks, &a1), KMS_OK);
+  ck_assert_int_eq(keystore_root_set_current(ks, 1, 1, "kmsd", now_ms(), NULL), KMS_OK);
+  ck_assert_int_eq(keystore_root_set_current(ks, 2, 1, "officer-a", now_ms(), NULL), KMS_OK);
+  ck_assert_int_eq(keystore_root_pending(ks, 2, m, 4, &n), KMS_OK);
+  ck_assert_uint_eq(n, 1);
+  m[0].root = 2;
+  m[0].mech = 0x2109;
+  m[0].token_len = 40;
+  memset(m[0].token, 0xC0, 40);
+  ck_assert_int_eq(keystore_root_move_tokens(ks, m, 1, &moved), KMS_OK);
+  ck_assert_int_eq(keystore_root_destroyed(ks, 1, now_ms()), KMS_OK);
+  /* A tenant (or a rotation) whose KEK was wrapped under root 1 before the switch. */
+  b1.root_version = 1;
+  ck_assert_int_eq(keystore_tenant_create(ks, &b1), KMS_ERR_FAILED_PRECONDITION);
+  struct ks_kek got;
+  ck_assert_int_eq(keystore_kek_get(ks, "bravo", 1, &got), KMS_ERR_NOT_FOUND);
+  struct ks_kek a2 = make_kek("acme", 2, 3);
+  a2.root_version = 1;
+  ck_assert_int_eq(keystore_kek_add_version(ks, &a2), KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(keystore_kek_rotate(ks, &a2, "officer-a", "test"), KMS_ERR_FAILED_PRECONDITION);
+  ck_assert_int_eq(keystore_kek_get(ks, "acme", 2, &got), KMS_ERR_NOT_FOUND);
+  /* Under the current root both go through. */
+  b1.root_version = 2;
+  ck_assert_int_eq(keystore_tenant_create(ks, &b1), KMS_OK);
+  keystore_close(ks);
+}
+END_TEST
+
 START_TEST(root_functions_refuse_bad_arguments_and_change_nothing) {
   keystore *ks = open_ok();
   struct ks_token_move m;
@@ -1383,6 +1419,7 @@ static Suite *keystore_suite(void) {
   tcase_add_test(tc, tenant_list_pages_in_id_order);
   tcase_add_test(tc, root_rotation_moves_tokens_off_trusted_roots_and_counts_them);
   tcase_add_test(tc, root_functions_refuse_bad_arguments_and_change_nothing);
+  tcase_add_test(tc, no_key_token_may_name_a_destroyed_root);
   suite_add_tcase(s, tc);
 
   /* Waits out the 5 s busy timeout. */
