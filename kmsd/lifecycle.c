@@ -270,6 +270,14 @@ rotate_now(const struct lifecycle *lc, struct worker_ctx *w, const char *by, con
     return KMS_ERR_UNAVAILABLE;
   }
   if (r == KMS_ERR_FAILED_PRECONDITION) {
+    struct ks_tenant t;
+    if (keystore_tenant_get(w->ks, tenant_id, &t) == KMS_OK && t.state == KS_TENANT_ACTIVE) {
+      /* The keystore refused a token under a root destroyed meanwhile (schema 5): the next
+       * attempt wraps under the current root. */
+      snprintf(why, why_len, "root key v%u was retired during the rotation; try again",
+               (unsigned)kek.root_version);
+      return KMS_ERR_UNAVAILABLE;
+    }
     snprintf(why, why_len, "tenant %s is not active", tenant_id);
     return r;
   }
