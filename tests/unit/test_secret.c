@@ -110,6 +110,45 @@ START_TEST(test_without_secure_heap_data_is_not_from_secure_heap)
 }
 END_TEST
 
+/* Small secrets share locked slots (kms_secret.c): a freed one is wiped, a reused one is zero. */
+START_TEST(test_small_secret_slots_are_wiped_and_reused_zeroed)
+{
+  ck_assert_int_eq(CRYPTO_secure_malloc_initialized(), 0);
+  kms_secret *a = kms_secret_new(32);
+  ck_assert_ptr_nonnull(a);
+  uint8_t *p = kms_secret_data(a);
+  memset(p, 0xAA, 32);
+  kms_secret_free(a);
+  /* The slot stays mapped: past the free-list link, nothing of the key is left. */
+  for (size_t i = sizeof(void *); i < 64; i++) {
+    ck_assert_uint_eq(p[i], 0);
+  }
+  kms_secret *b = kms_secret_new(32);
+  ck_assert_ptr_nonnull(b);
+  for (size_t i = 0; i < 32; i++) {
+    ck_assert_uint_eq(kms_secret_cdata(b)[i], 0);
+  }
+  kms_secret_free(b);
+}
+END_TEST
+
+/* More secrets alive than one region holds: all distinct, all usable. */
+START_TEST(test_many_small_secrets_span_regions)
+{
+  enum { N = 2500 };
+  static kms_secret *s[N];
+  for (size_t i = 0; i < N; i++) {
+    s[i] = kms_secret_new(32);
+    ck_assert_ptr_nonnull(s[i]);
+    memset(kms_secret_data(s[i]), (int)(i & 0xff), 32);
+  }
+  for (size_t i = 0; i < N; i++) {
+    ck_assert_uint_eq(kms_secret_cdata(s[i])[31], i & 0xff);
+    kms_secret_free(s[i]);
+  }
+}
+END_TEST
+
 START_TEST(test_many_secrets_are_distinct)
 {
   kms_secret *s[8];
@@ -192,6 +231,8 @@ secret_suite(void)
   tcase_add_test(tp, test_free_null_is_noop);
   tcase_add_test(tp, test_without_secure_heap_data_is_not_from_secure_heap);
   tcase_add_test(tp, test_many_secrets_are_distinct);
+  tcase_add_test(tp, test_small_secret_slots_are_wiped_and_reused_zeroed);
+  tcase_add_test(tp, test_many_small_secrets_span_regions);
   suite_add_tcase(s, tp);
 
   TCase *th = tcase_create("secure_heap");
