@@ -44,8 +44,8 @@
 
 /*
  * A session envelope (docs/ENVELOPE.md, "Session envelopes") is a format 1
- * header (always: nothing in it is ever rewrapped) whose wrapped-key field holds this 20-byte marker instead of a
- * wrapped key, and whose context has the entry session_id: its key is the
+ * header (always: nothing in it is ever rewrapped) whose wrapped-key field holds this 20-byte
+ * marker instead of a wrapped key, and whose context has the entry session_id: its key is the
  * session key, fetched by name with GetSessionKey. No copy of the session's
  * wrapped key ever leaves kmsd, so shredding the session destroys the key.
  * The marker cannot be a kmsd wrapped key: those start with their format
@@ -75,13 +75,12 @@ struct tk_env_header {
 
 /*
  * tk_env_header_set fills |*out| from a format version (TK_ENV_FORMAT_1 or
- * TK_ENV_FORMAT_2), tenant, KEK version, wrapped key and context entries (any order: they are sorted here, bytewise by key, as the
- * canonical encoding and kmsd's AAD require). Returns KMS_OK or
- * KMS_ERR_INVALID_ARGUMENT if any field breaks a limit of common/kms_wire.h.
+ * TK_ENV_FORMAT_2), tenant, KEK version, wrapped key and context entries (any order: they are
+ * sorted here, bytewise by key, as the canonical encoding and kmsd's AAD require). Returns KMS_OK
+ * or KMS_ERR_INVALID_ARGUMENT if any field breaks a limit of common/kms_wire.h.
  */
 int tk_env_header_set(struct tk_env_header *out, uint8_t format, const char *tenant,
-                      uint32_t kek_version,
-                      const uint8_t *wrapped, size_t wrapped_len,
+                      uint32_t kek_version, const uint8_t *wrapped, size_t wrapped_len,
                       Tkms__ContextEntry *const *entries, size_t n_entries);
 
 /* tk_env_header_fix_pointers re-points entries/ptrs at the struct's own strings. */

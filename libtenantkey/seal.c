@@ -174,9 +174,9 @@ out:
  * The body's context goes to |body_ctx| (capacity TK_ENV_BODY_CONTEXT_MAX).
  */
 static int
-key_and_header(tk_client *client, const tk_session *session, uint8_t format,
-               tk_data_key **out_key, uint8_t *hdr, size_t *hdr_len, uint8_t *body_ctx,
-               size_t *body_ctx_len, const char *tenant_id, const tk_context *ctx)
+key_and_header(tk_client *client, const tk_session *session, uint8_t format, tk_data_key **out_key,
+               uint8_t *hdr, size_t *hdr_len, uint8_t *body_ctx, size_t *body_ctx_len,
+               const char *tenant_id, const tk_context *ctx)
 {
   int r;
   *body_ctx_len = 0;
@@ -209,9 +209,9 @@ tk_seal_max_len(size_t pt_len)
 }
 
 static int
-seal_one(tk_client *client, const tk_session *session, uint8_t format, uint8_t *out,
-         size_t out_cap, size_t *out_len, const char *tenant_id, const tk_context *ctx,
-         const uint8_t *pt, size_t pt_len)
+seal_one(tk_client *client, const tk_session *session, uint8_t format, uint8_t *out, size_t out_cap,
+         size_t *out_len, const char *tenant_id, const tk_context *ctx, const uint8_t *pt,
+         size_t pt_len)
 {
   int r = KMS_ERR_INTERNAL;
   tk_data_key *k = NULL;
@@ -224,8 +224,8 @@ seal_one(tk_client *client, const tk_session *session, uint8_t format, uint8_t *
       out_cap < TK_ENV_HEADER_MIN || out_cap - TK_ENV_HEADER_MIN < body) {
     return KMS_ERR_INVALID_ARGUMENT; /* refused before asking kmsd for a key */
   }
-  r = key_and_header(client, session, format, &k, hdr, &hdr_len, body_ctx, &body_ctx_len,
-                     tenant_id, ctx);
+  r = key_and_header(client, session, format, &k, hdr, &hdr_len, body_ctx, &body_ctx_len, tenant_id,
+                     ctx);
   if (r != KMS_OK) {
     goto out;
   }
@@ -235,8 +235,8 @@ seal_one(tk_client *client, const tk_session *session, uint8_t format, uint8_t *
   }
   memcpy(out, hdr, hdr_len);
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_encrypt(out + hdr_len, out_cap - hdr_len, &ct_len, key, klen, body_ctx,
-                     body_ctx_len, pt, pt_len);
+  r = tk_cob_encrypt(out + hdr_len, out_cap - hdr_len, &ct_len, key, klen, body_ctx, body_ctx_len,
+                     pt, pt_len);
   if (r != KMS_OK) {
     goto out;
   }
@@ -255,9 +255,8 @@ tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const 
 }
 
 int
-tk_seal_format(tk_client *client, uint8_t format, uint8_t *out, size_t out_cap,
-               size_t *out_len, const char *tenant_id, const tk_context *ctx, const uint8_t *pt,
-               size_t pt_len)
+tk_seal_format(tk_client *client, uint8_t format, uint8_t *out, size_t out_cap, size_t *out_len,
+               const char *tenant_id, const tk_context *ctx, const uint8_t *pt, size_t pt_len)
 {
   if (out_len == NULL) {
     return KMS_ERR_INVALID_ARGUMENT;
@@ -389,9 +388,9 @@ context_from_header(tk_context **out_ctx, const struct tk_env_header *h)
 }
 
 TK_EXPORT int
-tk_envelope_rewrap_header(tk_client *client, uint8_t *out_hdr, size_t out_cap,
-                          size_t *out_hdr_len, uint32_t *out_kek_version, const uint8_t *env,
-                          size_t env_len, uint32_t target_version)
+tk_envelope_rewrap_header(tk_client *client, uint8_t *out_hdr, size_t out_cap, size_t *out_hdr_len,
+                          uint32_t *out_kek_version, const uint8_t *env, size_t env_len,
+                          uint32_t target_version)
 {
   int r = KMS_ERR_INTERNAL;
   struct tk_env_header *h = NULL, *nh = NULL;
@@ -577,8 +576,8 @@ stream_seal_new(tk_client *client, const tk_session *session, uint8_t format, tk
   }
   st->sealing = 1;
   st->client = client;
-  r = key_and_header(client, session, format, &k, st->buf, &hl, body_ctx, &body_ctx_len,
-                     tenant_id, ctx);
+  r = key_and_header(client, session, format, &k, st->buf, &hl, body_ctx, &body_ctx_len, tenant_id,
+                     ctx);
   if (r != KMS_OK) {
     goto out;
   }
@@ -905,8 +904,7 @@ tk_reader_open(tk_client *client, tk_reader **out_rd, tk_read_fn read_fn, void *
   }
   rd->hdr_len = hl;
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_reader_open(&rd->cob, key, klen, body_ctx, body_ctx_len, body_read, rd,
-                         env_len - hl);
+  r = tk_cob_reader_open(&rd->cob, key, klen, body_ctx, body_ctx_len, body_read, rd, env_len - hl);
   if (r != KMS_OK) {
     r = opaque(r);
     goto out;

@@ -269,7 +269,7 @@ typedef struct tk_envelope_meta {
   size_t n_context;          /* context entries (0..16), sorted by key */
   char context_keys[16][65];     /* NUL-terminated */
   char context_values[16][257];  /* NUL-terminated */
-  int format;                /* the envelope format version: 1 or 2 (docs/ENVELOPE.md) */
+  int format;                    /* the envelope format version: 1 or 2 (docs/ENVELOPE.md) */
 } tk_envelope_meta;
 
 /*

@@ -48,9 +48,8 @@ struct tk_env_header;
  * read forever but no longer written by default. KMS_ERR_INVALID_ARGUMENT
  * for any other format.
  */
-int tk_seal_format(tk_client *client, uint8_t format, uint8_t *out, size_t out_cap,
-                   size_t *out_len, const char *tenant_id, const tk_context *ctx,
-                   const uint8_t *pt, size_t pt_len);
+int tk_seal_format(tk_client *client, uint8_t format, uint8_t *out, size_t out_cap, size_t *out_len,
+                   const char *tenant_id, const tk_context *ctx, const uint8_t *pt, size_t pt_len);
 int tk_stream_seal_new_format(tk_client *client, uint8_t format, tk_stream **out_st,
                               const char *tenant_id, const tk_context *ctx);
 

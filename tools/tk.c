@@ -644,9 +644,8 @@ sync_dir_of(const char *path)
  * new envelope must have at least (exactly, if |exact|). Returns an exit code.
  */
 static int
-rewrap_reencrypt(tk_client *c, const char *what, const char *path, int in_fd,
-                 const struct stat *sb, tk_envelope_meta *meta, const tk_context *ctx,
-                 uint32_t target, int exact)
+rewrap_reencrypt(tk_client *c, const char *what, const char *path, int in_fd, const struct stat *sb,
+                 tk_envelope_meta *meta, const tk_context *ctx, uint32_t target, int exact)
 {
   int rc = EXIT_OK;
   struct output o;
@@ -769,8 +768,8 @@ sha256(uint8_t out[32], const uint8_t *p, size_t n)
 
 /* Writes the journal for |path| and makes it durable. Returns an exit code. */
 static int
-journal_write(const char *jpath, const char *path, const uint8_t *old_hdr,
-              const uint8_t *new_hdr, size_t len)
+journal_write(const char *jpath, const char *path, const uint8_t *old_hdr, const uint8_t *new_hdr,
+              size_t len)
 {
   static uint8_t j[JOURNAL_MAX];
   size_t n = 0;
@@ -853,8 +852,7 @@ journal_parse(const uint8_t *j, size_t n, const uint8_t **out_old, const uint8_t
  * confirmed. Returns an exit code.
  */
 static int
-journal_recover(const char *what, const char *path, const char *jpath, int fd,
-                int *out_recovered)
+journal_recover(const char *what, const char *path, const char *jpath, int fd, int *out_recovered)
 {
   static uint8_t j[JOURNAL_MAX + 1], cur[TK_ENVELOPE_HEADER_MAX];
   static tk_envelope_meta m;
@@ -912,8 +910,7 @@ journal_recover(const char *what, const char *path, const char *jpath, int fd,
     rc = io_fail("rewrap: cannot remove the journal", jpath);
   }
   if (rc == EXIT_OK && *out_recovered) {
-    fprintf(stderr, "tk: %s: completed an interrupted in-place rewrap (journal %s)\n", what,
-            jpath);
+    fprintf(stderr, "tk: %s: completed an interrupted in-place rewrap (journal %s)\n", what, jpath);
   }
   return rc;
 }
@@ -952,8 +949,8 @@ rewrite_header(const char *path, const char *jpath, int fd, const uint8_t *old_h
 
 /* The newest KEK version of |meta|'s tenant: the one a new data key gets (no plaintext). */
 static int
-newest_version(tk_client *c, const char *what, const tk_envelope_meta *meta,
-               const tk_context *ctx, uint32_t *out_version)
+newest_version(tk_client *c, const char *what, const tk_envelope_meta *meta, const tk_context *ctx,
+               uint32_t *out_version)
 {
   tk_data_key *probe = NULL;
   *out_version = 0;

@@ -41,14 +41,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       memcmp(again, data, n) != 0) {
     __builtin_trap();
   }
-  /* Format 1: the body's context is the header; format 2: the header minus H, KEK version, W, wrapped key. */
+  /* Format 1: the body's context is the header; format 2: the header minus H, KEK version, W,
+   * wrapped key. */
   size_t cl = 0;
   if (tk_env_body_context(body_ctx, sizeof(body_ctx), &cl, &h) != KMS_OK) {
     __builtin_trap();
   }
-  if (h.format == TK_ENV_FORMAT_1 ? (cl != size || memcmp(body_ctx, data, size) != 0)
-                                  : (cl != size - 2 - 4 - 2 - h.wrapped_len ||
-                                     memcmp(body_ctx, data, 4) != 0)) {
+  if (h.format == TK_ENV_FORMAT_1
+          ? (cl != size || memcmp(body_ctx, data, size) != 0)
+          : (cl != size - 2 - 4 - 2 - h.wrapped_len || memcmp(body_ctx, data, 4) != 0)) {
     __builtin_trap();
   }
   const char *session = NULL;

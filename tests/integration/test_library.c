@@ -946,8 +946,8 @@ START_TEST(test_tk_rewrap_rewrites_v2_headers_in_place_and_reencrypts_v1)
   opens_to(g, v1_before, v1l, pts[1], sizes[1]);
 
   /* Before any rotation everything is current. */
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s'", tk,
-           conf, files[0], files[1], files[2], v1, sess, out);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s'", tk, conf,
+           files[0], files[1], files[2], v1, sess, out);
   ck_assert_int_eq(run(cmd), 0);
   rw_summary_is(out, "rewrap: 0 done (0 in place, 0 re-encrypted), 5 skipped (4 already current, "
                      "1 session envelopes), 0 failed, 0 interrupted rewraps completed");
@@ -1012,7 +1012,7 @@ START_TEST(test_tk_rewrap_rewrites_v2_headers_in_place_and_reencrypts_v1)
     ck_assert_uint_eq(nl, before_len[i]);
     ck_assert_uint_eq(m.header_len, hl);
     ck_assert(memcmp(ne + hl, before[i] + hl, nl - hl) == 0); /* the body: untouched */
-    ck_assert(memcmp(ne, before[i], hl) != 0);                  /* the header: rewritten */
+    ck_assert(memcmp(ne, before[i], hl) != 0);                /* the header: rewritten */
     ck_assert_int_eq(stat(files[i], &sb), 0);
     ck_assert_uint_eq(sb.st_ino, ino_before[i].st_ino);
     opens_to(g, ne, nl, pts[i], sizes[i]);
@@ -1034,7 +1034,8 @@ START_TEST(test_tk_rewrap_rewrites_v2_headers_in_place_and_reencrypts_v1)
   uint8_t *nv1 = envelope_of(v1, &nv1l, &m);
   ck_assert_int_eq(m.format, 2);
   ck_assert_uint_eq(m.kek_version, v);
-  ck_assert(nv1l != v1l || memcmp(nv1 + m.header_len, v1_before + m.header_len, nv1l - m.header_len) != 0);
+  ck_assert(nv1l != v1l ||
+            memcmp(nv1 + m.header_len, v1_before + m.header_len, nv1l - m.header_len) != 0);
   opens_to(g, nv1, nv1l, pts[1], sizes[1]);
   ck_assert_int_eq(stat(v1, &sb), 0);
   ck_assert_uint_eq(sb.st_mode & 07777, 0640);
@@ -1044,15 +1045,16 @@ START_TEST(test_tk_rewrap_rewrites_v2_headers_in_place_and_reencrypts_v1)
   ck_assert_int_ne(run(cmd), 0);
 
   /* A second run: all skipped; --to-version v too; v + 1 does not exist: refused (exit 7). */
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s'", tk,
-           conf, files[0], files[1], files[2], v1, sess, out);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s'", tk, conf,
+           files[0], files[1], files[2], v1, sess, out);
   ck_assert_int_eq(run(cmd), 0);
   rw_summary_is(out, "rewrap: 0 done (0 in place, 0 re-encrypted), 5 skipped (4 already current, "
                      "1 session envelopes), 0 failed");
   snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version %u '%s' > '%s'", tk, conf, v,
            files[0], out);
   ck_assert_int_eq(run(cmd), 0);
-  rw_summary_is(out, "0 done (0 in place, 0 re-encrypted), 1 skipped (1 already current, 0 session");
+  rw_summary_is(out,
+                "0 done (0 in place, 0 re-encrypted), 1 skipped (1 already current, 0 session");
   snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version %u '%s' > '%s' 2> '%s'", tk,
            conf, v + 1, files[0], out, err);
   ck_assert_int_eq(run(cmd), 7);

@@ -251,9 +251,9 @@ check_vectors(int format)
     /* 5. Re-encrypting with the vector's salt reproduces the envelope. */
     uint8_t *again = malloc(el);
     memcpy(again, enc, hl);
-    ck_assert_int_eq(tk_cob_encrypt_with_salt(again + hl, el - hl, &ol, key, 32, salt, bctx, bl,
-                                              pt, pl),
-                     KMS_OK);
+    ck_assert_int_eq(
+        tk_cob_encrypt_with_salt(again + hl, el - hl, &ol, key, 32, salt, bctx, bl, pt, pl),
+        KMS_OK);
     ck_assert_uint_eq(hl + ol, el);
     ck_assert_msg(memcmp(again, env, el) == 0, "%s: re-encryption differs", name);
     free(again);
@@ -623,7 +623,6 @@ START_TEST(test_encoder_refuses_what_the_parser_would)
 }
 END_TEST
 
-
 /* ---- format 2: the body's context ------------------------------------------------ */
 
 /* The context of a format 2 body, byte for byte: "TKE" 02 | T, tenant | N | entries. */
@@ -664,7 +663,7 @@ START_TEST(test_format2_body_context_is_the_header_without_length_kek_version_an
 }
 END_TEST
 
-/* Only KEK version and wrapped key (even its length) leave the context; any other field is in it. */
+/* Only KEK version and wrapped key (even its length) leave the context; all else is in it. */
 START_TEST(test_format2_body_context_changes_with_tenant_and_context_only)
 {
   Tkms__ContextEntry e[2], *ep[2] = {&e[0], &e[1]};
@@ -789,9 +788,11 @@ envelope_suite(void)
   tcase_add_loop_test(tc, test_nul_and_control_characters_are_refused, 1, 3);
   tcase_add_loop_test(tc, test_every_byte_change_fails_or_reencodes_identically, 1, 3);
   tcase_add_loop_test(tc, test_encoder_refuses_what_the_parser_would, 1, 3);
-  tcase_add_test(tc, test_format2_body_context_is_the_header_without_length_kek_version_and_wrapped_key);
+  tcase_add_test(
+      tc, test_format2_body_context_is_the_header_without_length_kek_version_and_wrapped_key);
   tcase_add_test(tc, test_format2_body_context_changes_with_tenant_and_context_only);
-  tcase_add_test(tc, test_every_byte_change_of_a_v2_envelope_fails_or_is_in_kek_version_or_wrapped_key);
+  tcase_add_test(tc,
+                 test_every_byte_change_of_a_v2_envelope_fails_or_is_in_kek_version_or_wrapped_key);
   tcase_add_test(tc, test_session_marker_is_refused_in_format_2);
   suite_add_tcase(s, tc);
   return s;

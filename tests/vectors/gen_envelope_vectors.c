@@ -74,8 +74,7 @@ emit(const struct vec *v, uint8_t *hdr, size_t *hdr_len)
   size_t ct_cap = (size_t)tk_cob_ciphertext_len(v->pt_len), ct_len = 0;
   uint8_t *ct = malloc(ct_cap);
   if (ct == NULL || tk_cob_encrypt_with_salt(ct, ct_cap, &ct_len, v->data_key, 32, v->salt,
-                                             body_ctx, body_ctx_len, v->pt,
-                                             v->pt_len) != KMS_OK) {
+                                             body_ctx, body_ctx_len, v->pt, v->pt_len) != KMS_OK) {
     fprintf(stderr, "gen: %s: encryption failed\n", v->name);
     exit(1);
   }
@@ -231,13 +230,15 @@ main(int argc, char **argv)
 
   if (format == TK_ENV_FORMAT_1) {
     printf("{\n  \"format\": \"tenantkms envelope, format 1 (docs/ENVELOPE.md)\",\n"
-           "  \"generator\": \"scripts/gen-envelope-vectors (tests/vectors/gen_envelope_vectors.c)\",\n"
+           "  \"generator\": \"scripts/gen-envelope-vectors "
+           "(tests/vectors/gen_envelope_vectors.c)\",\n"
            "  \"body\": \"Cobblestone-256 (c2sp.org/chunked-encryption, SHA-512 + AES-256-GCM), "
            "input key = data_key, context = header, salt as given\",\n"
            "  \"vectors\": [\n");
   } else {
     printf("{\n  \"format\": \"tenantkms envelope, format 2 (docs/ENVELOPE.md)\",\n"
-           "  \"generator\": \"scripts/gen-envelope-vectors (tests/vectors/gen_envelope_vectors.c)\",\n"
+           "  \"generator\": \"scripts/gen-envelope-vectors "
+           "(tests/vectors/gen_envelope_vectors.c)\",\n"
            "  \"body\": \"Cobblestone-256 (c2sp.org/chunked-encryption, SHA-512 + AES-256-GCM), "
            "input key = data_key, context = body_context (the header without header length, KEK "
            "version, wrapped key length and wrapped key), salt as given\",\n"
@@ -303,9 +304,8 @@ main(int argc, char **argv)
     /* Session envelopes are format 1 only: the marker in a format 2 header is refused. */
     struct tk_env_header h;
     size_t sl = 0;
-    if (tk_env_header_set(&h, TK_ENV_FORMAT_1, "acme", 7,
-                          (const uint8_t *)TK_ENV_SESSION_MARKER, TK_ENV_SESSION_MARKER_LEN,
-                          NULL, 0) != KMS_OK ||
+    if (tk_env_header_set(&h, TK_ENV_FORMAT_1, "acme", 7, (const uint8_t *)TK_ENV_SESSION_MARKER,
+                          TK_ENV_SESSION_MARKER_LEN, NULL, 0) != KMS_OK ||
         tk_env_header_encode(b, sizeof(b), &sl, &h) != KMS_OK) {
       fprintf(stderr, "gen: session header refused\n");
       exit(1);
