@@ -479,6 +479,72 @@ START_TEST(test_truncated_appended_and_spliced_envelopes_are_refused)
 }
 END_TEST
 
+/*
+ * Format 1 stays readable forever: an envelope sealed in format 1 (as before format 2)
+ * opens one-shot, streamed and by random access, and one body byte changed is refused;
+ * its header cannot be rewrapped in place (TK_EINVAL), nor can a session envelope's.
+ */
+START_TEST(test_format1_envelopes_still_open_every_way)
+{
+  static const size_t n = 40000;
+  uint8_t *pt = random_bytes(n);
+  size_t cap = tk_seal_max_len(n), el = 0, ol = 0, released = 0;
+  uint8_t *env = malloc(cap), *out = malloc(cap + 16384);
+  ck_assert_int_eq(tk_seal_format(rec, 1, env, cap, &el, TENANT, ctx, pt, n), TK_OK);
+  ck_assert_uint_eq(env[3], 1);
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_OK);
+  ck_assert(ol == n && memcmp(out, pt, n) == 0);
+  ck_assert_int_eq(stream_open(ai, env, el, out, &ol, &released), TK_OK);
+  ck_assert(ol == n && memcmp(out, pt, n) == 0);
+  struct mem m = {env, el};
+  tk_reader *rd = NULL;
+  ck_assert_int_eq(tk_reader_open(ai, &rd, mem_read, &m, el), TK_OK);
+  ck_assert_int_eq(tk_reader_read(rd, out, 20000, 100), TK_OK);
+  ck_assert(memcmp(out, pt + 20000, 100) == 0);
+  tk_reader_free(rd);
+  env[el - 1] ^= 1;
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_EDECRYPT);
+  env[el - 1] ^= 1;
+  /* A format 1 body under a format 2 header (the version byte changed): refused. */
+  env[3] = 2;
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_EDECRYPT);
+  env[3] = 1;
+
+  /* tk_envelope_rewrap_header: format 1, a session envelope, cut short, not an envelope. */
+  uint8_t hdr[TK_ENVELOPE_HEADER_MAX];
+  size_t hl = 99;
+  uint32_t v = 99;
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env, el, 0),
+                   TK_EINVAL);
+  ck_assert_uint_eq(hl, 0);
+  ck_assert_uint_eq(v, 0);
+  tk_session *s = NULL;
+  ck_assert_int_eq(tk_session_open(rec, &s, TENANT, "fmt1-sess", NULL), TK_OK);
+  size_t sl = 0;
+  uint8_t *senv = malloc(tk_seal_max_len(10));
+  ck_assert_int_eq(tk_seal_session(s, senv, tk_seal_max_len(10), &sl, NULL, pt, 10), TK_OK);
+  ck_assert_uint_eq(senv[3], 1); /* session envelopes stay format 1 */
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, senv, sl, 0),
+                   TK_EINVAL);
+  tk_session_free(s);
+  free(senv);
+  size_t l2 = 0;
+  uint8_t *env2 = seal(pt, 10, &l2);
+  ck_assert_uint_eq(env2[3], 2);
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env2, 20, 0),
+                   TK_ETRUNCATED);
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env2 + 1, l2 - 1, 0),
+                   TK_EDECRYPT);
+  /* The recording service has no ReEncrypt grant (the storage service has: tk rewrap tests). */
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env2, l2, 0),
+                   TK_EPERM);
+  free(env2);
+  free(env);
+  free(out);
+  free(pt);
+}
+END_TEST
+
 /* ---- authorisation ------------------------------------------------------------------------ */
 
 START_TEST(test_principals_without_decrypt_rights_cannot_open)
@@ -1242,6 +1308,7 @@ library_suite(void)
   tcase_add_test(t, test_every_flipped_byte_is_refused_without_plaintext);
   tcase_add_test(t, test_truncated_appended_and_spliced_envelopes_are_refused);
   tcase_add_test(t, test_principals_without_decrypt_rights_cannot_open);
+  tcase_add_test(t, test_format1_envelopes_still_open_every_way);
   suite_add_tcase(s, t);
 
   t = tcase_create("client");
