@@ -367,7 +367,7 @@ tk_envelope_info(tk_envelope_meta *out, const uint8_t *env, size_t env_len)
 
 /* ---- Rewrapping a format 2 header ----------------------------------------- */
 
-/* tk_context_from_header: the header's context entries as a tk_context (for ReEncrypt). */
+/* context_from_header: the header's context entries as a tk_context (for ReEncrypt). */
 static int
 context_from_header(tk_context **out_ctx, const struct tk_env_header *h)
 {
