@@ -1,4 +1,4 @@
-/* The envelope header (format 1): canonical encoding and a strict, bounds-checked parser. */
+/* The envelope header (formats 1 and 2): canonical encoding, a strict, bounds-checked parser, and the body's context. */
 #include "envelope.h"
 
 #include <stdlib.h>
@@ -136,6 +136,10 @@ cmp_entry(const void *a, const void *b)
 static int
 header_fields_ok(const struct tk_env_header *h, const char **why)
 {
+  if (h->format != TK_ENV_FORMAT_1 && h->format != TK_ENV_FORMAT_2) {
+    *why = "format version";
+    return 0;
+  }
   if (!kms_wire_tenant_id_ok(h->tenant)) {
     *why = "tenant: invalid";
     return 0;
@@ -146,6 +150,11 @@ header_fields_ok(const struct tk_env_header *h, const char **why)
   }
   if (h->wrapped_len == 0 || h->wrapped_len > KMS_WRAPPED_KEY_MAX) {
     *why = "wrapped key: length";
+    return 0;
+  }
+  if (h->format == TK_ENV_FORMAT_2 && h->wrapped_len == TK_ENV_SESSION_MARKER_LEN &&
+      memcmp(h->wrapped, TK_ENV_SESSION_MARKER, TK_ENV_SESSION_MARKER_LEN) == 0) {
+    *why = "wrapped key: a session marker in format 2 (session envelopes are format 1)";
     return 0;
   }
   if (h->n_context > KMS_CONTEXT_MAX_ENTRIES) {
@@ -165,8 +174,8 @@ header_fields_ok(const struct tk_env_header *h, const char **why)
 }
 
 int
-tk_env_header_set(struct tk_env_header *out, const char *tenant, uint32_t kek_version,
-                  const uint8_t *wrapped, size_t wrapped_len,
+tk_env_header_set(struct tk_env_header *out, uint8_t format, const char *tenant,
+                  uint32_t kek_version, const uint8_t *wrapped, size_t wrapped_len,
                   Tkms__ContextEntry *const *entries, size_t n_entries)
 {
   const char *why = NULL;
@@ -182,6 +191,7 @@ tk_env_header_set(struct tk_env_header *out, const char *tenant, uint32_t kek_ve
     memcpy(sorted, entries, n_entries * sizeof(sorted[0]));
     qsort(sorted, n_entries, sizeof(sorted[0]), cmp_entry);
   }
+  out->format = format;
   memcpy(out->tenant, tenant, strlen(tenant) + 1);
   out->kek_version = kek_version;
   memcpy(out->wrapped, wrapped, wrapped_len);
@@ -199,6 +209,26 @@ tk_env_header_set(struct tk_env_header *out, const char *tenant, uint32_t kek_ve
   return header_fields_ok(out, &why) ? KMS_OK : KMS_ERR_INVALID_ARGUMENT;
 }
 
+/* The fields the body's context shares with the header, encoded the same way. */
+static void
+put_tenant(struct cbb *w, const struct tk_env_header *h)
+{
+  cbb_u8(w, (uint8_t)strlen(h->tenant));
+  cbb_put(w, h->tenant, strlen(h->tenant));
+}
+
+static void
+put_context(struct cbb *w, const struct tk_env_header *h)
+{
+  cbb_u8(w, (uint8_t)h->n_context);
+  for (size_t i = 0; i < h->n_context; i++) {
+    cbb_u8(w, (uint8_t)strlen(h->keys[i]));
+    cbb_put(w, h->keys[i], strlen(h->keys[i]));
+    cbb_u16(w, (uint16_t)strlen(h->values[i]));
+    cbb_put(w, h->values[i], strlen(h->values[i]));
+  }
+}
+
 int
 tk_env_header_encode(uint8_t *out, size_t out_cap, size_t *out_len,
                      const struct tk_env_header *h)
@@ -210,20 +240,13 @@ tk_env_header_encode(uint8_t *out, size_t out_cap, size_t *out_len,
     return KMS_ERR_INVALID_ARGUMENT;
   }
   cbb_put(&w, TK_ENV_MAGIC, TK_ENV_MAGIC_LEN);
-  cbb_u8(&w, TK_ENV_VERSION);
+  cbb_u8(&w, h->format);
   cbb_u16(&w, 0); /* the header length, patched below */
-  cbb_u8(&w, (uint8_t)strlen(h->tenant));
-  cbb_put(&w, h->tenant, strlen(h->tenant));
+  put_tenant(&w, h);
   cbb_u32(&w, h->kek_version);
   cbb_u16(&w, (uint16_t)h->wrapped_len);
   cbb_put(&w, h->wrapped, h->wrapped_len);
-  cbb_u8(&w, (uint8_t)h->n_context);
-  for (size_t i = 0; i < h->n_context; i++) {
-    cbb_u8(&w, (uint8_t)strlen(h->keys[i]));
-    cbb_put(&w, h->keys[i], strlen(h->keys[i]));
-    cbb_u16(&w, (uint16_t)strlen(h->values[i]));
-    cbb_put(&w, h->values[i], strlen(h->values[i]));
-  }
+  put_context(&w, h);
   if (!w.ok || w.len > TK_ENV_HEADER_MAX) {
     if (out_cap > 0) {
       memset(out, 0, w.len < out_cap ? w.len : out_cap);
@@ -239,11 +262,13 @@ tk_env_header_encode(uint8_t *out, size_t out_cap, size_t *out_len,
 int
 tk_env_header_peek_len(size_t *out_len, const uint8_t *buf, size_t len)
 {
-  static const uint8_t prefix[4] = {'T', 'K', 'E', TK_ENV_VERSION};
   *out_len = 0;
-  size_t n = len < sizeof(prefix) ? len : sizeof(prefix);
-  if (memcmp(buf, prefix, n) != 0) {
-    return KMS_ERR_DECRYPT; /* not an envelope, or a version we don't know */
+  size_t n = len < TK_ENV_MAGIC_LEN ? len : TK_ENV_MAGIC_LEN;
+  if (memcmp(buf, TK_ENV_MAGIC, n) != 0) {
+    return KMS_ERR_DECRYPT; /* not an envelope */
+  }
+  if (len > TK_ENV_MAGIC_LEN && buf[3] != TK_ENV_FORMAT_1 && buf[3] != TK_ENV_FORMAT_2) {
+    return KMS_ERR_DECRYPT; /* a format we don't know */
   }
   if (len < TK_ENV_PREFIX_LEN) {
     return KMS_ERR_TRUNCATED;
@@ -289,9 +314,10 @@ tk_env_header_parse(struct tk_env_header *out, const uint8_t *buf, size_t len,
       memcmp(magic, TK_ENV_MAGIC, TK_ENV_MAGIC_LEN) != 0) {
     return parse_fail(out, why, "magic");
   }
-  if (!cbs_u8(&s, &version) || version != TK_ENV_VERSION) {
+  if (!cbs_u8(&s, &version) || (version != TK_ENV_FORMAT_1 && version != TK_ENV_FORMAT_2)) {
     return parse_fail(out, why, "version");
   }
+  out->format = version;
   if (!cbs_u16(&s, &hlen) || hlen != len) {
     return parse_fail(out, why, "header length does not match the input");
   }
@@ -354,4 +380,31 @@ tk_env_header_is_session(const struct tk_env_header *h, const char **out_session
     }
   }
   return 1;
+}
+
+int
+tk_env_body_context(uint8_t *out, size_t out_cap, size_t *out_len, const struct tk_env_header *h)
+{
+  const char *why = NULL;
+  *out_len = 0;
+  if (h->format == TK_ENV_FORMAT_1) {
+    return tk_env_header_encode(out, out_cap, out_len, h); /* canonical: the header's bytes */
+  }
+  if (!header_fields_ok(h, &why)) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  /* Format 2: everything but H, the KEK version, W and the wrapped key. */
+  struct cbb w = {out, out_cap, 0, 1};
+  cbb_put(&w, TK_ENV_MAGIC, TK_ENV_MAGIC_LEN);
+  cbb_u8(&w, h->format);
+  put_tenant(&w, h);
+  put_context(&w, h);
+  if (!w.ok) {
+    if (out_cap > 0) {
+      memset(out, 0, w.len < out_cap ? w.len : out_cap);
+    }
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_len = w.len;
+  return KMS_OK;
 }

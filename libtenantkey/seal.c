@@ -16,8 +16,8 @@ _Static_assert(TK_ENVELOPE_HEADER_MAX == TK_ENV_HEADER_MAX,
                "tenantkey.h and envelope.h disagree on the largest header");
 _Static_assert(TK_STREAM_FINAL_MAX >= TK_ENV_HEADER_MAX + TK_COB_HEADER_LEN + TK_COB_CT_CHUNK_LEN - 1,
                "TK_STREAM_FINAL_MAX too small for a sealing final");
-_Static_assert(TK_ENV_HEADER_MAX <= TK_COB_MAX_CONTEXT_LEN,
-               "the header is Cobblestone's context: it must fit");
+_Static_assert(TK_ENV_BODY_CONTEXT_MAX <= TK_COB_MAX_CONTEXT_LEN,
+               "the body's context (format 1: the whole header) must fit Cobblestone's limit");
 
 /*
  * Errors that say something is wrong with the envelope (rather than with the
@@ -86,10 +86,42 @@ unwrap_header_key(tk_client *client, tk_data_key **out_key, struct tk_env_header
   return KMS_OK;
 }
 
-/* Generates a data key and the header for it. */
+/*
+ * body_context parses the header |hdr| (|hdr_len| bytes) into |h| and writes
+ * the body's Cobblestone context to |out| (capacity TK_ENV_BODY_CONTEXT_MAX):
+ * format 1, the header itself; format 2, the header without the fields a
+ * rewrap changes (envelope.h). KMS_ERR_DECRYPT if the header is not one.
+ */
 static int
-new_key_and_header(tk_client *client, tk_data_key **out_key, uint8_t *hdr, size_t *hdr_len,
-                   const char *tenant_id, const tk_context *ctx)
+body_context(uint8_t *out, size_t *out_len, struct tk_env_header *h, const uint8_t *hdr,
+             size_t hdr_len)
+{
+  *out_len = 0;
+  if (tk_env_header_parse(h, hdr, hdr_len, NULL) != KMS_OK ||
+      tk_env_body_context(out, TK_ENV_BODY_CONTEXT_MAX, out_len, h) != KMS_OK) {
+    return KMS_ERR_DECRYPT;
+  }
+  return KMS_OK;
+}
+
+/* body_context_of is body_context for a header we just encoded ourselves. */
+static int
+body_context_of(uint8_t *out, size_t *out_len, const uint8_t *hdr, size_t hdr_len)
+{
+  struct tk_env_header *h = malloc(sizeof(*h));
+  if (h == NULL) {
+    *out_len = 0;
+    return KMS_ERR_ALLOC;
+  }
+  int r = body_context(out, out_len, h, hdr, hdr_len);
+  free(h);
+  return r == KMS_OK ? KMS_OK : KMS_ERR_INTERNAL;
+}
+
+/* Generates a data key and the header (format |format|) for it. */
+static int
+new_key_and_header(tk_client *client, uint8_t format, tk_data_key **out_key, uint8_t *hdr,
+                   size_t *hdr_len, const char *tenant_id, const tk_context *ctx)
 {
   int r = KMS_ERR_INTERNAL;
   tk_data_key *k = NULL;
@@ -101,7 +133,8 @@ new_key_and_header(tk_client *client, tk_data_key **out_key, uint8_t *hdr, size_
 
   *out_key = NULL;
   *hdr_len = 0;
-  if (client == NULL || tenant_id == NULL || !kms_wire_tenant_id_ok(tenant_id)) {
+  if (client == NULL || tenant_id == NULL || !kms_wire_tenant_id_ok(tenant_id) ||
+      (format != TK_ENV_FORMAT_1 && format != TK_ENV_FORMAT_2)) {
     return KMS_ERR_INVALID_ARGUMENT;
   }
   h = malloc(sizeof(*h));
@@ -117,7 +150,7 @@ new_key_and_header(tk_client *client, tk_data_key **out_key, uint8_t *hdr, size_
     r = KMS_ERR_PROTOCOL;
     goto out;
   }
-  r = tk_env_header_set(h, tenant_id, tk_data_key_kek_version(k), w, wlen, entries, n);
+  r = tk_env_header_set(h, format, tenant_id, tk_data_key_kek_version(k), w, wlen, entries, n);
   if (r != KMS_OK) {
     r = KMS_ERR_PROTOCOL; /* kmsd's answer (version, wrapped key) broke a limit */
     goto out;
@@ -135,17 +168,32 @@ out:
 }
 
 /*
- * key_and_header: a fresh data key from kmsd, or (|session| not NULL) the
- * session's key with a session envelope header, without a round trip.
+ * key_and_header: a fresh data key from kmsd and a header of format
+ * |format|, or (|session| not NULL) the session's key with a session
+ * envelope header (always format 1: docs/ENVELOPE.md), without a round trip.
+ * The body's context goes to |body_ctx| (capacity TK_ENV_BODY_CONTEXT_MAX).
  */
 static int
-key_and_header(tk_client *client, const tk_session *session, tk_data_key **out_key,
-               uint8_t *hdr, size_t *hdr_len, const char *tenant_id, const tk_context *ctx)
+key_and_header(tk_client *client, const tk_session *session, uint8_t format, tk_data_key **out_key,
+               uint8_t *hdr, size_t *hdr_len, uint8_t *body_ctx, size_t *body_ctx_len,
+               const char *tenant_id, const tk_context *ctx)
 {
+  int r;
+  *body_ctx_len = 0;
   if (session != NULL) {
-    return tk_session_seal_header(session, ctx, out_key, hdr, hdr_len);
+    r = tk_session_seal_header(session, ctx, out_key, hdr, hdr_len);
+  } else {
+    r = new_key_and_header(client, format, out_key, hdr, hdr_len, tenant_id, ctx);
   }
-  return new_key_and_header(client, out_key, hdr, hdr_len, tenant_id, ctx);
+  if (r == KMS_OK) {
+    r = body_context_of(body_ctx, body_ctx_len, hdr, *hdr_len);
+  }
+  if (r != KMS_OK) {
+    tk_data_key_free(*out_key);
+    *out_key = NULL;
+    *hdr_len = 0;
+  }
+  return r;
 }
 
 /* ---- One-shot ------------------------------------------------------------- */
@@ -161,14 +209,14 @@ tk_seal_max_len(size_t pt_len)
 }
 
 static int
-seal_one(tk_client *client, const tk_session *session, uint8_t *out, size_t out_cap,
+seal_one(tk_client *client, const tk_session *session, uint8_t format, uint8_t *out, size_t out_cap,
          size_t *out_len, const char *tenant_id, const tk_context *ctx, const uint8_t *pt,
          size_t pt_len)
 {
   int r = KMS_ERR_INTERNAL;
   tk_data_key *k = NULL;
-  uint8_t hdr[TK_ENV_HEADER_MAX];
-  size_t hdr_len = 0, ct_len = 0, klen = 0;
+  uint8_t hdr[TK_ENV_HEADER_MAX], body_ctx[TK_ENV_BODY_CONTEXT_MAX];
+  size_t hdr_len = 0, ct_len = 0, klen = 0, body_ctx_len = 0;
 
   *out_len = 0;
   uint64_t body = tk_cob_ciphertext_len(pt_len);
@@ -176,7 +224,8 @@ seal_one(tk_client *client, const tk_session *session, uint8_t *out, size_t out_
       out_cap < TK_ENV_HEADER_MIN || out_cap - TK_ENV_HEADER_MIN < body) {
     return KMS_ERR_INVALID_ARGUMENT; /* refused before asking kmsd for a key */
   }
-  r = key_and_header(client, session, &k, hdr, &hdr_len, tenant_id, ctx);
+  r = key_and_header(client, session, format, &k, hdr, &hdr_len, body_ctx, &body_ctx_len, tenant_id,
+                     ctx);
   if (r != KMS_OK) {
     goto out;
   }
@@ -186,8 +235,8 @@ seal_one(tk_client *client, const tk_session *session, uint8_t *out, size_t out_
   }
   memcpy(out, hdr, hdr_len);
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_encrypt(out + hdr_len, out_cap - hdr_len, &ct_len, key, klen, hdr, hdr_len, pt,
-                     pt_len);
+  r = tk_cob_encrypt(out + hdr_len, out_cap - hdr_len, &ct_len, key, klen, body_ctx, body_ctx_len,
+                     pt, pt_len);
   if (r != KMS_OK) {
     goto out;
   }
@@ -201,7 +250,22 @@ TK_EXPORT int
 tk_seal(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const char *tenant_id,
         const tk_context *ctx, const uint8_t *pt, size_t pt_len)
 {
-  return seal_one(client, NULL, out, out_cap, out_len, tenant_id, ctx, pt, pt_len);
+  return seal_one(client, NULL, TK_ENV_FORMAT_NEWEST, out, out_cap, out_len, tenant_id, ctx, pt,
+                  pt_len);
+}
+
+int
+tk_seal_format(tk_client *client, uint8_t format, uint8_t *out, size_t out_cap, size_t *out_len,
+               const char *tenant_id, const tk_context *ctx, const uint8_t *pt, size_t pt_len)
+{
+  if (out_len == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_len = 0;
+  if (format != TK_ENV_FORMAT_1 && format != TK_ENV_FORMAT_2) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return seal_one(client, NULL, format, out, out_cap, out_len, tenant_id, ctx, pt, pt_len);
 }
 
 TK_EXPORT int
@@ -215,7 +279,7 @@ tk_seal_session(const tk_session *session, uint8_t *out, size_t out_cap, size_t 
   if (session == NULL) {
     return KMS_ERR_INVALID_ARGUMENT;
   }
-  return seal_one(NULL, session, out, out_cap, out_len, NULL, ctx, pt, pt_len);
+  return seal_one(NULL, session, TK_ENV_FORMAT_1, out, out_cap, out_len, NULL, ctx, pt, pt_len);
 }
 
 /* Parses the header at the start of a complete in-memory envelope. */
@@ -295,9 +359,120 @@ tk_envelope_info(tk_envelope_meta *out, const uint8_t *env, size_t env_len)
     memcpy(out->context_keys[i], h->keys[i], sizeof(out->context_keys[i]));
     memcpy(out->context_values[i], h->values[i], sizeof(out->context_values[i]));
   }
+  out->format = h->format;
   OPENSSL_cleanse(h, sizeof(*h));
   free(h);
   return KMS_OK;
+}
+
+/* ---- Rewrapping a format 2 header ----------------------------------------- */
+
+/* context_from_header: the header's context entries as a tk_context (for ReEncrypt). */
+static int
+context_from_header(tk_context **out_ctx, const struct tk_env_header *h)
+{
+  tk_context *c = tk_context_new();
+  *out_ctx = NULL;
+  if (c == NULL) {
+    return KMS_ERR_ALLOC;
+  }
+  for (size_t i = 0; i < h->n_context; i++) {
+    int r = tk_context_add(c, h->keys[i], h->values[i]);
+    if (r != KMS_OK) {
+      tk_context_free(c);
+      return r == KMS_ERR_ALLOC ? r : KMS_ERR_DECRYPT;
+    }
+  }
+  *out_ctx = c;
+  return KMS_OK;
+}
+
+TK_EXPORT int
+tk_envelope_rewrap_header(tk_client *client, uint8_t *out_hdr, size_t out_cap, size_t *out_hdr_len,
+                          uint32_t *out_kek_version, const uint8_t *env, size_t env_len,
+                          uint32_t target_version)
+{
+  int r = KMS_ERR_INTERNAL;
+  struct tk_env_header *h = NULL, *nh = NULL;
+  tk_context *ctx = NULL;
+  uint8_t nw[KMS_WRAPPED_KEY_MAX], old_ctx[TK_ENV_BODY_CONTEXT_MAX],
+      new_ctx[TK_ENV_BODY_CONTEXT_MAX], enc[TK_ENV_HEADER_MAX];
+  size_t hl = 0, nl = 0, old_ctx_len = 0, new_ctx_len = 0, enc_len = 0;
+  uint32_t nv = 0;
+  const char *session_id = NULL;
+
+  if (out_hdr_len == NULL || out_kek_version == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_hdr_len = 0;
+  *out_kek_version = 0;
+  if (client == NULL || out_hdr == NULL || env == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  r = tk_env_header_peek_len(&hl, env, env_len);
+  if (r == KMS_OK && hl > env_len) {
+    r = KMS_ERR_TRUNCATED;
+  }
+  if (r != KMS_OK) {
+    return r == KMS_ERR_TRUNCATED ? KMS_ERR_TRUNCATED : KMS_ERR_DECRYPT;
+  }
+  h = malloc(sizeof(*h));
+  nh = malloc(sizeof(*nh));
+  if (h == NULL || nh == NULL) {
+    r = KMS_ERR_ALLOC;
+    goto out;
+  }
+  r = body_context(old_ctx, &old_ctx_len, h, env, hl);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if (h->format != TK_ENV_FORMAT_2 || tk_env_header_is_session(h, &session_id)) {
+    r = KMS_ERR_INVALID_ARGUMENT; /* format 1 binds the wrapped key into the body */
+    goto out;
+  }
+  r = context_from_header(&ctx, h);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  /* kmsd authenticates the wrapped key with AAD (tenant, KEK version, context) first. */
+  r = tk_data_key_rewrap(client, nw, &nl, &nv, h->tenant, ctx, h->wrapped, h->wrapped_len,
+                         target_version);
+  if (r != KMS_OK) {
+    goto out;
+  }
+  if (nv == 0 || (target_version != 0 && nv != target_version)) {
+    r = KMS_ERR_PROTOCOL; /* kmsd answered another version than asked for */
+    goto out;
+  }
+  r = tk_env_header_set(nh, TK_ENV_FORMAT_2, h->tenant, nv, nw, nl, h->ptrs, h->n_context);
+  if (r == KMS_OK) {
+    r = tk_env_header_encode(enc, sizeof(enc), &enc_len, nh);
+  }
+  if (r == KMS_OK) {
+    r = tk_env_body_context(new_ctx, sizeof(new_ctx), &new_ctx_len, nh);
+  }
+  if (r != KMS_OK) {
+    r = KMS_ERR_PROTOCOL; /* kmsd's wrapped key broke a limit of the header */
+    goto out;
+  }
+  /* The point of format 2: the body's context did not change. */
+  if (new_ctx_len != old_ctx_len || memcmp(new_ctx, old_ctx, old_ctx_len) != 0) {
+    r = KMS_ERR_INTERNAL;
+    goto out;
+  }
+  if (enc_len > out_cap) {
+    r = KMS_ERR_INVALID_ARGUMENT;
+    goto out;
+  }
+  memcpy(out_hdr, enc, enc_len);
+  *out_hdr_len = enc_len;
+  *out_kek_version = nv;
+  r = KMS_OK;
+out:
+  tk_context_free(ctx);
+  free(h);
+  free(nh);
+  return r;
 }
 
 TK_EXPORT int
@@ -307,7 +482,8 @@ tk_open(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const 
   int r = KMS_ERR_INTERNAL;
   struct tk_env_header *h = NULL;
   tk_data_key *k = NULL;
-  size_t hl = 0, klen = 0;
+  uint8_t body_ctx[TK_ENV_BODY_CONTEXT_MAX];
+  size_t hl = 0, klen = 0, body_ctx_len = 0;
   uint64_t pt_len = 0;
 
   *out_len = 0;
@@ -321,6 +497,9 @@ tk_open(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const 
   }
   /* Everything that can be checked without kmsd first: header, then length. */
   r = parse_envelope(h, &hl, env, env_len);
+  if (r == KMS_OK && tk_env_body_context(body_ctx, sizeof(body_ctx), &body_ctx_len, h) != KMS_OK) {
+    r = KMS_ERR_DECRYPT;
+  }
   if (r != KMS_OK) {
     goto out;
   }
@@ -337,7 +516,8 @@ tk_open(tk_client *client, uint8_t *out, size_t out_cap, size_t *out_len, const 
     goto out;
   }
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_decrypt(out, out_cap, out_len, key, klen, env, hl, env + hl, env_len - hl);
+  r = tk_cob_decrypt(out, out_cap, out_len, key, klen, body_ctx, body_ctx_len, env + hl,
+                     env_len - hl);
   r = opaque(r);
 out:
   if (r != KMS_OK) {
@@ -380,13 +560,14 @@ tk_stream_update_max(size_t in_len)
 }
 
 static int
-stream_seal_new(tk_client *client, const tk_session *session, tk_stream **out_st,
+stream_seal_new(tk_client *client, const tk_session *session, uint8_t format, tk_stream **out_st,
                 const char *tenant_id, const tk_context *ctx)
 {
   int r = KMS_ERR_INTERNAL;
   tk_data_key *k = NULL;
   tk_stream *st = NULL;
-  size_t hl = 0, klen = 0;
+  uint8_t body_ctx[TK_ENV_BODY_CONTEXT_MAX];
+  size_t hl = 0, klen = 0, body_ctx_len = 0;
 
   *out_st = NULL;
   st = calloc(1, sizeof(*st));
@@ -395,12 +576,13 @@ stream_seal_new(tk_client *client, const tk_session *session, tk_stream **out_st
   }
   st->sealing = 1;
   st->client = client;
-  r = key_and_header(client, session, &k, st->buf, &hl, tenant_id, ctx);
+  r = key_and_header(client, session, format, &k, st->buf, &hl, body_ctx, &body_ctx_len, tenant_id,
+                     ctx);
   if (r != KMS_OK) {
     goto out;
   }
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_enc_init(&st->enc, st->buf + hl, key, klen, NULL, st->buf, hl);
+  r = tk_cob_enc_init(&st->enc, st->buf + hl, key, klen, NULL, body_ctx, body_ctx_len);
   if (r != KMS_OK) {
     goto out;
   }
@@ -417,7 +599,21 @@ TK_EXPORT int
 tk_stream_seal_new(tk_client *client, tk_stream **out_st, const char *tenant_id,
                    const tk_context *ctx)
 {
-  return stream_seal_new(client, NULL, out_st, tenant_id, ctx);
+  return stream_seal_new(client, NULL, TK_ENV_FORMAT_NEWEST, out_st, tenant_id, ctx);
+}
+
+int
+tk_stream_seal_new_format(tk_client *client, uint8_t format, tk_stream **out_st,
+                          const char *tenant_id, const tk_context *ctx)
+{
+  if (out_st == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  *out_st = NULL;
+  if (format != TK_ENV_FORMAT_1 && format != TK_ENV_FORMAT_2) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return stream_seal_new(client, NULL, format, out_st, tenant_id, ctx);
 }
 
 TK_EXPORT int
@@ -430,7 +626,7 @@ tk_stream_seal_session_new(tk_stream **out_st, const tk_session *session, const 
   if (session == NULL) {
     return KMS_ERR_INVALID_ARGUMENT;
   }
-  return stream_seal_new(NULL, session, out_st, NULL, ctx);
+  return stream_seal_new(NULL, session, TK_ENV_FORMAT_1, out_st, NULL, ctx);
 }
 
 TK_EXPORT int
@@ -508,9 +704,10 @@ take_header(tk_stream *st, const uint8_t **in, size_t *in_len)
   if (h == NULL) {
     return KMS_ERR_ALLOC;
   }
-  r = tk_env_header_parse(h, st->buf, st->buf_len, NULL);
+  uint8_t body_ctx[TK_ENV_BODY_CONTEXT_MAX];
+  size_t body_ctx_len = 0;
+  r = body_context(body_ctx, &body_ctx_len, h, st->buf, st->buf_len);
   if (r != KMS_OK) {
-    r = KMS_ERR_DECRYPT;
     goto out;
   }
   r = unwrap_header_key(st->client, &k, h);
@@ -518,7 +715,7 @@ take_header(tk_stream *st, const uint8_t **in, size_t *in_len)
     goto out;
   }
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_dec_init(&st->dec, key, klen, st->buf, st->buf_len);
+  r = tk_cob_dec_init(&st->dec, key, klen, body_ctx, body_ctx_len);
 out:
   tk_data_key_free(k);
   free(h);
@@ -661,8 +858,8 @@ tk_reader_open(tk_client *client, tk_reader **out_rd, tk_read_fn read_fn, void *
   tk_reader *rd = NULL;
   struct tk_env_header *h = NULL;
   tk_data_key *k = NULL;
-  uint8_t hdr[TK_ENV_HEADER_MAX];
-  size_t hl = 0, klen = 0;
+  uint8_t hdr[TK_ENV_HEADER_MAX], body_ctx[TK_ENV_BODY_CONTEXT_MAX];
+  size_t hl = 0, klen = 0, body_ctx_len = 0;
 
   *out_rd = NULL;
   if (client == NULL || read_fn == NULL) {
@@ -692,8 +889,8 @@ tk_reader_open(tk_client *client, tk_reader **out_rd, tk_read_fn read_fn, void *
   if (r != KMS_OK) {
     goto out;
   }
-  if (tk_env_header_parse(h, hdr, hl, NULL) != KMS_OK) {
-    r = KMS_ERR_DECRYPT;
+  r = body_context(body_ctx, &body_ctx_len, h, hdr, hl);
+  if (r != KMS_OK) {
     goto out;
   }
   uint64_t pt_len = 0;
@@ -707,7 +904,7 @@ tk_reader_open(tk_client *client, tk_reader **out_rd, tk_read_fn read_fn, void *
   }
   rd->hdr_len = hl;
   const uint8_t *key = tk_data_key_plaintext(k, &klen);
-  r = tk_cob_reader_open(&rd->cob, key, klen, hdr, hl, body_read, rd, env_len - hl);
+  r = tk_cob_reader_open(&rd->cob, key, klen, body_ctx, body_ctx_len, body_read, rd, env_len - hl);
   if (r != KMS_OK) {
     r = opaque(r);
     goto out;

@@ -341,8 +341,8 @@ tk_session_seal_header(const tk_session *s, const tk_context *ctx, tk_data_key *
   if ((h = malloc(sizeof(*h))) == NULL) {
     return KMS_ERR_ALLOC;
   }
-  r = tk_env_header_set(h, s->tenant_id, s->kek_version, (const uint8_t *)TK_ENV_SESSION_MARKER,
-                        TK_ENV_SESSION_MARKER_LEN, all, m);
+  r = tk_env_header_set(h, TK_ENV_FORMAT_1, s->tenant_id, s->kek_version,
+                        (const uint8_t *)TK_ENV_SESSION_MARKER, TK_ENV_SESSION_MARKER_LEN, all, m);
   if (r == KMS_OK) {
     r = tk_env_header_encode(hdr, TK_ENV_HEADER_MAX, hdr_len, h);
   }

@@ -190,8 +190,9 @@ TK_EXPORT void tk_data_key_free(tk_data_key *key);
  * An envelope (docs/ENVELOPE.md) is self-describing: a header carrying the
  * format version, tenant, KEK version, wrapped data key and encryption
  * context, followed by the data encrypted with Cobblestone-256 under that
- * data key, with the header bytes as its context (so neither part can be
- * swapped). Opening needs only the envelope and a client: kmsd unwraps the
+ * data key, with the header's tenant and context as its context (format 2,
+ * written by default; format 1, still read, binds the whole header), so
+ * neither part can be swapped. Opening needs only the envelope and a client: kmsd unwraps the
  * data key for the tenant and context named in the header.
  *
  * Errors when opening: anything wrong with the envelope - a malformed or
@@ -268,6 +269,7 @@ typedef struct tk_envelope_meta {
   size_t n_context;          /* context entries (0..16), sorted by key */
   char context_keys[16][65];     /* NUL-terminated */
   char context_values[16][257];  /* NUL-terminated */
+  int format;                    /* the envelope format version: 1 or 2 (docs/ENVELOPE.md) */
 } tk_envelope_meta;
 
 /*
@@ -280,6 +282,40 @@ typedef struct tk_envelope_meta {
  * envelope header) or TK_EINVAL (NULL arguments). On failure |*out| is zeroed.
  */
 TK_EXPORT int tk_envelope_info(tk_envelope_meta *out, const uint8_t *env, size_t env_len);
+
+/*
+ * tk_envelope_rewrap_header moves the data key of a format 2 envelope to KEK
+ * version |target_version| (0: the tenant's newest) without the body: it
+ * parses the header at the start of |env| (|env_len| bytes: the whole
+ * envelope or any prefix holding the header), asks kmsd to ReEncrypt its
+ * wrapped key (tenant and context from the header; the plaintext key never
+ * leaves kmsd, so the ReEncrypt grant suffices) and writes the new header
+ * (same tenant and context, new KEK version and wrapped key) to |out_hdr|
+ * (capacity |out_cap|; TK_ENVELOPE_HEADER_MAX always suffices), its length
+ * to |*out_hdr_len| and its KEK version to |*out_kek_version|. The body that
+ * followed the old header authenticates under the new one unchanged (format
+ * 2 leaves the wrapped key and KEK version out of the body's context).
+ *
+ * If the key is already under the target, the new header equals the old one
+ * (and |*out_kek_version| the header's version): nothing to write.
+ * WARNING: the new header may differ in length from the old one if kmsd's
+ * wrapped-key length changed (never within kmsd's wrapped-key format 1); then
+ * it cannot overwrite the old header in place: write header and body anew.
+ *
+ * Returns TK_OK; TK_EINVAL for a format 1 or session envelope (format 1
+ * binds the wrapped key into the body: re-encrypt it instead; a session
+ * envelope holds no wrapped key) or NULL arguments; TK_EDECRYPT if the
+ * header is malformed or kmsd refuses its wrapped key (no reason given);
+ * TK_ETRUNCATED if |env_len| is shorter than the header; or a passed-through
+ * error from kmsd (TK_EPERM, TK_EPRECONDITION, TK_ENOTFOUND for an unknown
+ * target version, TK_EUNAVAILABLE, ...). Outputs are zeroed on failure.
+ * Nothing is authenticated here beyond what kmsd's ReEncrypt checks.
+ */
+TK_EXPORT TK_WARN_UNUSED int tk_envelope_rewrap_header(tk_client *client, uint8_t *out_hdr,
+                                                       size_t out_cap, size_t *out_hdr_len,
+                                                       uint32_t *out_kek_version,
+                                                       const uint8_t *env, size_t env_len,
+                                                       uint32_t target_version);
 
 /*
  * tk_open_range decrypts plaintext bytes [offset, offset + len) of the

@@ -42,6 +42,18 @@ tk_data_key *tk_data_key_new_from(const uint8_t *pt, size_t pt_len, const uint8_
 struct tk_env_header;
 
 /*
+ * tk_seal_format and tk_stream_seal_new_format are tk_seal and
+ * tk_stream_seal_new writing envelope format |format| (1 or 2; the public
+ * functions write the newest, 2). For tests and test vectors: format 1 is
+ * read forever but no longer written by default. KMS_ERR_INVALID_ARGUMENT
+ * for any other format.
+ */
+int tk_seal_format(tk_client *client, uint8_t format, uint8_t *out, size_t out_cap, size_t *out_len,
+                   const char *tenant_id, const tk_context *ctx, const uint8_t *pt, size_t pt_len);
+int tk_stream_seal_new_format(tk_client *client, uint8_t format, tk_stream **out_st,
+                              const char *tenant_id, const tk_context *ctx);
+
+/*
  * tk_session_header_key fetches the session key named by a session
  * envelope's header (GetSessionKey, with the client's attributes) as a data
  * key. Errors as kmsd answered them.

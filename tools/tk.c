@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -47,15 +48,18 @@ usage(FILE *f)
           "        kmsd's policy (purpose=P), not part of the envelope\n"
           "  rewrap [--to-version N] [--purpose P] [--attr K=V]... FILE...\n"
           "        move each envelope FILE to its tenant's newest KEK version (or check it\n"
-          "        is N: only the newest version wraps new keys) by RE-ENCRYPTING it: the\n"
-          "        file is opened and sealed again under a fresh data key (same tenant and\n"
-          "        context) into a temporary file in the same directory, which replaces\n"
-          "        FILE only when complete (fsync + rename; mode kept, owner and hard\n"
-          "        links are not). The whole file is rewritten: format 1 binds the body\n"
-          "        to the header's wrapped key, so the header cannot be rewrapped alone.\n"
-          "        Files already under the target and session envelopes (their keys are\n"
+          "        is N). Format 2 envelopes (what seal writes) are rewrapped IN PLACE: kmsd\n"
+          "        re-wraps the header's data key (ReEncrypt: no plaintext key leaves it)\n"
+          "        and the new header overwrites the old one; the body is not touched.\n"
+          "        Crash-safe: the old and new headers go to FILE.tk-rewrap-journal first,\n"
+          "        and a later run on FILE completes or undoes an interrupted rewrite.\n"
+          "        Format 1 envelopes bind the body to the wrapped key, so they are\n"
+          "        RE-ENCRYPTED into format 2 under a fresh data key (same tenant and\n"
+          "        context) in a temporary file that replaces FILE when complete (fsync +\n"
+          "        rename; mode kept, owner and hard links are not); that needs Decrypt,\n"
+          "        GenerateDataKey and GenerateDataKeyWithoutPlaintext, in place only\n"
+          "        ReEncrypt. Files already current and session envelopes (their keys are\n"
           "        re-wrapped inside kmsd) are skipped; a failed file is left unchanged.\n"
-          "        Needs Decrypt, GenerateDataKey and GenerateDataKeyWithoutPlaintext.\n"
           "        Prints the counts; exit code that of the first failure, if any\n"
           "  session close --tenant T S\n"
           "        close session S: no new encryption under its key, opening still works\n"
@@ -496,15 +500,21 @@ datakey_decrypt(tk_client *c, const char *tenant, const tk_context *ctx, const c
 /* ---- rewrap ------------------------------------------------------------------------ */
 
 /*
- * Format 1 makes the body's Cobblestone context the whole header, wrapped key
- * and KEK version included (docs/ENVELOPE.md), so a header cannot be
- * rewrapped (ReEncrypt) without invalidating the body. tk rewrap therefore
- * re-encrypts: open the envelope as a stream and seal the plaintext again
- * under a fresh data key of the newest KEK version, same tenant and context,
- * into a temporary file that replaces the original only when complete.
+ * tk rewrap moves envelope files to their tenant's newest KEK version
+ * (docs/CLIENT.md). Format 2 (docs/ENVELOPE.md) leaves the wrapped key and
+ * KEK version out of the body's context, so its header is rewrapped IN PLACE:
+ * ReEncrypt of the header's wrapped key (tk_envelope_rewrap_header; the
+ * plaintext key never leaves kmsd), then the new header, same length,
+ * overwrites the old one; the body is not touched. Crash safety: the old and
+ * new headers are first written to FILE.tk-rewrap-journal and fsync'ed; a
+ * later run finds the journal and restores consistency (journal_recover).
+ * Format 1 binds the whole header into the body, so such a file (and a format
+ * 2 file whose new header would change length) is RE-ENCRYPTED into format 2
+ * instead: opened as a stream and sealed again under a fresh data key into a
+ * temporary file that replaces it when complete.
  */
 struct rewrap_stats {
-  unsigned done, current, session, failed;
+  unsigned in_place, reencrypted, current, session, failed, recovered;
   int first_rc;
 };
 
@@ -514,6 +524,29 @@ rewrap_failed(struct rewrap_stats *stats, int rc)
   stats->failed++;
   if (stats->first_rc == EXIT_OK) {
     stats->first_rc = rc != EXIT_OK ? rc : EXIT_OTHER;
+  }
+}
+
+/*
+ * Test hook (tests/integration/test_library.c): TK_REWRAP_TEST_CRASH names a
+ * point of the in-place write at which tk exits at once (status 99), as a
+ * crash would stop it: "journal" (journal durable, file untouched), "torn"
+ * (half of the new header written), "header" (new header durable, journal
+ * not yet removed). TK_REWRAP_TEST_LENGTH_CHANGE=1 makes tk treat every new
+ * header as having another length (the re-encryption fallback).
+ */
+static int
+test_hook_is(const char *var, const char *value)
+{
+  const char *v = getenv(var);
+  return v != NULL && strcmp(v, value) == 0;
+}
+
+static void
+crash_point(const char *point)
+{
+  if (test_hook_is("TK_REWRAP_TEST_CRASH", point)) {
+    _exit(99);
   }
 }
 
@@ -586,37 +619,369 @@ out:
   return rc;
 }
 
-/* fsync the directory holding |path|, so that a rename survives a crash. */
-static void
+/* fsync the directory holding |path|, so that a rename or unlink survives a crash. */
+static int
 sync_dir_of(const char *path)
 {
   char copy[4096];
   if (strlen(path) >= sizeof(copy)) {
-    return;
+    return -1;
   }
   memcpy(copy, path, strlen(path) + 1);
   int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)fsync(dfd);
-    close(dfd);
+  if (dfd < 0) {
+    return -1;
   }
+  int r = fsync(dfd);
+  close(dfd);
+  return r;
+}
+
+/*
+ * Re-encrypts the envelope file |path| (open as |in_fd|, described by |meta|,
+ * stat |sb|) into format 2 under the tenant's newest KEK version: temporary
+ * file, fsync, rename, fsync of the directory. |target| is the version the
+ * new envelope must have at least (exactly, if |exact|). Returns an exit code.
+ */
+static int
+rewrap_reencrypt(tk_client *c, const char *what, const char *path, int in_fd, const struct stat *sb,
+                 tk_envelope_meta *meta, const tk_context *ctx, uint32_t target, int exact)
+{
+  int rc = EXIT_OK;
+  struct output o;
+  uint8_t *hdr = malloc(TK_ENVELOPE_HEADER_MAX);
+  if (hdr == NULL) {
+    fprintf(stderr, "tk: %s: out of memory\n", what);
+    return EXIT_OTHER;
+  }
+  if (lseek(in_fd, 0, SEEK_SET) != 0) {
+    free(hdr);
+    return io_fail("rewrap: cannot read", path);
+  }
+  char tenant[sizeof(meta->tenant)];
+  memcpy(tenant, meta->tenant, sizeof(tenant));
+  rc = output_open(&o, path);
+  if (rc != EXIT_OK) {
+    free(hdr);
+    return rc;
+  }
+  if (fchmod(o.fd, sb->st_mode & 07777) != 0) {
+    rc = io_fail("rewrap: cannot set the mode of the temporary file for", path);
+    goto out;
+  }
+  rc = reencrypt(c, what, in_fd, path, tenant, ctx, &o);
+  if (rc != EXIT_OK) {
+    goto out;
+  }
+  /* A rotation meanwhile gives a newer version: fine unless --to-version. */
+  ssize_t got = pread(o.fd, hdr, TK_ENVELOPE_HEADER_MAX, 0);
+  if (got < 0 || tk_envelope_info(meta, hdr, (size_t)got) != TK_OK ||
+      (exact && meta->kek_version != target) || meta->kek_version < target) {
+    fprintf(stderr, "tk: %s: the new envelope is not under KEK version %u (rotated meanwhile?)\n",
+            what, target);
+    rc = EXIT_OTHER;
+    goto out;
+  }
+out:
+  if (rc != EXIT_OK) {
+    (void)output_close(&o, 0); /* removes the temporary file */
+  } else {
+    rc = output_close(&o, 1);
+  }
+  if (rc == EXIT_OK && sync_dir_of(path) != 0) {
+    rc = io_fail("rewrap: cannot sync the directory of", path);
+  }
+  free(hdr);
+  return rc;
+}
+
+/* ---- rewrap in place: the journal ----------------------------------------------------- */
+
+/*
+ * FILE.tk-rewrap-journal, written before a header is overwritten in place:
+ *
+ *   "TKRWJ01\n" | u16 L | old header (L bytes) | new header (L bytes)
+ *   | SHA-256 of everything before it (32 bytes)
+ *
+ * Both headers are format 2 with the same body context, so either one opens
+ * the body; the hash tells a complete journal from one torn by a crash.
+ */
+#define JOURNAL_SUFFIX ".tk-rewrap-journal"
+#define JOURNAL_MAGIC "TKRWJ01\n"
+#define JOURNAL_MAGIC_LEN 8
+#define JOURNAL_MAX (JOURNAL_MAGIC_LEN + 2 + 2 * TK_ENVELOPE_HEADER_MAX + 32)
+
+static int
+journal_path(char *out, size_t cap, const char *path)
+{
+  int n = snprintf(out, cap, "%s%s", path, JOURNAL_SUFFIX);
+  return n >= 0 && (size_t)n < cap ? 0 : -1;
+}
+
+static int
+write_all_at(int fd, const uint8_t *p, size_t n, off_t off)
+{
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, off);
+    if (w < 0 && errno == EINTR) {
+      continue;
+    }
+    if (w <= 0) {
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+    off += w;
+  }
+  return 0;
+}
+
+/* Reads up to |cap| bytes from offset |off| (fewer only at end of file). */
+static int
+read_all_at(int fd, uint8_t *p, size_t cap, off_t off, size_t *out_n)
+{
+  size_t got = 0;
+  *out_n = 0;
+  while (got < cap) {
+    ssize_t n = pread(fd, p + got, cap - got, off + (off_t)got);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      return -1;
+    }
+    if (n == 0) {
+      break;
+    }
+    got += (size_t)n;
+  }
+  *out_n = got;
+  return 0;
+}
+
+static int
+sha256(uint8_t out[32], const uint8_t *p, size_t n)
+{
+  unsigned int len = 0;
+  return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
+}
+
+/* Writes the journal for |path| and makes it durable. Returns an exit code. */
+static int
+journal_write(const char *jpath, const char *path, const uint8_t *old_hdr, const uint8_t *new_hdr,
+              size_t len)
+{
+  static uint8_t j[JOURNAL_MAX];
+  size_t n = 0;
+  memcpy(j, JOURNAL_MAGIC, JOURNAL_MAGIC_LEN);
+  n = JOURNAL_MAGIC_LEN;
+  j[n++] = (uint8_t)(len >> 8);
+  j[n++] = (uint8_t)len;
+  memcpy(j + n, old_hdr, len);
+  n += len;
+  memcpy(j + n, new_hdr, len);
+  n += len;
+  if (sha256(j + n, j, n) != 0) {
+    fprintf(stderr, "tk: rewrap %s: SHA-256 failed\n", path);
+    return EXIT_OTHER;
+  }
+  n += 32;
+  int fd = open(jpath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return io_fail("rewrap: cannot create the journal", jpath);
+  }
+  int ok = write_all_at(fd, j, n, 0) == 0 && fsync(fd) == 0;
+  ok = close(fd) == 0 && ok;
+  if (!ok || sync_dir_of(jpath) != 0) {
+    int rc = io_fail("rewrap: cannot write the journal", jpath);
+    unlink(jpath);
+    return rc;
+  }
+  return EXIT_OK;
+}
+
+/* Parses a journal; returns 1 and the headers if it is complete and consistent, else 0. */
+static int
+journal_parse(const uint8_t *j, size_t n, const uint8_t **out_old, const uint8_t **out_new,
+              size_t *out_len)
+{
+  uint8_t digest[32];
+  if (n < JOURNAL_MAGIC_LEN + 2 + 32 || memcmp(j, JOURNAL_MAGIC, JOURNAL_MAGIC_LEN) != 0) {
+    return 0;
+  }
+  size_t len = ((size_t)j[JOURNAL_MAGIC_LEN] << 8) | j[JOURNAL_MAGIC_LEN + 1];
+  if (len == 0 || len > TK_ENVELOPE_HEADER_MAX || n != JOURNAL_MAGIC_LEN + 2 + 2 * len + 32 ||
+      sha256(digest, j, n - 32) != 0 || CRYPTO_memcmp(digest, j + n - 32, 32) != 0) {
+    return 0;
+  }
+  const uint8_t *old_hdr = j + JOURNAL_MAGIC_LEN + 2, *new_hdr = old_hdr + len;
+  /* Both must be complete format 2 headers of one tenant and context (the same body). */
+  static tk_envelope_meta a, b;
+  if (tk_envelope_info(&a, old_hdr, len) != TK_OK || tk_envelope_info(&b, new_hdr, len) != TK_OK ||
+      a.header_len != len || b.header_len != len || a.format != 2 || b.format != 2 ||
+      a.is_session || b.is_session || strcmp(a.tenant, b.tenant) != 0 ||
+      a.n_context != b.n_context) {
+    return 0;
+  }
+  for (size_t i = 0; i < a.n_context; i++) {
+    if (strcmp(a.context_keys[i], b.context_keys[i]) != 0 ||
+        strcmp(a.context_values[i], b.context_values[i]) != 0) {
+      return 0;
+    }
+  }
+  *out_old = old_hdr;
+  *out_new = new_hdr;
+  *out_len = len;
+  return 1;
+}
+
+/*
+ * journal_recover: FILE.tk-rewrap-journal exists, so a run stopped during an
+ * in-place rewrap of |path| (open read-write as |fd|, locked). The file is
+ * made consistent and the journal removed:
+ *
+ * - the journal is incomplete (torn while being written, so before the file
+ *   was touched) and the file's header parses: the journal is dropped;
+ * - the file starts with the new header: the rewrap completed, drop it;
+ * - the file starts with the old header: it never started, drop it;
+ * - every header byte is the old or the new one (a torn header write): the
+ *   new header is written again (either opens the body) and synced;
+ * - anything else (the file changed meanwhile): fail, leave both alone.
+ *
+ * Sets |*out_recovered| to 1 if the file was written or a completed rewrap
+ * confirmed. Returns an exit code.
+ */
+static int
+journal_recover(const char *what, const char *path, const char *jpath, int fd, int *out_recovered)
+{
+  static uint8_t j[JOURNAL_MAX + 1], cur[TK_ENVELOPE_HEADER_MAX];
+  static tk_envelope_meta m;
+  const uint8_t *old_hdr = NULL, *new_hdr = NULL;
+  size_t jn = 0, len = 0, got = 0;
+  int rc = EXIT_OK;
+  *out_recovered = 0;
+
+  int jfd = open(jpath, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (jfd < 0) {
+    return io_fail("rewrap: cannot open the journal", jpath);
+  }
+  int rr = read_all_at(jfd, j, sizeof(j), 0, &jn);
+  close(jfd);
+  if (rr != 0) {
+    return io_fail("rewrap: cannot read the journal", jpath);
+  }
+  if (read_all_at(fd, cur, sizeof(cur), 0, &got) != 0) {
+    return io_fail("rewrap: cannot read", path);
+  }
+  if (!journal_parse(j, jn, &old_hdr, &new_hdr, &len)) {
+    if (tk_envelope_info(&m, cur, got) != TK_OK) {
+      fprintf(stderr,
+              "tk: %s: an incomplete journal %s and no valid header: both left for "
+              "inspection\n",
+              what, jpath);
+      return EXIT_AUTH;
+    }
+    /* Torn while being written: the file was never touched. */
+  } else if (got >= len && memcmp(cur, new_hdr, len) == 0) {
+    if (fsync(fd) != 0) {
+      return io_fail("rewrap: cannot sync", path);
+    }
+    *out_recovered = 1;
+  } else if (got >= len && memcmp(cur, old_hdr, len) == 0) {
+    /* Stopped before the header was written: nothing to repair. */
+  } else {
+    int torn = got >= len;
+    for (size_t i = 0; torn && i < len; i++) {
+      torn = cur[i] == old_hdr[i] || cur[i] == new_hdr[i];
+    }
+    if (!torn) {
+      fprintf(stderr,
+              "tk: %s: the journal %s does not match the file (changed since?): both left for "
+              "inspection\n",
+              what, jpath);
+      return EXIT_AUTH;
+    }
+    if (write_all_at(fd, new_hdr, len, 0) != 0 || fsync(fd) != 0) {
+      return io_fail("rewrap: cannot write", path);
+    }
+    *out_recovered = 1;
+  }
+  if (unlink(jpath) != 0 || sync_dir_of(jpath) != 0) {
+    rc = io_fail("rewrap: cannot remove the journal", jpath);
+  }
+  if (rc == EXIT_OK && *out_recovered) {
+    fprintf(stderr, "tk: %s: completed an interrupted in-place rewrap (journal %s)\n", what, jpath);
+  }
+  return rc;
+}
+
+/*
+ * Overwrites the first |len| bytes of |path| (open read-write as |fd|) with
+ * |new_hdr|, journaled: journal durable, header written and synced, journal
+ * removed and the removal synced. Returns an exit code.
+ */
+static int
+rewrite_header(const char *path, const char *jpath, int fd, const uint8_t *old_hdr,
+               const uint8_t *new_hdr, size_t len)
+{
+  int rc = journal_write(jpath, path, old_hdr, new_hdr, len);
+  if (rc != EXIT_OK) {
+    return rc;
+  }
+  crash_point("journal");
+  if (test_hook_is("TK_REWRAP_TEST_CRASH", "torn")) {
+    (void)write_all_at(fd, new_hdr, len / 2, 0);
+    (void)fsync(fd);
+    crash_point("torn");
+  }
+  if (write_all_at(fd, new_hdr, len, 0) != 0 || fsync(fd) != 0) {
+    /* The journal stays: the next run repairs whatever reached the disk. */
+    return io_fail("rewrap: cannot write the new header of", path);
+  }
+  crash_point("header");
+  if (unlink(jpath) != 0 || sync_dir_of(jpath) != 0) {
+    return io_fail("rewrap: cannot remove the journal", jpath);
+  }
+  return EXIT_OK;
+}
+
+/* ---- rewrap: one file ------------------------------------------------------------------ */
+
+/* The newest KEK version of |meta|'s tenant: the one a new data key gets (no plaintext). */
+static int
+newest_version(tk_client *c, const char *what, const tk_envelope_meta *meta, const tk_context *ctx,
+               uint32_t *out_version)
+{
+  tk_data_key *probe = NULL;
+  *out_version = 0;
+  int r = tk_data_key_generate(c, &probe, meta->tenant, ctx, 0);
+  if (r != TK_OK) {
+    return fail(c, what, r);
+  }
+  *out_version = tk_data_key_kek_version(probe);
+  tk_data_key_free(probe);
+  return EXIT_OK;
 }
 
 static void
 rewrap_file(tk_client *c, const char *path, uint32_t to_version, struct rewrap_stats *stats)
 {
-  char what[4200];
-  snprintf(what, sizeof(what), "rewrap %s", path);
-  int rc = EXIT_OK, in_fd = -1, opened = 0;
+  char what[4200], jpath[4200];
+  int rc = EXIT_OK, fd = -1, r;
   tk_context *ctx = NULL;
-  tk_data_key *probe = NULL;
-  struct output o;
   struct stat sb;
-  uint8_t *hdr = malloc(TK_ENVELOPE_HEADER_MAX);
+  enum { NONE, IN_PLACE, REENCRYPTED, CURRENT, SESSION } outcome = NONE;
+  uint8_t *hdr = malloc(TK_ENVELOPE_HEADER_MAX), *nhdr = malloc(TK_ENVELOPE_HEADER_MAX);
   tk_envelope_meta *meta = malloc(sizeof(*meta));
-  if (hdr == NULL || meta == NULL) {
+  snprintf(what, sizeof(what), "rewrap %s", path);
+  if (hdr == NULL || nhdr == NULL || meta == NULL) {
     fprintf(stderr, "tk: %s: out of memory\n", what);
     rc = EXIT_OTHER;
+    goto out;
+  }
+  if (journal_path(jpath, sizeof(jpath), path) != 0) {
+    errno = ENAMETOOLONG;
+    rc = io_fail("rewrap: cannot open", path);
     goto out;
   }
   if (lstat(path, &sb) != 0) {
@@ -628,26 +993,57 @@ rewrap_file(tk_client *c, const char *path, uint32_t to_version, struct rewrap_s
     rc = EXIT_IO;
     goto out;
   }
-  rc = input_open(path, &in_fd);
-  if (rc != EXIT_OK) {
+  /*
+   * Read-write for an in-place rewrap (read-only suffices to re-encrypt, which
+   * replaces the file); a lock keeps two tk rewrap runs off one file.
+   */
+  int writable = 1;
+  fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 && (errno == EACCES || errno == EROFS)) {
+    writable = 0;
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  }
+  if (fd < 0) {
+    rc = io_fail("rewrap: cannot open", path);
+    goto out;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    rc = io_fail("rewrap: cannot lock (another tk rewrap on it?)", path);
+    goto out;
+  }
+  struct stat jsb;
+  if (lstat(jpath, &jsb) == 0) {
+    int recovered = 0;
+    if (!writable) {
+      errno = EACCES;
+      rc = io_fail("rewrap: an interrupted rewrap left a journal, but cannot write", path);
+      goto out;
+    }
+    rc = journal_recover(what, path, jpath, fd, &recovered);
+    if (rc != EXIT_OK) {
+      goto out;
+    }
+    stats->recovered += (unsigned)recovered;
+  } else if (errno != ENOENT) {
+    rc = io_fail("rewrap: cannot look for the journal", jpath);
     goto out;
   }
   size_t n = 0;
-  rc = read_some(in_fd, hdr, TK_ENVELOPE_HEADER_MAX, &n, path);
+  rc = read_some(fd, hdr, TK_ENVELOPE_HEADER_MAX, &n, path);
   if (rc != EXIT_OK) {
     goto out;
   }
-  int r = tk_envelope_info(meta, hdr, n);
+  r = tk_envelope_info(meta, hdr, n);
   if (r != TK_OK) {
     rc = fail(NULL, what, r == TK_ETRUNCATED ? TK_EDECRYPT : r);
     goto out;
   }
   if (meta->is_session) {
-    stats->session++;
+    outcome = SESSION;
     goto out;
   }
   if (to_version != 0 && meta->kek_version == to_version) {
-    stats->current++;
+    outcome = CURRENT;
     goto out;
   }
   ctx = tk_context_new();
@@ -662,70 +1058,79 @@ rewrap_file(tk_client *c, const char *path, uint32_t to_version, struct rewrap_s
       goto out;
     }
   }
-  /* The tenant's newest version: the one a new data key gets (no plaintext asked for). */
-  r = tk_data_key_generate(c, &probe, meta->tenant, ctx, 0);
-  if (r != TK_OK) {
-    rc = fail(c, what, r);
-    goto out;
-  }
-  uint32_t newest = tk_data_key_kek_version(probe);
-  uint32_t target = to_version != 0 ? to_version : newest;
-  if (target != newest) {
-    fprintf(stderr,
-            "tk: %s: KEK version %u of tenant %s is not its newest version (%u): only the "
-            "newest version wraps new data keys\n",
-            what, target, meta->tenant, newest);
-    rc = EXIT_OTHER;
-    goto out;
-  }
-  if (meta->kek_version == target) {
-    stats->current++;
-    goto out;
-  }
-  if (lseek(in_fd, 0, SEEK_SET) != 0) {
-    rc = io_fail("rewrap: cannot read", path);
-    goto out;
-  }
-  rc = output_open(&o, path);
-  if (rc != EXIT_OK) {
-    goto out;
-  }
-  opened = 1;
-  if (fchmod(o.fd, sb.st_mode & 07777) != 0) {
-    rc = io_fail("rewrap: cannot set the mode of the temporary file for", path);
-    goto out;
-  }
-  rc = reencrypt(c, what, in_fd, path, meta->tenant, ctx, &o);
-  if (rc != EXIT_OK) {
-    goto out;
-  }
-  /* A rotation meanwhile gives a newer version: fine without --to-version. */
-  ssize_t got = pread(o.fd, hdr, TK_ENVELOPE_HEADER_MAX, 0);
-  if (got < 0 || tk_envelope_info(meta, hdr, (size_t)got) != TK_OK ||
-      (to_version != 0 && meta->kek_version != to_version) || meta->kek_version < target) {
-    fprintf(stderr, "tk: %s: the new envelope is not under KEK version %u (rotated meanwhile?)\n",
-            what, target);
-    rc = EXIT_OTHER;
-    goto out;
-  }
-out:
-  if (opened) {
-    int crc = output_close(&o, rc == EXIT_OK);
-    rc = rc != EXIT_OK ? rc : crc;
-    if (rc == EXIT_OK) {
-      sync_dir_of(path);
-      stats->done++;
+  uint32_t target = to_version;
+  if (meta->format == 2) {
+    /* ReEncrypt the header's wrapped key: no plaintext, no Decrypt grant needed. */
+    size_t nl = 0;
+    uint32_t nv = 0;
+    r = tk_envelope_rewrap_header(c, nhdr, TK_ENVELOPE_HEADER_MAX, &nl, &nv, hdr, n, to_version);
+    if (r != TK_OK) {
+      rc = fail(c, what, r);
+      goto out;
     }
+    if (nv == meta->kek_version) {
+      outcome = CURRENT; /* kmsd gave the key back unchanged */
+      goto out;
+    }
+    if (nl == meta->header_len && !test_hook_is("TK_REWRAP_TEST_LENGTH_CHANGE", "1")) {
+      if (!writable) {
+        errno = EACCES;
+        rc = io_fail("rewrap: cannot rewrite the header in place of", path);
+        goto out;
+      }
+      rc = rewrite_header(path, jpath, fd, hdr, nhdr, nl);
+      outcome = rc == EXIT_OK ? IN_PLACE : NONE;
+      goto out;
+    }
+    target = nv; /* another length: the body must be written anew */
+  } else {
+    uint32_t newest = 0;
+    rc = newest_version(c, what, meta, ctx, &newest);
+    if (rc != EXIT_OK) {
+      goto out;
+    }
+    if (to_version != 0 && to_version != newest) {
+      fprintf(stderr,
+              "tk: %s: KEK version %u of tenant %s is not its newest version (%u): only the "
+              "newest version wraps new data keys\n",
+              what, to_version, meta->tenant, newest);
+      rc = EXIT_OTHER;
+      goto out;
+    }
+    if (meta->kek_version == newest) {
+      outcome = CURRENT;
+      goto out;
+    }
+    target = newest;
+  }
+  rc = rewrap_reencrypt(c, what, path, fd, &sb, meta, ctx, target, to_version != 0);
+  outcome = rc == EXIT_OK ? REENCRYPTED : NONE;
+out:
+  switch (outcome) {
+  case IN_PLACE:
+    stats->in_place++;
+    break;
+  case REENCRYPTED:
+    stats->reencrypted++;
+    break;
+  case CURRENT:
+    stats->current++;
+    break;
+  case SESSION:
+    stats->session++;
+    break;
+  case NONE:
+    break;
   }
   if (rc != EXIT_OK) {
     rewrap_failed(stats, rc);
   }
-  if (in_fd > STDIN_FILENO) {
-    close(in_fd);
+  if (fd >= 0) {
+    close(fd); /* releases the lock */
   }
-  tk_data_key_free(probe);
   tk_context_free(ctx);
   free(hdr);
+  free(nhdr);
   free(meta);
 }
 
@@ -737,9 +1142,11 @@ rewrap_files(tk_client *c, char **files, int n, uint32_t to_version)
   for (int i = 0; i < n; i++) {
     rewrap_file(c, files[i], to_version, &stats);
   }
-  printf("rewrap: %u rewritten, %u skipped (%u already current, %u session envelopes), "
-         "%u failed\n",
-         stats.done, stats.current + stats.session, stats.current, stats.session, stats.failed);
+  printf("rewrap: %u done (%u in place, %u re-encrypted), %u skipped (%u already current, "
+         "%u session envelopes), %u failed, %u interrupted rewraps completed\n",
+         stats.in_place + stats.reencrypted, stats.in_place, stats.reencrypted,
+         stats.current + stats.session, stats.current, stats.session, stats.failed,
+         stats.recovered);
   if (fflush(stdout) != 0 && stats.first_rc == EXIT_OK) {
     return EXIT_IO;
   }

@@ -1,4 +1,4 @@
-/* libFuzzer target: the envelope header parser (libtenantkey/envelope.h), strict and canonical. */
+/* libFuzzer target: the envelope header parser (libtenantkey/envelope.h), formats 1 and 2, strict and canonical, and the body's context. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +19,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   static struct tk_env_header h; /* ~90 KiB: not on the stack */
   static uint8_t again[TK_ENV_HEADER_MAX];
+  static uint8_t body_ctx[TK_ENV_BODY_CONTEXT_MAX];
   size_t declared = 0, n = 0;
   const char *why = NULL;
 
@@ -40,7 +41,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       memcmp(again, data, n) != 0) {
     __builtin_trap();
   }
+  /* Format 1: the body's context is the header; format 2: the header minus H, KEK version, W,
+   * wrapped key. */
+  size_t cl = 0;
+  if (tk_env_body_context(body_ctx, sizeof(body_ctx), &cl, &h) != KMS_OK) {
+    __builtin_trap();
+  }
+  if (h.format == TK_ENV_FORMAT_1
+          ? (cl != size || memcmp(body_ctx, data, size) != 0)
+          : (cl != size - 2 - 4 - 2 - h.wrapped_len || memcmp(body_ctx, data, 4) != 0)) {
+    __builtin_trap();
+  }
   const char *session = NULL;
-  (void)tk_env_header_is_session(&h, &session);
+  if (tk_env_header_is_session(&h, &session) && h.format != TK_ENV_FORMAT_1) {
+    __builtin_trap(); /* session envelopes are format 1 only */
+  }
   return 0;
 }

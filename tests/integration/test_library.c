@@ -15,6 +15,7 @@
 
 #include "harness.h"
 #include "tenantkey.h"
+#include "tk_internal.h" /* tk_seal_format: format 1 envelopes, still read, no longer written */
 
 /*
  * Principals follow the example policies (the files in policies/): the recording
@@ -478,6 +479,72 @@ START_TEST(test_truncated_appended_and_spliced_envelopes_are_refused)
 }
 END_TEST
 
+/*
+ * Format 1 stays readable forever: an envelope sealed in format 1 (as before format 2)
+ * opens one-shot, streamed and by random access, and one body byte changed is refused;
+ * its header cannot be rewrapped in place (TK_EINVAL), nor can a session envelope's.
+ */
+START_TEST(test_format1_envelopes_still_open_every_way)
+{
+  static const size_t n = 40000;
+  uint8_t *pt = random_bytes(n);
+  size_t cap = tk_seal_max_len(n), el = 0, ol = 0, released = 0;
+  uint8_t *env = malloc(cap), *out = malloc(cap + 16384);
+  ck_assert_int_eq(tk_seal_format(rec, 1, env, cap, &el, TENANT, ctx, pt, n), TK_OK);
+  ck_assert_uint_eq(env[3], 1);
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_OK);
+  ck_assert(ol == n && memcmp(out, pt, n) == 0);
+  ck_assert_int_eq(stream_open(ai, env, el, out, &ol, &released), TK_OK);
+  ck_assert(ol == n && memcmp(out, pt, n) == 0);
+  struct mem m = {env, el};
+  tk_reader *rd = NULL;
+  ck_assert_int_eq(tk_reader_open(ai, &rd, mem_read, &m, el), TK_OK);
+  ck_assert_int_eq(tk_reader_read(rd, out, 20000, 100), TK_OK);
+  ck_assert(memcmp(out, pt + 20000, 100) == 0);
+  tk_reader_free(rd);
+  env[el - 1] ^= 1;
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_EDECRYPT);
+  env[el - 1] ^= 1;
+  /* A format 1 body under a format 2 header (the version byte changed): refused. */
+  env[3] = 2;
+  ck_assert_int_eq(tk_open(ai, out, el, &ol, env, el), TK_EDECRYPT);
+  env[3] = 1;
+
+  /* tk_envelope_rewrap_header: format 1, a session envelope, cut short, not an envelope. */
+  uint8_t hdr[TK_ENVELOPE_HEADER_MAX];
+  size_t hl = 99;
+  uint32_t v = 99;
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env, el, 0),
+                   TK_EINVAL);
+  ck_assert_uint_eq(hl, 0);
+  ck_assert_uint_eq(v, 0);
+  tk_session *s = NULL;
+  ck_assert_int_eq(tk_session_open(rec, &s, TENANT, "fmt1-sess", NULL), TK_OK);
+  size_t sl = 0;
+  uint8_t *senv = malloc(tk_seal_max_len(10));
+  ck_assert_int_eq(tk_seal_session(s, senv, tk_seal_max_len(10), &sl, NULL, pt, 10), TK_OK);
+  ck_assert_uint_eq(senv[3], 1); /* session envelopes stay format 1 */
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, senv, sl, 0),
+                   TK_EINVAL);
+  tk_session_free(s);
+  free(senv);
+  size_t l2 = 0;
+  uint8_t *env2 = seal(pt, 10, &l2);
+  ck_assert_uint_eq(env2[3], 2);
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env2, 20, 0),
+                   TK_ETRUNCATED);
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env2 + 1, l2 - 1, 0),
+                   TK_EDECRYPT);
+  /* The recording service has no ReEncrypt grant (the storage service has: tk rewrap tests). */
+  ck_assert_int_eq(tk_envelope_rewrap_header(rec, hdr, sizeof(hdr), &hl, &v, env2, l2, 0),
+                   TK_EPERM);
+  free(env2);
+  free(env);
+  free(out);
+  free(pt);
+}
+END_TEST
+
 /* ---- authorisation ------------------------------------------------------------------------ */
 
 START_TEST(test_principals_without_decrypt_rights_cannot_open)
@@ -798,10 +865,12 @@ START_TEST(test_tk_seals_and_opens_files_and_pipes)
 END_TEST
 
 /*
- * tk rewrap: format 1 binds the body to the whole header (wrapped key
- * included), so rewrap re-encrypts each file under a fresh data key of the
- * newest KEK version, atomically. Tenant globex, its bound integration
- * principal (Decrypt and GenerateDataKey), rotated by the officer.
+ * tk rewrap (docs/CLIENT.md): a format 2 envelope (what tk seal writes) is
+ * rewrapped IN PLACE (ReEncrypt of the header's wrapped key, the new header
+ * written over the old one, the body untouched, journaled against crashes); a
+ * format 1 envelope is re-encrypted into format 2 under a fresh data key.
+ * Tenant globex, its bound integration principal (Decrypt, GenerateDataKey,
+ * ReEncrypt), rotated by the officer; the storage service (ReEncrypt only).
  */
 static void
 rw_summary_is(const char *path, const char *want)
@@ -814,26 +883,88 @@ rw_summary_is(const char *path, const char *want)
   free(p);
 }
 
-START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
+/* globex exists once per kmsd: each rewrap test may run alone or after the others. */
+static void
+ensure_globex(void)
+{
+  uint32_t v = 0;
+  int r = tk_tenant_create(officer, &v, "globex");
+  ck_assert(r == TK_OK || r == TK_EEXIST);
+}
+
+static uint32_t
+rotate_globex(void)
+{
+  uint32_t v = 0;
+  ck_assert_int_eq(tk_key_rotate(officer, &v, "globex"), TK_OK);
+  return v;
+}
+
+/* Seals |n| bytes of |pt| into |path| as format |format| with globex's principal |g|. */
+static void
+seal_globex_file(tk_client *g, int format, const char *path, const uint8_t *pt, size_t n)
+{
+  tk_context *c = tk_context_new();
+  ck_assert_int_eq(tk_context_add(c, "session_id", "s-9"), TK_OK);
+  ck_assert_int_eq(tk_context_add(c, "kind", "audio"), TK_OK);
+  size_t cap = tk_seal_max_len(n), el = 0;
+  uint8_t *env = malloc(cap);
+  ck_assert_int_eq(tk_seal_format(g, (uint8_t)format, env, cap, &el, "globex", c, pt, n), TK_OK);
+  ck_assert_uint_eq(env[3], (unsigned)format);
+  write_file(path, env, el);
+  free(env);
+  tk_context_free(c);
+}
+
+/* The header of envelope file |path|: KEK version and format, and its bytes (malloc). */
+static uint8_t *
+envelope_of(const char *path, size_t *out_len, tk_envelope_meta *m)
+{
+  uint8_t *e = read_file(path, out_len);
+  ck_assert_ptr_nonnull(e);
+  ck_assert_int_eq(tk_envelope_info(m, e, *out_len), TK_OK);
+  return e;
+}
+
+/* Opens |env| with |g| and compares with |pt|. */
+static void
+opens_to(tk_client *g, const uint8_t *env, size_t el, const uint8_t *pt, size_t n)
+{
+  size_t ol = 0;
+  uint8_t *out = malloc(el);
+  int r = tk_open(g, out, el, &ol, env, el);
+  ck_assert_msg(r == TK_OK, "tk_open: %s", tk_strerror(r));
+  ck_assert_uint_eq(ol, n);
+  ck_assert(n == 0 || memcmp(out, pt, n) == 0);
+  free(out);
+}
+
+static int
+exists(const char *path)
+{
+  struct stat sb;
+  return lstat(path, &sb) == 0;
+}
+
+START_TEST(test_tk_rewrap_rewrites_v2_headers_in_place_and_reencrypts_v1)
 {
   const char *tk = getenv("TK");
   ck_assert_ptr_nonnull(tk);
   const char *d = harness_dir();
-  char ep[64], conf[512], dir[600], cmd[8192], out[700], err[700], files[4][700], bad[700],
-      sess[700], in[700];
+  char ep[64], conf[512], sconf[512], dir[600], cmd[8192], out[700], err[700], files[4][700],
+      v1[700], badbody[700], badhdr[700], sess[700], in[700], want[800];
   snprintf(ep, sizeof(ep), "endpoint = 127.0.0.1:%d\n", port);
   snprintf(conf, sizeof(conf), "%s", write_conf("integration-globex", ep, NULL));
+  snprintf(sconf, sizeof(sconf), "%s", write_conf("storage", ep, NULL));
   tk_client *g = client_for("integration-globex", NULL);
-  uint32_t v = 0;
-  ck_assert_int_eq(tk_tenant_create(officer, &v, "globex"), TK_OK);
-  ck_assert_uint_eq(v, 1);
+  ensure_globex();
   snprintf(dir, sizeof(dir), "%s/rw", d);
   ck_assert_int_eq(mkdir(dir, 0700), 0);
   snprintf(out, sizeof(out), "%s/out.txt", d);
   snprintf(err, sizeof(err), "%s/err.txt", d);
   snprintf(in, sizeof(in), "%s/rw-in.raw", d);
 
-  /* Three envelopes (empty, one chunk and a bit, many chunks) and a session envelope. */
+  /* Three format 2 envelopes by tk seal (empty, one chunk and a bit, many chunks). */
   static const size_t sizes[3] = {0, 16385, 300000};
   uint8_t *pts[3];
   for (int i = 0; i < 3; i++) {
@@ -847,6 +978,10 @@ START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
     ck_assert_int_eq(run(cmd), 0);
   }
   ck_assert_int_eq(chmod(files[1], 0640), 0);
+  /* A format 1 envelope (still readable forever), a session envelope (format 1 always). */
+  snprintf(v1, sizeof(v1), "%s/v1.tke", dir);
+  seal_globex_file(g, 1, v1, pts[1], sizes[1]);
+  ck_assert_int_eq(chmod(v1, 0640), 0);
   snprintf(sess, sizeof(sess), "%s/sess.tke", dir);
   snprintf(cmd, sizeof(cmd), "'%s' --config '%s' seal --session rw-1 --tenant globex '%s' '%s'",
            tk, conf, in, sess);
@@ -856,11 +991,11 @@ START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
 
   /* tk_envelope_info: parse only. */
   tk_envelope_meta m;
-  size_t el = 0;
-  uint8_t *env = read_file(files[2], &el);
-  ck_assert_int_eq(tk_envelope_info(&m, env, el), TK_OK);
+  size_t el = 0, v1l = 0;
+  uint8_t *env = envelope_of(files[2], &el, &m);
+  uint32_t v0 = m.kek_version;
+  ck_assert_int_eq(m.format, 2);
   ck_assert_str_eq(m.tenant, "globex");
-  ck_assert_uint_eq(m.kek_version, 1);
   ck_assert_int_eq(m.is_session, 0);
   ck_assert_uint_eq(m.n_context, 2);
   ck_assert_str_eq(m.context_keys[0], "kind"); /* sorted */
@@ -871,32 +1006,59 @@ START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
   ck_assert_int_eq(tk_envelope_info(&m, env + 1, el - 1), TK_EDECRYPT);
   ck_assert_int_eq(tk_envelope_info(&m, sess_before, sess_len), TK_OK);
   ck_assert_int_eq(m.is_session, 1);
+  ck_assert_int_eq(m.format, 1);
+  uint8_t *v1_before = envelope_of(v1, &v1l, &m);
+  ck_assert_int_eq(m.format, 1);
+  opens_to(g, v1_before, v1l, pts[1], sizes[1]);
 
   /* Before any rotation everything is current. */
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' > '%s'", tk, conf,
-           files[0], files[1], files[2], sess, out);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s'", tk, conf,
+           files[0], files[1], files[2], v1, sess, out);
   ck_assert_int_eq(run(cmd), 0);
-  rw_summary_is(out, "0 rewritten, 4 skipped (3 already current, 1 session envelopes), 0 failed");
+  rw_summary_is(out, "rewrap: 0 done (0 in place, 0 re-encrypted), 5 skipped (4 already current, "
+                     "1 session envelopes), 0 failed, 0 interrupted rewraps completed");
 
-  ck_assert_int_eq(tk_key_rotate(officer, &v, "globex"), TK_OK);
-  ck_assert_uint_eq(v, 2);
+  uint32_t v = rotate_globex();
+  ck_assert_uint_eq(v, v0 + 1);
 
-  /* A corrupted copy (one body byte) fails and is left as it was. */
-  snprintf(bad, sizeof(bad), "%s/bad.tke", dir);
+  /*
+   * A copy with one body byte changed: rewrapped in place all the same (the header is
+   * authentic; the body is not read), and it still fails to open afterwards. A copy with a
+   * wrapped-key byte changed: kmsd refuses it (exit 5), the file is left as it was.
+   */
+  snprintf(badbody, sizeof(badbody), "%s/badbody.tke", dir);
+  snprintf(badhdr, sizeof(badhdr), "%s/badhdr.tke", dir);
+  tk_envelope_meta em;
+  ck_assert_int_eq(tk_envelope_info(&em, env, el), TK_OK);
+  size_t hl = em.header_len;
   env[el - 20] ^= 0x01;
-  write_file(bad, env, el);
+  write_file(badbody, env, el);
+  env[el - 20] ^= 0x01;
+  env[hl - 40] ^= 0x01; /* inside the wrapped key: the count and entries are the last 29 bytes */
+  write_file(badhdr, env, el);
+  env[hl - 40] ^= 0x01;
+  uint8_t *before[3];
+  size_t before_len[3];
+  struct stat ino_before[3];
+  for (int i = 0; i < 3; i++) {
+    before[i] = read_file(files[i], &before_len[i]);
+    ck_assert_int_eq(stat(files[i], &ino_before[i]), 0);
+  }
 
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s' 2> '%s'",
-           tk, conf, files[0], bad, files[1], files[2], sess, out, err);
+  snprintf(cmd, sizeof(cmd),
+           "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' '%s' '%s' > '%s' 2> '%s'", tk, conf,
+           files[0], badhdr, files[1], files[2], v1, badbody, sess, out, err);
   ck_assert_int_eq(run(cmd), 5);
-  rw_summary_is(out, "3 rewritten, 1 skipped (0 already current, 1 session envelopes), 1 failed");
-  char want[800];
-  snprintf(want, sizeof(want), "tk: rewrap %s: ", bad);
+  rw_summary_is(out, "rewrap: 5 done (4 in place, 1 re-encrypted), 1 skipped (0 already current, "
+                     "1 session envelopes), 1 failed, 0 interrupted rewraps completed");
+  snprintf(want, sizeof(want), "tk: rewrap %s: ", badhdr);
   rw_summary_is(err, want);
   size_t bl = 0;
-  uint8_t *bad_after = read_file(bad, &bl);
+  uint8_t *bad_after = read_file(badhdr, &bl);
   ck_assert_uint_eq(bl, el);
+  env[hl - 40] ^= 0x01;
   ck_assert(memcmp(bad_after, env, el) == 0);
+  env[hl - 40] ^= 0x01;
   free(bad_after);
   size_t sl = 0;
   uint8_t *sess_after = read_file(sess, &sl);
@@ -904,42 +1066,96 @@ START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
   ck_assert(memcmp(sess_after, sess_before, sl) == 0);
   free(sess_after);
 
-  /* Each file now names version 2, opens to the same plaintext, kept its mode. */
+  /* In place: same inode, same length, body byte for byte; the header names version v. */
   for (int i = 0; i < 3; i++) {
-    size_t nl = 0, ol = 0;
-    uint8_t *ne = read_file(files[i], &nl);
-    ck_assert_int_eq(tk_envelope_info(&m, ne, nl), TK_OK);
-    ck_assert_uint_eq(m.kek_version, 2);
+    size_t nl = 0;
+    struct stat sb;
+    uint8_t *ne = envelope_of(files[i], &nl, &m);
+    ck_assert_uint_eq(m.kek_version, v);
+    ck_assert_int_eq(m.format, 2);
     ck_assert_str_eq(m.tenant, "globex");
     ck_assert_uint_eq(m.n_context, 2);
-    uint8_t *pt = malloc(nl);
-    ck_assert_int_eq(tk_open(g, pt, nl, &ol, ne, nl), TK_OK);
-    ck_assert_uint_eq(ol, sizes[i]);
-    ck_assert(memcmp(pt, pts[i], sizes[i]) == 0);
-    free(pt);
+    ck_assert_uint_eq(nl, before_len[i]);
+    ck_assert_uint_eq(m.header_len, hl);
+    ck_assert(memcmp(ne + hl, before[i] + hl, nl - hl) == 0); /* the body: untouched */
+    ck_assert(memcmp(ne, before[i], hl) != 0);                /* the header: rewritten */
+    ck_assert_int_eq(stat(files[i], &sb), 0);
+    ck_assert_uint_eq(sb.st_ino, ino_before[i].st_ino);
+    opens_to(g, ne, nl, pts[i], sizes[i]);
     free(ne);
   }
   struct stat sb;
   ck_assert_int_eq(stat(files[1], &sb), 0);
   ck_assert_uint_eq(sb.st_mode & 07777, 0640);
-  /* No temporary file left behind. */
-  snprintf(cmd, sizeof(cmd), "ls -A '%s' | grep -q '^\\.tk-'", dir);
+  /* The tampered body: its header moved too, and it still fails. */
+  size_t tl = 0, ol = 0;
+  uint8_t *te = envelope_of(badbody, &tl, &m);
+  ck_assert_uint_eq(m.kek_version, v);
+  uint8_t *tout = malloc(tl);
+  ck_assert_int_eq(tk_open(g, tout, tl, &ol, te, tl), TK_EDECRYPT);
+  free(tout);
+  free(te);
+  /* Format 1: re-encrypted into format 2 under v (a new body), mode kept, opens. */
+  size_t nv1l = 0;
+  uint8_t *nv1 = envelope_of(v1, &nv1l, &m);
+  ck_assert_int_eq(m.format, 2);
+  ck_assert_uint_eq(m.kek_version, v);
+  ck_assert(nv1l != v1l ||
+            memcmp(nv1 + m.header_len, v1_before + m.header_len, nv1l - m.header_len) != 0);
+  opens_to(g, nv1, nv1l, pts[1], sizes[1]);
+  ck_assert_int_eq(stat(v1, &sb), 0);
+  ck_assert_uint_eq(sb.st_mode & 07777, 0640);
+  free(nv1);
+  /* No temporary file or journal left behind. */
+  snprintf(cmd, sizeof(cmd), "ls -A '%s' | grep -q -e '^\\.tk-' -e 'tk-rewrap-journal'", dir);
   ck_assert_int_ne(run(cmd), 0);
 
-  /* A second run: all skipped; --to-version 2 too; 1 is not the newest: refused. */
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' > '%s'", tk, conf,
-           files[0], files[1], files[2], sess, out);
+  /* A second run: all skipped; --to-version v too; v + 1 does not exist: refused (exit 7). */
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' '%s' '%s' > '%s'", tk, conf,
+           files[0], files[1], files[2], v1, sess, out);
   ck_assert_int_eq(run(cmd), 0);
-  rw_summary_is(out, "0 rewritten, 4 skipped (3 already current, 1 session envelopes), 0 failed");
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version 2 '%s' > '%s'", tk, conf,
+  rw_summary_is(out, "rewrap: 0 done (0 in place, 0 re-encrypted), 5 skipped (4 already current, "
+                     "1 session envelopes), 0 failed");
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version %u '%s' > '%s'", tk, conf, v,
            files[0], out);
   ck_assert_int_eq(run(cmd), 0);
-  rw_summary_is(out, "0 rewritten, 1 skipped (1 already current, 0 session envelopes), 0 failed");
-  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version 3 '%s' > '%s' 2> '%s'", tk,
-           conf, files[0], out, err);
+  rw_summary_is(out,
+                "0 done (0 in place, 0 re-encrypted), 1 skipped (1 already current, 0 session");
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap --to-version %u '%s' > '%s' 2> '%s'", tk,
+           conf, v + 1, files[0], out, err);
   ck_assert_int_eq(run(cmd), 7);
-  rw_summary_is(out, "0 rewritten, 0 skipped (0 already current, 0 session envelopes), 1 failed");
-  rw_summary_is(err, "not its newest version (2)");
+  rw_summary_is(out, "0 done (0 in place, 0 re-encrypted), 0 skipped (0 already current, 0 session "
+                     "envelopes), 1 failed");
+
+  /*
+   * The storage service (ReEncrypt only, never a plaintext key) rewraps format 2 files in
+   * place; a format 1 file needs Decrypt to be re-encrypted: refused (exit 4), left as it was.
+   */
+  char v1b[700];
+  snprintf(v1b, sizeof(v1b), "%s/v1b.tke", dir);
+  seal_globex_file(g, 1, v1b, pts[0], sizes[0]);
+  size_t v1bl = 0;
+  uint8_t *v1b_before = read_file(v1b, &v1bl);
+  uint32_t v2 = rotate_globex();
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' '%s' '%s' > '%s' 2> '%s'", tk, sconf,
+           files[0], files[2], v1b, out, err);
+  ck_assert_int_eq(run(cmd), 4);
+  rw_summary_is(out, "rewrap: 2 done (2 in place, 0 re-encrypted), 0 skipped (0 already current, "
+                     "0 session envelopes), 1 failed");
+  for (int i = 0; i < 3; i += 2) {
+    size_t nl = 0;
+    uint8_t *ne = envelope_of(files[i], &nl, &m);
+    ck_assert_uint_eq(m.kek_version, v2);
+    ck_assert(memcmp(ne + hl, before[i] + hl, nl - hl) == 0);
+    opens_to(g, ne, nl, pts[i], sizes[i]);
+    free(ne);
+  }
+  size_t v1bl2 = 0;
+  uint8_t *v1b_after = read_file(v1b, &v1bl2);
+  ck_assert(v1bl2 == v1bl && memcmp(v1b_after, v1b_before, v1bl) == 0);
+  free(v1b_after);
+  free(v1b_before);
+
   /* Usage: no files, a pipe, a bad version. */
   snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap 2>/dev/null", tk, conf);
   ck_assert_int_eq(run(cmd), 1);
@@ -951,9 +1167,132 @@ START_TEST(test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek)
 
   for (int i = 0; i < 3; i++) {
     free(pts[i]);
+    free(before[i]);
   }
   free(sess_before);
+  free(v1_before);
   free(env);
+  tk_client_free(g);
+}
+END_TEST
+
+/*
+ * A crash during an in-place rewrap loses nothing: tk is stopped (test hook
+ * TK_REWRAP_TEST_CRASH) after the journal is durable, in the middle of the
+ * header write (half the new header on disk), and after the header write but
+ * before the journal is removed; the next run restores a consistent header
+ * (or completes it) and the file opens. A torn journal is dropped; a journal
+ * that does not match its file is refused and both are left alone.
+ */
+START_TEST(test_tk_rewrap_in_place_survives_a_crash_at_every_step)
+{
+  const char *tk = getenv("TK");
+  ck_assert_ptr_nonnull(tk);
+  const char *d = harness_dir();
+  char ep[64], conf[512], dir[600], cmd[8192], out[700], err[700], f[700], jp[800], other[700];
+  snprintf(ep, sizeof(ep), "endpoint = 127.0.0.1:%d\n", port);
+  snprintf(conf, sizeof(conf), "%s", write_conf("integration-globex", ep, NULL));
+  tk_client *g = client_for("integration-globex", NULL);
+  ensure_globex();
+  snprintf(dir, sizeof(dir), "%s/rw-crash", d);
+  ck_assert_int_eq(mkdir(dir, 0700), 0);
+  snprintf(out, sizeof(out), "%s/out-crash.txt", d);
+  snprintf(err, sizeof(err), "%s/err-crash.txt", d);
+  snprintf(f, sizeof(f), "%s/f.tke", dir);
+  snprintf(jp, sizeof(jp), "%s.tk-rewrap-journal", f);
+  uint8_t *pt = random_bytes(40000);
+  tk_envelope_meta m;
+
+  static const char *points[3] = {"journal", "torn", "header"};
+  for (int p = 0; p < 3; p++) {
+    seal_globex_file(g, 2, f, pt, 40000);
+    size_t el = 0;
+    uint8_t *old = envelope_of(f, &el, &m);
+    size_t hl = m.header_len;
+    uint32_t was = m.kek_version, v = rotate_globex();
+    snprintf(cmd, sizeof(cmd), "TK_REWRAP_TEST_CRASH=%s '%s' --config '%s' rewrap '%s' > '%s'",
+             points[p], tk, conf, f, out);
+    ck_assert_int_eq(run(cmd), 99);
+    ck_assert_msg(exists(jp), "%s: no journal", points[p]);
+    size_t cl = 0;
+    uint8_t *cur = read_file(f, &cl);
+    ck_assert_uint_eq(cl, el);
+    ck_assert(memcmp(cur + hl, old + hl, el - hl) == 0); /* the body: untouched */
+    int hdr_old = memcmp(cur, old, hl) == 0;
+    ck_assert_int_eq(hdr_old, p == 0); /* "journal": not yet written; else partly or wholly new */
+    free(cur);
+
+    /* The next run repairs it (or, after "journal", simply does the rewrap). */
+    snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' > '%s' 2> '%s'", tk, conf, f, out,
+             err);
+    ck_assert_int_eq(run(cmd), 0);
+    if (p == 0) {
+      rw_summary_is(out, "1 done (1 in place, 0 re-encrypted), 0 skipped (0 already current, 0 "
+                         "session envelopes), 0 failed, 0 interrupted rewraps completed");
+    } else {
+      rw_summary_is(out, "0 done (0 in place, 0 re-encrypted), 1 skipped (1 already current, 0 "
+                         "session envelopes), 0 failed, 1 interrupted rewraps completed");
+      rw_summary_is(err, "completed an interrupted in-place rewrap");
+    }
+    ck_assert(!exists(jp));
+    uint8_t *now = envelope_of(f, &cl, &m);
+    ck_assert_uint_eq(m.kek_version, v);
+    ck_assert_uint_ne(m.kek_version, was);
+    ck_assert(memcmp(now + hl, old + hl, el - hl) == 0);
+    opens_to(g, now, cl, pt, 40000);
+    free(now);
+    free(old);
+  }
+
+  /* A torn journal (cut short while being written): dropped, the rewrap goes ahead. */
+  seal_globex_file(g, 2, f, pt, 40000);
+  uint32_t v = rotate_globex();
+  write_file(jp, (const uint8_t *)"TKRWJ01\n\x00\x73garbage", 17);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' > '%s'", tk, conf, f, out);
+  ck_assert_int_eq(run(cmd), 0);
+  rw_summary_is(out, "1 done (1 in place, 0 re-encrypted)");
+  ck_assert(!exists(jp));
+  size_t el = 0;
+  uint8_t *e = envelope_of(f, &el, &m);
+  ck_assert_uint_eq(m.kek_version, v);
+  free(e);
+
+  /* A complete journal of another file: refused (exit 5), file and journal left alone. */
+  snprintf(other, sizeof(other), "%s/other.tke", dir);
+  seal_globex_file(g, 2, other, pt, 100);
+  seal_globex_file(g, 2, f, pt, 40000);
+  v = rotate_globex();
+  snprintf(cmd, sizeof(cmd), "TK_REWRAP_TEST_CRASH=journal '%s' --config '%s' rewrap '%s' > '%s'",
+           tk, conf, other, out);
+  ck_assert_int_eq(run(cmd), 99);
+  char ojp[800];
+  snprintf(ojp, sizeof(ojp), "%s.tk-rewrap-journal", other);
+  ck_assert_int_eq(rename(ojp, jp), 0);
+  uint8_t *fb = read_file(f, &el);
+  snprintf(cmd, sizeof(cmd), "'%s' --config '%s' rewrap '%s' > '%s' 2> '%s'", tk, conf, f, out,
+           err);
+  ck_assert_int_eq(run(cmd), 5);
+  rw_summary_is(out, "1 failed");
+  rw_summary_is(err, "does not match the file");
+  ck_assert(exists(jp));
+  size_t al = 0;
+  uint8_t *fa = read_file(f, &al);
+  ck_assert(al == el && memcmp(fa, fb, el) == 0);
+  free(fa);
+  free(fb);
+  ck_assert_int_eq(unlink(jp), 0);
+
+  /* A new header of another length (test hook): the file is re-encrypted instead. */
+  snprintf(cmd, sizeof(cmd), "TK_REWRAP_TEST_LENGTH_CHANGE=1 '%s' --config '%s' rewrap '%s' > '%s'",
+           tk, conf, f, out);
+  ck_assert_int_eq(run(cmd), 0);
+  rw_summary_is(out, "1 done (0 in place, 1 re-encrypted)");
+  e = envelope_of(f, &el, &m);
+  ck_assert_uint_eq(m.kek_version, v);
+  ck_assert_int_eq(m.format, 2);
+  opens_to(g, e, el, pt, 40000);
+  free(e);
+  free(pt);
   tk_client_free(g);
 }
 END_TEST
@@ -969,6 +1308,7 @@ library_suite(void)
   tcase_add_test(t, test_every_flipped_byte_is_refused_without_plaintext);
   tcase_add_test(t, test_truncated_appended_and_spliced_envelopes_are_refused);
   tcase_add_test(t, test_principals_without_decrypt_rights_cannot_open);
+  tcase_add_test(t, test_format1_envelopes_still_open_every_way);
   suite_add_tcase(s, t);
 
   t = tcase_create("client");
@@ -981,7 +1321,8 @@ library_suite(void)
   t = tcase_create("tk");
   tcase_set_timeout(t, 240);
   tcase_add_test(t, test_tk_seals_and_opens_files_and_pipes);
-  tcase_add_test(t, test_tk_rewrap_reencrypts_envelopes_under_the_newest_kek);
+  tcase_add_test(t, test_tk_rewrap_rewrites_v2_headers_in_place_and_reencrypts_v1);
+  tcase_add_test(t, test_tk_rewrap_in_place_survives_a_crash_at_every_step);
   suite_add_tcase(s, t);
   return s;
 }

@@ -1,4 +1,4 @@
-/* Tests for the envelope header (envelope.c): golden vectors from tests/vectors, and a parser that refuses every crafted defect. */
+/* Tests for the envelope header (envelope.c), formats 1 and 2: golden vectors from tests/vectors, the body's context, and a parser that refuses every crafted defect. */
 #include <check.h>
 #include <jansson.h>
 #include <stdint.h>
@@ -28,12 +28,14 @@ unhex(const char *hex, size_t *out_len)
   return b;
 }
 
+/* load_vectors reads tests/vectors/envelope_v<format>.json. */
 static json_t *
-load_vectors(void)
+load_vectors(int format)
 {
   char path[1024];
   const char *src = getenv("SRCDIR");
-  snprintf(path, sizeof(path), "%s/tests/vectors/envelope_v1.json", src != NULL ? src : ".");
+  snprintf(path, sizeof(path), "%s/tests/vectors/envelope_v%d.json", src != NULL ? src : ".",
+           format);
   json_error_t jerr;
   json_t *root = json_load_file(path, 0, &jerr);
   ck_assert_msg(root != NULL, "%s: %s", path, jerr.text);
@@ -75,12 +77,16 @@ raw_u32(struct raw *r, uint32_t v)
   raw_put(r, b, 4);
 }
 
+/* The format version raw_start writes (the loop tests run each case for formats 1 and 2). */
+static unsigned raw_format = 1;
+
 /* Starts a header: magic, version, placeholder length. */
 static void
 raw_start(struct raw *r)
 {
   r->n = 0;
-  raw_put(r, "TKE\x01", 4);
+  raw_put(r, "TKE", 3);
+  raw_u8(r, raw_format);
   raw_u16(r, 0);
 }
 
@@ -120,6 +126,18 @@ parses(const uint8_t *p, size_t n)
   return tk_env_header_parse(&h, p, n, NULL) == KMS_OK;
 }
 
+/* two_entries fills |e| with the context entries k0=v0 and k1=v1 (strings not copied). */
+static void
+two_entries(Tkms__ContextEntry e[2], char *k0, char *v0, char *k1, char *v1)
+{
+  tkms__context_entry__init(&e[0]);
+  tkms__context_entry__init(&e[1]);
+  e[0].key = k0;
+  e[0].value = v0;
+  e[1].key = k1;
+  e[1].value = v1;
+}
+
 /* A valid header with two entries (the acme example). */
 static void
 good_header(struct raw *r)
@@ -134,9 +152,14 @@ good_header(struct raw *r)
 
 /* ---- golden vectors ------------------------------------------------------------ */
 
-START_TEST(test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte)
+/*
+ * check_vectors checks every vector of one format's file: encoding, parsing,
+ * the body's context, decryption, and re-encryption byte for byte.
+ */
+static void
+check_vectors(int format)
 {
-  json_t *root = load_vectors();
+  json_t *root = load_vectors(format);
   json_t *vecs = json_object_get(root, "vectors");
   ck_assert(json_is_array(vecs));
   ck_assert_uint_ge(json_array_size(vecs), 4);
@@ -172,7 +195,9 @@ START_TEST(test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte)
     struct tk_env_header h, p;
     uint8_t enc[TK_ENV_HEADER_MAX];
     size_t encl = 0, peek = 0;
-    ck_assert_int_eq(tk_env_header_set(&h, tenant, kv, wrapped, wl, ep, n), KMS_OK);
+    ck_assert_uint_eq(hdr[3], (unsigned)format);
+    ck_assert_int_eq(tk_env_header_set(&h, (uint8_t)format, tenant, kv, wrapped, wl, ep, n),
+                     KMS_OK);
     ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &encl, &h), KMS_OK);
     ck_assert_msg(encl == hl && memcmp(enc, hdr, hl) == 0, "%s: encoding differs", name);
 
@@ -180,6 +205,7 @@ START_TEST(test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte)
     ck_assert_int_eq(tk_env_header_peek_len(&peek, env, el), KMS_OK);
     ck_assert_uint_eq(peek, hl);
     ck_assert_int_eq(tk_env_header_parse(&p, hdr, hl, NULL), KMS_OK);
+    ck_assert_uint_eq(p.format, (unsigned)format);
     ck_assert_str_eq(p.tenant, tenant);
     ck_assert_uint_eq(p.kek_version, kv);
     ck_assert_uint_eq(p.wrapped_len, wl);
@@ -198,24 +224,48 @@ START_TEST(test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte)
     ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &encl, &p), KMS_OK);
     ck_assert_msg(encl == hl && memcmp(enc, hdr, hl) == 0, "%s: parse-serialise", name);
 
-    /* 3. The body decrypts under the data key with the header as context. */
+    /*
+     * 3. The body's context: format 1, the header; format 2, the header without H, KEK
+     * version, W and wrapped key (and the file gives it).
+     */
+    uint8_t bctx[TK_ENV_BODY_CONTEXT_MAX];
+    size_t bl = 0;
+    ck_assert_int_eq(tk_env_body_context(bctx, sizeof(bctx), &bl, &p), KMS_OK);
+    if (format == 1) {
+      ck_assert_uint_eq(bl, hl);
+      ck_assert_mem_eq(bctx, hdr, hl);
+      ck_assert_ptr_null(json_object_get(v, "body_context"));
+    } else {
+      size_t jl = 0;
+      uint8_t *jc = unhex(json_string_value(json_object_get(v, "body_context")), &jl);
+      ck_assert_uint_eq(bl, jl);
+      ck_assert_mem_eq(bctx, jc, jl);
+      ck_assert_uint_eq(bl, hl - 2 - 4 - 2 - wl);
+      free(jc);
+    }
+
+    /* 4. The body decrypts under the data key with that context. */
     uint8_t *out = malloc(el);
     size_t ol = 0;
-    ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, hdr, hl, env + hl, el - hl), KMS_OK);
+    ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, bctx, bl, env + hl, el - hl), KMS_OK);
     ck_assert_uint_eq(ol, pl);
     ck_assert(pl == 0 || memcmp(out, pt, pl) == 0);
-    /* ... and not with any other context (a header from another envelope). */
-    hdr[hl - 1] ^= 1;
-    ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, hdr, hl, env + hl, el - hl),
+    /* ... and not with any other context (another envelope's), nor format 2 with the header. */
+    bctx[bl - 1] ^= 1;
+    ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, bctx, bl, env + hl, el - hl),
                      KMS_ERR_DECRYPT);
-    hdr[hl - 1] ^= 1;
+    bctx[bl - 1] ^= 1;
+    if (format == 2) {
+      ck_assert_int_eq(tk_cob_decrypt(out, el, &ol, key, 32, hdr, hl, env + hl, el - hl),
+                       KMS_ERR_DECRYPT);
+    }
 
-    /* 4. Re-encrypting with the vector's salt reproduces the envelope. */
+    /* 5. Re-encrypting with the vector's salt reproduces the envelope. */
     uint8_t *again = malloc(el);
     memcpy(again, enc, hl);
-    ck_assert_int_eq(tk_cob_encrypt_with_salt(again + hl, el - hl, &ol, key, 32, salt, hdr, hl,
-                                              pt, pl),
-                     KMS_OK);
+    ck_assert_int_eq(
+        tk_cob_encrypt_with_salt(again + hl, el - hl, &ol, key, 32, salt, bctx, bl, pt, pl),
+        KMS_OK);
     ck_assert_uint_eq(hl + ol, el);
     ck_assert_msg(memcmp(again, env, el) == 0, "%s: re-encryption differs", name);
     free(again);
@@ -229,11 +279,54 @@ START_TEST(test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte)
   }
   json_decref(root);
 }
+
+START_TEST(test_golden_vectors_v1_parse_decrypt_and_reencrypt_byte_for_byte)
+{
+  check_vectors(1);
+}
+END_TEST
+
+START_TEST(test_golden_vectors_v2_parse_decrypt_and_reencrypt_byte_for_byte)
+{
+  check_vectors(2);
+}
+END_TEST
+
+/* Body bytes of vector |i| of |root| (malloc), and its header length. */
+static uint8_t *
+vector_envelope(json_t *root, size_t i, size_t *out_len, size_t *out_hl)
+{
+  json_t *v = json_array_get(json_object_get(root, "vectors"), i);
+  ck_assert_ptr_nonnull(v);
+  *out_hl = (size_t)json_integer_value(json_object_get(v, "header_len"));
+  return unhex(json_string_value(json_object_get(v, "envelope")), out_len);
+}
+
+/* Vector 5 of format 2 is vector 2 rewrapped: another header (KEK, wrapped key), the same body. */
+START_TEST(test_v2_vector_rewrapped_in_place_has_the_same_body)
+{
+  json_t *root = load_vectors(2);
+  size_t l2, h2, l5, h5;
+  uint8_t *e2 = vector_envelope(root, 1, &l2, &h2);
+  uint8_t *e5 = vector_envelope(root, 4, &l5, &h5);
+  ck_assert_uint_eq(h2, h5);
+  ck_assert_uint_eq(l2, l5);
+  ck_assert(memcmp(e2, e5, h2) != 0);
+  ck_assert_mem_eq(e2 + h2, e5 + h5, l2 - h2);
+  struct tk_env_header a, b;
+  ck_assert_int_eq(tk_env_header_parse(&a, e2, h2, NULL), KMS_OK);
+  ck_assert_int_eq(tk_env_header_parse(&b, e5, h5, NULL), KMS_OK);
+  ck_assert_uint_eq(a.kek_version, 7);
+  ck_assert_uint_eq(b.kek_version, 8);
+  free(e2);
+  free(e5);
+  json_decref(root);
+}
 END_TEST
 
 START_TEST(test_invalid_vector_headers_are_refused)
 {
-  json_t *root = load_vectors();
+  json_t *root = load_vectors(_i);
   json_t *bad = json_object_get(root, "invalid_headers");
   ck_assert_uint_ge(json_array_size(bad), 10);
   size_t i;
@@ -253,6 +346,7 @@ END_TEST
 
 START_TEST(test_every_truncation_length_is_refused)
 {
+  raw_format = (unsigned)_i;
   struct raw r;
   good_header(&r);
   ck_assert(parses(r.b, r.n));
@@ -274,7 +368,10 @@ START_TEST(test_every_truncation_length_is_refused)
     ck_assert_uint_eq(hl, 0);
   }
   ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKX", 3), KMS_ERR_DECRYPT);
-  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKE\x02", 4), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKE\x03", 4), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKE\x00", 4), KMS_ERR_DECRYPT);
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKE\x01", 4), KMS_ERR_TRUNCATED);
+  ck_assert_int_eq(tk_env_header_peek_len(&hl, (const uint8_t *)"TKE\x02", 4), KMS_ERR_TRUNCATED);
   ck_assert_int_eq(tk_env_header_peek_len(&hl, r.b, r.n), KMS_OK);
   ck_assert_uint_eq(hl, r.n);
 }
@@ -282,6 +379,7 @@ END_TEST
 
 START_TEST(test_oversized_and_zero_lengths_are_refused)
 {
+  raw_format = (unsigned)_i;
   struct raw r;
   char t65[66], k65[66], v257[258], k64[65], v256[257];
   memset(t65, 't', 65);
@@ -378,6 +476,7 @@ END_TEST
 
 START_TEST(test_non_canonical_order_and_duplicates_are_refused)
 {
+  raw_format = (unsigned)_i;
   struct raw r;
   raw_start(&r);
   raw_tenant_version_wrapped(&r, "acme", 7, 65);
@@ -410,12 +509,7 @@ START_TEST(test_non_canonical_order_and_duplicates_are_refused)
   ck_assert(parses(r.b, r.n));
   /* The encoder sorts whatever order it is given. */
   Tkms__ContextEntry e[2], *ep[2] = {&e[0], &e[1]};
-  tkms__context_entry__init(&e[0]);
-  tkms__context_entry__init(&e[1]);
-  e[0].key = "ab";
-  e[0].value = "1";
-  e[1].key = "a";
-  e[1].value = "2";
+  two_entries(e, "ab", "1", "a", "2");
   uint8_t w[65] = {0};
   for (size_t i = 0; i < 65; i++) {
     w[i] = (uint8_t)i;
@@ -423,18 +517,20 @@ START_TEST(test_non_canonical_order_and_duplicates_are_refused)
   struct tk_env_header h;
   uint8_t enc[TK_ENV_HEADER_MAX];
   size_t n;
-  ck_assert_int_eq(tk_env_header_set(&h, "acme", 7, w, 65, ep, 2), KMS_OK);
+  ck_assert_int_eq(tk_env_header_set(&h, (uint8_t)raw_format, "acme", 7, w, 65, ep, 2), KMS_OK);
   ck_assert_int_eq(tk_env_header_encode(enc, sizeof(enc), &n, &h), KMS_OK);
   ck_assert_uint_eq(n, r.n);
   ck_assert_mem_eq(enc, r.b, n);
   /* Duplicates can't even be encoded. */
   e[1].key = "ab";
-  ck_assert_int_eq(tk_env_header_set(&h, "acme", 7, w, 65, ep, 2), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, (uint8_t)raw_format, "acme", 7, w, 65, ep, 2),
+                   KMS_ERR_INVALID_ARGUMENT);
 }
 END_TEST
 
 START_TEST(test_trailing_bytes_are_refused)
 {
+  raw_format = (unsigned)_i;
   struct raw r;
   good_header(&r);
   size_t n = r.n;
@@ -451,6 +547,7 @@ END_TEST
 
 START_TEST(test_nul_and_control_characters_are_refused)
 {
+  raw_format = (unsigned)_i;
   struct raw r;
   raw_start(&r);
   raw_u8(&r, 4);
@@ -487,6 +584,7 @@ END_TEST
 /* Every one-byte change either fails or is itself canonical (parse -> serialise is the identity). */
 START_TEST(test_every_byte_change_fails_or_reencodes_identically)
 {
+  raw_format = (unsigned)_i;
   struct raw r;
   good_header(&r);
   static const uint8_t deltas[] = {0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff};
@@ -514,17 +612,166 @@ END_TEST
 
 START_TEST(test_encoder_refuses_what_the_parser_would)
 {
+  raw_format = (unsigned)_i;
   uint8_t w[300] = {1};
   struct tk_env_header h;
-  ck_assert_int_eq(tk_env_header_set(&h, "acme", 0, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(tk_env_header_set(&h, "a/b", 1, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(tk_env_header_set(&h, "acme", 1, w, 0, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(tk_env_header_set(&h, "acme", 1, w, 257, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(tk_env_header_set(&h, "acme", 1, w, 65, NULL, 0), KMS_OK);
+  uint8_t f = (uint8_t)raw_format;
+  ck_assert_int_eq(tk_env_header_set(&h, f, "acme", 0, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, f, "a/b", 1, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, f, "acme", 1, w, 0, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, f, "acme", 1, w, 257, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, 0, "acme", 1, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, 3, "acme", 1, w, 65, NULL, 0), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(tk_env_header_set(&h, f, "acme", 1, w, 65, NULL, 0), KMS_OK);
   uint8_t small[20];
   size_t n = 1;
   ck_assert_int_eq(tk_env_header_encode(small, sizeof(small), &n, &h), KMS_ERR_INVALID_ARGUMENT);
   ck_assert_uint_eq(n, 0);
+}
+END_TEST
+
+/* ---- format 2: the body's context ------------------------------------------------ */
+
+/* The context of a format 2 body, byte for byte: "TKE" 02 | T, tenant | N | entries. */
+START_TEST(test_format2_body_context_is_the_header_without_length_kek_version_and_wrapped_key)
+{
+  struct raw r, want;
+  raw_format = 2;
+  good_header(&r);
+  struct tk_env_header h;
+  ck_assert_int_eq(tk_env_header_parse(&h, r.b, r.n, NULL), KMS_OK);
+  ck_assert_uint_eq(h.format, 2);
+  want.n = 0;
+  raw_put(&want, "TKE\x02", 4);
+  raw_u8(&want, 4);
+  raw_put(&want, "acme", 4);
+  raw_u8(&want, 2);
+  raw_entry(&want, "purpose", "report");
+  raw_entry(&want, "session_id", "s-1");
+  uint8_t c[TK_ENV_BODY_CONTEXT_MAX];
+  size_t cl = 0;
+  ck_assert_int_eq(tk_env_body_context(c, sizeof(c), &cl, &h), KMS_OK);
+  ck_assert_uint_eq(cl, want.n);
+  ck_assert_mem_eq(c, want.b, cl);
+  ck_assert_uint_eq(cl, r.n - 2 - 4 - 2 - 65);
+  /* Format 1: the whole header. */
+  raw_format = 1;
+  good_header(&r);
+  ck_assert_int_eq(tk_env_header_parse(&h, r.b, r.n, NULL), KMS_OK);
+  ck_assert_int_eq(tk_env_body_context(c, sizeof(c), &cl, &h), KMS_OK);
+  ck_assert_uint_eq(cl, r.n);
+  ck_assert_mem_eq(c, r.b, cl);
+  /* Too small an output: refused, nothing left behind. */
+  raw_format = 2;
+  good_header(&r);
+  ck_assert_int_eq(tk_env_header_parse(&h, r.b, r.n, NULL), KMS_OK);
+  ck_assert_int_eq(tk_env_body_context(c, 10, &cl, &h), KMS_ERR_INVALID_ARGUMENT);
+  ck_assert_uint_eq(cl, 0);
+}
+END_TEST
+
+/* context_equals: does the format |f| header of these fields have the body context |base|? */
+static int
+context_equals(const uint8_t *base, size_t bl, uint8_t f, const char *tenant, uint32_t kv,
+               const uint8_t *w, size_t wl, Tkms__ContextEntry **ep, size_t n)
+{
+  struct tk_env_header h;
+  uint8_t c[TK_ENV_BODY_CONTEXT_MAX];
+  size_t cl = 0;
+  ck_assert_int_eq(tk_env_header_set(&h, f, tenant, kv, w, wl, ep, n), KMS_OK);
+  ck_assert_int_eq(tk_env_body_context(c, sizeof(c), &cl, &h), KMS_OK);
+  return cl == bl && memcmp(c, base, bl) == 0;
+}
+
+/* Only KEK version and wrapped key (even its length) leave the context; all else is in it. */
+START_TEST(test_format2_body_context_changes_with_tenant_and_context_only)
+{
+  Tkms__ContextEntry e[2], *ep[2] = {&e[0], &e[1]};
+  two_entries(e, "purpose", "report", "session_id", "s-1");
+  uint8_t w1[65], w2[200];
+  memset(w1, 0x11, sizeof(w1));
+  memset(w2, 0x22, sizeof(w2));
+  struct tk_env_header h;
+  uint8_t base[TK_ENV_BODY_CONTEXT_MAX];
+  size_t bl = 0;
+  ck_assert_int_eq(tk_env_header_set(&h, 2, "acme", 7, w1, 65, ep, 2), KMS_OK);
+  ck_assert_int_eq(tk_env_body_context(base, sizeof(base), &bl, &h), KMS_OK);
+  ck_assert(context_equals(base, bl, 2, "acme", 7, w1, 65, ep, 2));
+  ck_assert(context_equals(base, bl, 2, "acme", 8, w2, 200, ep, 2));
+  /* Another tenant, another value, one entry fewer, format 1: another context. */
+  ck_assert(!context_equals(base, bl, 2, "acmf", 7, w1, 65, ep, 2));
+  ck_assert(!context_equals(base, bl, 2, "acme", 7, w1, 65, ep, 1));
+  ck_assert(!context_equals(base, bl, 1, "acme", 7, w1, 65, ep, 2));
+  e[1].value = "s-2";
+  ck_assert(!context_equals(base, bl, 2, "acme", 7, w1, 65, ep, 2));
+}
+END_TEST
+
+/*
+ * Every one-byte change of a whole format 2 envelope (vector 2: header and body) either
+ * breaks the header, or breaks the body under the vector's data key, or lies in the KEK
+ * version or wrapped key: those are authenticated by kmsd (GCM with tenant, KEK version
+ * and context as AAD), and a wrapped key that unwraps to another data key fails the key
+ * commitment (tests/integration/test_library.c checks both with a real kmsd).
+ */
+START_TEST(test_every_byte_change_of_a_v2_envelope_fails_or_is_in_kek_version_or_wrapped_key)
+{
+  json_t *root = load_vectors(2);
+  json_t *v = json_array_get(json_object_get(root, "vectors"), 1);
+  size_t el, hl, kl;
+  uint8_t *env = vector_envelope(root, 1, &el, &hl);
+  uint8_t *key = unhex(json_string_value(json_object_get(v, "data_key")), &kl);
+  /* acme: KEK version at 11..14, W at 15..16, wrapped key at 17..81. */
+  const size_t kv_off = 7 + 4, w_off = kv_off + 4 + 2, w_end = w_off + 65;
+  uint8_t *out = malloc(el);
+  size_t in_header_fields = 0;
+  for (size_t i = 0; i < el; i++) {
+    env[i] ^= 0x01;
+    struct tk_env_header h;
+    uint8_t c[TK_ENV_BODY_CONTEXT_MAX];
+    size_t cl = 0, ol = 0, peek = 0;
+    int hdr_ok = tk_env_header_peek_len(&peek, env, el) == KMS_OK && peek == hl &&
+                 tk_env_header_parse(&h, env, hl, NULL) == KMS_OK;
+    if (hdr_ok) {
+      ck_assert_int_eq(tk_env_body_context(c, sizeof(c), &cl, &h), KMS_OK);
+      int body_ok = tk_cob_decrypt(out, el, &ol, key, 32, c, cl, env + hl, el - hl) == KMS_OK;
+      if (body_ok) {
+        ck_assert_msg((i >= kv_off && i < kv_off + 4) || (i >= w_off && i < w_end),
+                      "byte %zu: changed envelope still opens under the data key", i);
+        in_header_fields++;
+      }
+    }
+    env[i] ^= 0x01;
+  }
+  ck_assert_uint_eq(in_header_fields, 4 + 65);
+  free(out);
+  free(key);
+  free(env);
+  json_decref(root);
+}
+END_TEST
+
+START_TEST(test_session_marker_is_refused_in_format_2)
+{
+  struct tk_env_header h;
+  const uint8_t *m = (const uint8_t *)TK_ENV_SESSION_MARKER;
+  ck_assert_int_eq(tk_env_header_set(&h, 1, "acme", 1, m, TK_ENV_SESSION_MARKER_LEN, NULL, 0),
+                   KMS_OK);
+  ck_assert_int_eq(tk_env_header_set(&h, 2, "acme", 1, m, TK_ENV_SESSION_MARKER_LEN, NULL, 0),
+                   KMS_ERR_INVALID_ARGUMENT);
+  struct raw r;
+  raw_format = 2;
+  raw_start(&r);
+  raw_u8(&r, 4);
+  raw_put(&r, "acme", 4);
+  raw_u32(&r, 1);
+  raw_u16(&r, TK_ENV_SESSION_MARKER_LEN);
+  raw_put(&r, m, TK_ENV_SESSION_MARKER_LEN);
+  raw_u8(&r, 0);
+  raw_seal(&r);
+  ck_assert(!parses(r.b, r.n));
+  r.b[3] = 1;
+  ck_assert(parses(r.b, r.n));
 }
 END_TEST
 
@@ -534,15 +781,24 @@ envelope_suite(void)
   Suite *s = suite_create("envelope");
   TCase *tc = tcase_create("header");
   tcase_set_timeout(tc, 60);
-  tcase_add_test(tc, test_golden_vectors_parse_decrypt_and_reencrypt_byte_for_byte);
-  tcase_add_test(tc, test_invalid_vector_headers_are_refused);
-  tcase_add_test(tc, test_every_truncation_length_is_refused);
-  tcase_add_test(tc, test_oversized_and_zero_lengths_are_refused);
-  tcase_add_test(tc, test_non_canonical_order_and_duplicates_are_refused);
-  tcase_add_test(tc, test_trailing_bytes_are_refused);
-  tcase_add_test(tc, test_nul_and_control_characters_are_refused);
-  tcase_add_test(tc, test_every_byte_change_fails_or_reencodes_identically);
-  tcase_add_test(tc, test_encoder_refuses_what_the_parser_would);
+  tcase_add_test(tc, test_golden_vectors_v1_parse_decrypt_and_reencrypt_byte_for_byte);
+  tcase_add_test(tc, test_golden_vectors_v2_parse_decrypt_and_reencrypt_byte_for_byte);
+  tcase_add_test(tc, test_v2_vector_rewrapped_in_place_has_the_same_body);
+  /* Loop tests: _i is the format version, 1 and 2. */
+  tcase_add_loop_test(tc, test_invalid_vector_headers_are_refused, 1, 3);
+  tcase_add_loop_test(tc, test_every_truncation_length_is_refused, 1, 3);
+  tcase_add_loop_test(tc, test_oversized_and_zero_lengths_are_refused, 1, 3);
+  tcase_add_loop_test(tc, test_non_canonical_order_and_duplicates_are_refused, 1, 3);
+  tcase_add_loop_test(tc, test_trailing_bytes_are_refused, 1, 3);
+  tcase_add_loop_test(tc, test_nul_and_control_characters_are_refused, 1, 3);
+  tcase_add_loop_test(tc, test_every_byte_change_fails_or_reencodes_identically, 1, 3);
+  tcase_add_loop_test(tc, test_encoder_refuses_what_the_parser_would, 1, 3);
+  tcase_add_test(
+      tc, test_format2_body_context_is_the_header_without_length_kek_version_and_wrapped_key);
+  tcase_add_test(tc, test_format2_body_context_changes_with_tenant_and_context_only);
+  tcase_add_test(tc,
+                 test_every_byte_change_of_a_v2_envelope_fails_or_is_in_kek_version_or_wrapped_key);
+  tcase_add_test(tc, test_session_marker_is_refused_in_format_2);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,4 +1,4 @@
-/* Generates tests/vectors/envelope_v1.json: envelope format 1 with fixed data keys and salts (run by scripts/gen-envelope-vectors). */
+/* Generates tests/vectors/envelope_v1.json and envelope_v2.json: envelope formats 1 and 2 with fixed data keys and salts (run by scripts/gen-envelope-vectors). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +48,7 @@ struct vec {
 };
 
 static int first_vector = 1;
+static uint8_t format = TK_ENV_FORMAT_1; /* argv[1] */
 
 /* Encodes and prints one valid vector; returns the header in |hdr| for the invalid cases. */
 static void
@@ -61,16 +62,19 @@ emit(const struct vec *v, uint8_t *hdr, size_t *hdr_len)
     e[i].value = (char *)v->values[i];
     ep[i] = &e[i];
   }
-  if (tk_env_header_set(&h, v->tenant, v->kek_version, v->wrapped, v->wrapped_len, ep, v->n) !=
-          KMS_OK ||
-      tk_env_header_encode(hdr, TK_ENV_HEADER_MAX, hdr_len, &h) != KMS_OK) {
+  static uint8_t body_ctx[TK_ENV_BODY_CONTEXT_MAX];
+  size_t body_ctx_len = 0;
+  if (tk_env_header_set(&h, format, v->tenant, v->kek_version, v->wrapped, v->wrapped_len, ep,
+                        v->n) != KMS_OK ||
+      tk_env_header_encode(hdr, TK_ENV_HEADER_MAX, hdr_len, &h) != KMS_OK ||
+      tk_env_body_context(body_ctx, sizeof(body_ctx), &body_ctx_len, &h) != KMS_OK) {
     fprintf(stderr, "gen: %s: header refused\n", v->name);
     exit(1);
   }
   size_t ct_cap = (size_t)tk_cob_ciphertext_len(v->pt_len), ct_len = 0;
   uint8_t *ct = malloc(ct_cap);
   if (ct == NULL || tk_cob_encrypt_with_salt(ct, ct_cap, &ct_len, v->data_key, 32, v->salt,
-                                             hdr, *hdr_len, v->pt, v->pt_len) != KMS_OK) {
+                                             body_ctx, body_ctx_len, v->pt, v->pt_len) != KMS_OK) {
     fprintf(stderr, "gen: %s: encryption failed\n", v->name);
     exit(1);
   }
@@ -97,6 +101,10 @@ emit(const struct vec *v, uint8_t *hdr, size_t *hdr_len)
   hex(v->pt, v->pt_len);
   printf("\",\n      \"header_len\": %zu,\n      \"header\": \"", *hdr_len);
   hex(hdr, *hdr_len);
+  if (format != TK_ENV_FORMAT_1) { /* format 1: the header itself (its file predates this field) */
+    printf("\",\n      \"body_context\": \"");
+    hex(body_ctx, body_ctx_len);
+  }
   printf("\",\n      \"envelope\": \"");
   hex(hdr, *hdr_len);
   hex(ct, ct_len);
@@ -124,11 +132,18 @@ invalid(const char *name, const uint8_t *p, size_t n)
 }
 
 int
-main(void)
+main(int argc, char **argv)
 {
-  static struct vec v[4];
-  uint8_t hdr[4][TK_ENV_HEADER_MAX];
-  size_t hl[4];
+  static struct vec v[5];
+  static uint8_t hdr[5][TK_ENV_HEADER_MAX];
+  size_t hl[5];
+  size_t n_vec = 4;
+
+  if (argc != 2 || (strcmp(argv[1], "1") != 0 && strcmp(argv[1], "2") != 0)) {
+    fprintf(stderr, "usage: gen_envelope_vectors 1|2   (the envelope format)\n");
+    return 2;
+  }
+  format = argv[1][0] == '1' ? TK_ENV_FORMAT_1 : TK_ENV_FORMAT_2;
 
   /* 1: minimal header, empty message. */
   v[0].name = "empty context, empty message";
@@ -200,12 +215,36 @@ main(void)
     }
   }
 
-  printf("{\n  \"format\": \"tenantkms envelope, format 1 (docs/ENVELOPE.md)\",\n"
-         "  \"generator\": \"scripts/gen-envelope-vectors (tests/vectors/gen_envelope_vectors.c)\",\n"
-         "  \"body\": \"Cobblestone-256 (c2sp.org/chunked-encryption, SHA-512 + AES-256-GCM), "
-         "input key = data_key, context = header, salt as given\",\n"
-         "  \"vectors\": [\n");
-  for (size_t i = 0; i < 4; i++) {
+  if (format == TK_ENV_FORMAT_2) {
+    /* 5: vector 2 after an in-place rewrap: KEK 8, another wrapped key, the same body. */
+    v[4] = v[1];
+    v[4].name = "vector 2 rewrapped in place to KEK 8: another header, the same body "
+                "(illustrative wrapped key, not a real wrap)";
+    v[4].kek_version = 8;
+    v[4].wrapped[4] = 0x08;
+    for (size_t i = 5; i < 65; i++) {
+      v[4].wrapped[i] = (uint8_t)(0xb0 ^ i);
+    }
+    n_vec = 5;
+  }
+
+  if (format == TK_ENV_FORMAT_1) {
+    printf("{\n  \"format\": \"tenantkms envelope, format 1 (docs/ENVELOPE.md)\",\n"
+           "  \"generator\": \"scripts/gen-envelope-vectors "
+           "(tests/vectors/gen_envelope_vectors.c)\",\n"
+           "  \"body\": \"Cobblestone-256 (c2sp.org/chunked-encryption, SHA-512 + AES-256-GCM), "
+           "input key = data_key, context = header, salt as given\",\n"
+           "  \"vectors\": [\n");
+  } else {
+    printf("{\n  \"format\": \"tenantkms envelope, format 2 (docs/ENVELOPE.md)\",\n"
+           "  \"generator\": \"scripts/gen-envelope-vectors "
+           "(tests/vectors/gen_envelope_vectors.c)\",\n"
+           "  \"body\": \"Cobblestone-256 (c2sp.org/chunked-encryption, SHA-512 + AES-256-GCM), "
+           "input key = data_key, context = body_context (the header without header length, KEK "
+           "version, wrapped key length and wrapped key), salt as given\",\n"
+           "  \"vectors\": [\n");
+  }
+  for (size_t i = 0; i < n_vec; i++) {
     emit(&v[i], hdr[i], &hl[i]);
   }
   printf("\n  ],\n  \"invalid_headers\": [\n");
@@ -218,8 +257,11 @@ main(void)
   b[0] = 'X';
   invalid("bad magic", b, n);
   memcpy(b, g, n);
-  b[3] = 2;
-  invalid("unknown version 2", b, n);
+  b[3] = 3;
+  invalid("unknown version 3", b, n);
+  memcpy(b, g, n);
+  b[3] = 0;
+  invalid("version 0", b, n);
   memcpy(b, g, n);
   b[5]++;
   invalid("declared header length one more than the bytes", b, n);
@@ -258,6 +300,19 @@ main(void)
   memcpy(b, g, n);
   b[n - 1] = 0x07;
   invalid("control character in a context value", b, n);
+  if (format == TK_ENV_FORMAT_2) {
+    /* Session envelopes are format 1 only: the marker in a format 2 header is refused. */
+    struct tk_env_header h;
+    size_t sl = 0;
+    if (tk_env_header_set(&h, TK_ENV_FORMAT_1, "acme", 7, (const uint8_t *)TK_ENV_SESSION_MARKER,
+                          TK_ENV_SESSION_MARKER_LEN, NULL, 0) != KMS_OK ||
+        tk_env_header_encode(b, sizeof(b), &sl, &h) != KMS_OK) {
+      fprintf(stderr, "gen: session header refused\n");
+      exit(1);
+    }
+    b[3] = TK_ENV_FORMAT_2;
+    invalid("session marker as the wrapped key of a format 2 header", b, sl);
+  }
   printf("\n  ]\n}\n");
   return 0;
 }
