@@ -548,9 +548,12 @@ write_frontier(audit *a, unsigned no)
 static void
 maybe_rotate(audit *a)
 {
-  if (a->file_off < a->rotate_bytes) {
+  /* Never close a file a failed write may have left bytes in (they are cut off first). */
+  if (a->dirty || a->file_off < a->rotate_bytes) {
     return;
   }
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   /* The checkpoint closes file N: an auditor holding it can check that file alone. */
   if (checkpoint(a)) {
     /* Start-up will read only the files after N (a failure here only makes it slower). */
@@ -561,7 +564,29 @@ maybe_rotate(audit *a)
             errno, strerror(errno));
     return;
   }
-  log_msg(LOG_INFO, "event=audit_rotated file=%u size=%" PRIu64, a->file_no, a->tree.size);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  /* Answers wait while the log rotates: how long it took is worth seeing. */
+  log_msg(LOG_INFO, "event=audit_rotated file=%u size=%" PRIu64 " took_us=%lld", a->file_no,
+          a->tree.size,
+          (long long)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000));
+}
+
+/*
+ * slow_commit_note logs a commit step that held every answer waiting on it
+ * for longer than SLOW_COMMIT_MS (a slow or busy disk shows here first).
+ */
+#define SLOW_COMMIT_MS 20
+static void
+slow_commit_note(const audit *a, const char *what, const struct timespec *t0,
+                 const struct timespec *t1, const struct timespec *t2, size_t bytes)
+{
+  int64_t us1 = (int64_t)(t1->tv_sec - t0->tv_sec) * 1000000 + (t1->tv_nsec - t0->tv_nsec) / 1000;
+  int64_t us2 = (int64_t)(t2->tv_sec - t1->tv_sec) * 1000000 + (t2->tv_nsec - t1->tv_nsec) / 1000;
+  if (us1 + us2 >= SLOW_COMMIT_MS * 1000) {
+    log_msg(LOG_WARN,
+            "event=audit_slow_commit step=%s file=%u bytes=%zu write_us=%lld sync_us=%lld", what,
+            a->file_no, bytes, (long long)us1, (long long)us2);
+  }
 }
 
 static void
@@ -599,12 +624,18 @@ write_batch(audit *a, struct audit_item *batch)
     e = ENOMEM;
     goto fail;
   }
+  struct timespec t0, t1, t2;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   if (pwrite_all(a->fd, b.p, b.len, a->file_off) != 0) {
     e = errno;
     a->dirty = true;
     goto fail;
   }
-  if (fdatasync(a->fd) != 0) {
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  int synced = fdatasync(a->fd);
+  clock_gettime(CLOCK_MONOTONIC, &t2);
+  slow_commit_note(a, "batch", &t0, &t1, &t2, b.len);
+  if (synced != 0) {
     /* After a failed fdatasync the page cache state is unknown: treat the batch as lost. */
     e = errno;
     what = "fdatasync";
@@ -619,7 +650,6 @@ write_batch(audit *a, struct audit_item *batch)
   }
   set_failing(a, false, NULL, 0);
   free(b.p);
-  maybe_rotate(a);
   return;
 fail:
   if (a->dirty && ftruncate(a->fd, (off_t)a->file_off) == 0) {
@@ -696,9 +726,6 @@ writer_main(void *arg)
     if (batch != NULL) {
       write_batch(a, batch);
     }
-    if (a->tree.size != a->cp_size && ms_since(&a->cp_last) >= a->checkpoint_ms) {
-      checkpoint(a);
-    }
     if (batch != NULL) {
       for (struct audit_item *it = batch; it != NULL; it = it->next) {
         free(it->body);
@@ -710,6 +737,12 @@ writer_main(void *arg)
       pthread_mutex_lock(&a->mu);
       a->writing = 0;
       pthread_mutex_unlock(&a->mu);
+    }
+    /* Rotation and checkpoints after the answers are released: they hold up only the records
+     * that arrive meanwhile, not a batch already durable. */
+    maybe_rotate(a);
+    if (a->tree.size != a->cp_size && ms_since(&a->cp_last) >= a->checkpoint_ms) {
+      checkpoint(a);
     }
     if (stop) {
       if (a->tree.size != a->cp_size || !a->cp_any) {
