@@ -468,6 +468,12 @@ harness_finish(int failed)
     fprintf(stderr, "kmsd exited with status %d; log in %s/kmsd.log\n", st, dir);
     failed++;
   }
+  return harness_cleanup(failed);
+}
+
+int
+harness_cleanup(int failed)
+{
   if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);

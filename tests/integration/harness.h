@@ -92,4 +92,10 @@ int harness_run_kmsd_once(const char *conf_rel, char *out, size_t out_len);
  */
 int harness_finish(int failed);
 
+/*
+ * harness_cleanup removes the test directory if nothing failed (unless
+ * TKMS_KEEP_DIR is set) and returns the program's exit code (0 or 1).
+ */
+int harness_cleanup(int failed);
+
 #endif

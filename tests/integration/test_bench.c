@@ -133,10 +133,5 @@ main(void)
   srunner_run_all(sr, CK_ENV);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
-  int st = harness_stop_kmsd();
-  if (st != 0) {
-    fprintf(stderr, "kmsd exited with status %d; log in %s/kmsd.log\n", st, harness_dir());
-    failed++;
-  }
-  return failed == 0 ? 0 : 1;
+  return harness_finish(failed); /* stops kmsd (its exit status counts) and cleans up */
 }

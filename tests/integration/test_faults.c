@@ -469,12 +469,5 @@ main(void)
   if (harness_kmsd_alive()) {
     harness_stop_kmsd();
   }
-  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", harness_dir());
-    if (system(cmd) != 0) {
-      fprintf(stderr, "could not remove %s\n", harness_dir());
-    }
-  }
-  return failed == 0 ? 0 : 1;
+  return harness_cleanup(failed);
 }

@@ -652,17 +652,5 @@ main(void)
   srunner_run_all(sr, CK_ENV);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
-  int st = harness_stop_kmsd();
-  if (st != 0) {
-    fprintf(stderr, "kmsd exited with status %d; log in %s/kmsd.log\n", st, harness_dir());
-    failed++;
-  }
-  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", harness_dir());
-    if (system(cmd) != 0) {
-      fprintf(stderr, "could not remove %s\n", harness_dir());
-    }
-  }
-  return failed == 0 ? 0 : 1;
+  return harness_finish(failed);
 }

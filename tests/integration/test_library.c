@@ -1385,12 +1385,5 @@ main(void)
     fprintf(stderr, "kmsd crashed or reported a memory error; see %s/kmsd.log\n", harness_dir());
     failed++;
   }
-  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", harness_dir());
-    if (system(cmd) != 0) {
-      fprintf(stderr, "could not remove %s\n", harness_dir());
-    }
-  }
-  return failed == 0 ? 0 : 1;
+  return harness_cleanup(failed);
 }

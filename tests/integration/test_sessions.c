@@ -845,12 +845,5 @@ main(void)
     failed++;
   }
   /* The directory holds a keystore of 10^6 sessions: not worth keeping after a pass. */
-  if (failed == 0 && getenv("TKMS_KEEP_DIR") == NULL) {
-    char rm[1024];
-    snprintf(rm, sizeof(rm), "rm -rf '%s'", harness_dir());
-    if (system(rm) != 0) {
-      fprintf(stderr, "could not remove %s\n", harness_dir());
-    }
-  }
-  return failed == 0 ? 0 : 1;
+  return harness_cleanup(failed);
 }
