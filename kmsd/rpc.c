@@ -35,6 +35,7 @@ struct rpc_job {
   ProtobufCMessage *lc_msg; /* key lifecycle answers (kmsd/lifecycle.c), owned */
   struct sessions_key_info sk; /* OpenSession, GetSessionKey: besides the key in res */
   char audit_why[256];      /* Health: why the audit log is not written */
+  const char *audit_tenant; /* the record's tenant when the request names none (Approve) */
   int64_t t0_us;            /* the frame's arrival (metrics_now_us) */
 };
 
@@ -331,6 +332,12 @@ run_approve(struct rpc_job *job, struct worker_ctx *w)
   int r = lifecycle_approve(LC_ARGS(job), conn_principal(job->c), job->req->approve->request_id,
                             LC_WHY(job), &out);
   LC_KEEP(job, out);
+  /* The request names only an approval id: the record names the tenant it was for, so a
+   * tenant-bound auditor sees who approved changes to its keys (docs/AUDIT.md). */
+  if (out != NULL && out->request != NULL && out->request->tenant_id != NULL &&
+      out->request->tenant_id[0] != '\0') {
+    job->audit_tenant = out->request->tenant_id;
+  }
   return r;
 }
 LC_FILL(fill_approve, TKMS__RESPONSE__RESULT_APPROVE, approve, Tkms__ApproveResponse)
@@ -1040,7 +1047,8 @@ held_done(struct audit_item *item, int status)
  */
 static bool
 hold_answer(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
-            uint32_t kek_version, const Tkms__Response *resp, bool close_after, int64_t t0_us)
+            uint32_t kek_version, const char *tenant, const Tkms__Response *resp, bool close_after,
+            int64_t t0_us)
 {
   size_t n = protobuf_c_message_get_packed_size(&resp->base);
   uint8_t *frame = malloc(KMS_FRAME_HDR_LEN + n);
@@ -1060,6 +1068,9 @@ hold_answer(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc
   f.peer = conn_peer(c);
   f.op = m != NULL ? m->name : "unknown";
   f.tenant = m != NULL && m->tenant != NULL && req != NULL ? m->tenant(req) : NULL;
+  if (f.tenant == NULL) {
+    f.tenant = tenant; /* found by the work itself (Approve), or NULL */
+  }
   struct request_view v;
   view_build(&v, m, req);
   f.context = v.context;
@@ -1092,7 +1103,8 @@ hold_answer(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc
  */
 static void
 respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_method *m,
-        uint32_t kek_version, const Tkms__Response *resp, bool close_after, int64_t t0_us)
+        uint32_t kek_version, const char *tenant, const Tkms__Response *resp, bool close_after,
+        int64_t t0_us)
 {
   if (rpc->audit == NULL) {
     metrics_request_done(m != NULL ? m->name : "unknown", (int)resp->status,
@@ -1104,7 +1116,7 @@ respond(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct rpc_met
     return;
   }
   conn_inflight_begin(c); /* the connection outlives a close until the answer is settled */
-  if (!hold_answer(rpc, c, req, m, kek_version, resp, close_after, t0_us)) {
+  if (!hold_answer(rpc, c, req, m, kek_version, tenant, resp, close_after, t0_us)) {
     conn_inflight_end(c);
     conn_close_after_send(c);
   }
@@ -1120,7 +1132,7 @@ respond_error(struct rpc *rpc, conn *c, const Tkms__Request *req, const struct r
   resp.request_id = request_id;
   resp.status = (Tkms__StatusCode)kms_err_to_status(err);
   resp.message = (char *)(message != NULL && message[0] != '\0' ? message : kms_strerror(err));
-  respond(rpc, c, req, m, 0, &resp, close_after, t0_us);
+  respond(rpc, c, req, m, 0, NULL, &resp, close_after, t0_us);
 }
 
 static void
@@ -1196,8 +1208,8 @@ job_work(struct work_item *item, struct worker_ctx *w)
   Tkms__Response resp;
   job_answer(job, &resp, &storage);
   /* The job's in-flight reference on its connection passes to the held answer. */
-  bool held = hold_answer(job->rpc, job->c, job->req, job->method, job->res.kek_version, &resp,
-                          false, job->t0_us);
+  bool held = hold_answer(job->rpc, job->c, job->req, job->method, job->res.kek_version,
+                          job->audit_tenant, &resp, false, job->t0_us);
   OPENSSL_cleanse(&storage, sizeof(storage));
   if (!held) {
     return true;
@@ -1216,7 +1228,8 @@ job_done(struct work_item *item)
   Tkms__Response resp;
 
   job_answer(job, &resp, &storage);
-  respond(job->rpc, c, job->req, job->method, job->res.kek_version, &resp, false, job->t0_us);
+  respond(job->rpc, c, job->req, job->method, job->res.kek_version, job->audit_tenant, &resp,
+          false, job->t0_us);
   OPENSSL_cleanse(&storage, sizeof(storage));
   job_free(job);
   conn_inflight_end(c);

@@ -370,6 +370,9 @@ START_TEST(test_export_names_state_changes_actor_approver_and_session_access)
   expect_change(sum, "acme", 1, "destroyed", 0, "pending destruction", "destroyed", OFF, OFF2, "");
   ck_assert_ptr_null(strstr(exp, "initech"));
   ck_assert_ptr_null(strstr(exp, "globex"));
+  /* The approvals of acme's changes are acme's records too (the request names only an id). */
+  ck_assert_ptr_nonnull(strstr(exp, "\"principal\":\"" OFF2 "\""));
+  ck_assert_ptr_nonnull(strstr(exp, "\"op\":\"Approve\",\"tenant\":\"acme\""));
   ck_assert_ptr_nonnull(strstr(exp, "\"principal\":\"spiffe://tenantkms.dev/ai\","
                                     "\"op\":\"GetSessionKey\",\"outcome\":\"ok\",\"count\":2}"));
   json_decref(sum);
