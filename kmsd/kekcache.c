@@ -39,6 +39,16 @@ struct kekcache {
   kekcache_entry *lru_head, *lru_tail;
   uint64_t seed;
   uint64_t epoch; /* starts at 1; kekcache_forget_state moves it on */
+  /*
+   * The keystore's change counter (kekcache_validate): the value last seen,
+   * whether one was seen, when the last check that found it unchanged
+   * started (every state of the current epoch was still true then), and
+   * whether a check is running.
+   */
+  uint64_t gen;
+  int gen_known;
+  int64_t validated_ms;
+  int validating;
 };
 
 static uint64_t
@@ -89,6 +99,7 @@ kekcache_new(size_t capacity)
     return NULL;
   }
   c->epoch = 1;
+  c->validated_ms = INT64_MIN / 2;
   if (RAND_bytes((unsigned char *)&c->seed, sizeof(c->seed)) != 1) {
     c->seed = (uint64_t)(uintptr_t)c;
   }
@@ -324,10 +335,17 @@ kekcache_size(kekcache *c)
 
 /* ---- Cached KEK state --------------------------------------------------------- */
 
+/*
+ * A state is fresh while less than |ttl_ms| has passed since it was read or,
+ * when later, since a check of the keystore's change counter found nothing
+ * changed (a change found moves the epoch on, so a state of the current epoch
+ * was true at every check since it was read).
+ */
 static int
 state_fresh(const kekcache *c, const kekcache_entry *e, int64_t now_ms, int64_t ttl_ms)
 {
-  return e->state_epoch == c->epoch && now_ms >= e->state_ms && now_ms - e->state_ms < ttl_ms;
+  int64_t since = e->state_ms > c->validated_ms ? e->state_ms : c->validated_ms;
+  return e->state_epoch == c->epoch && now_ms >= since && now_ms - since < ttl_ms;
 }
 
 kekcache_entry *
@@ -411,6 +429,38 @@ kekcache_set_state(kekcache *c, kekcache_entry *e, int state, int tenant_state, 
   e->state_ms = now_ms;
   e->state_epoch = c->epoch;
 out:
+  pthread_mutex_unlock(&c->mu);
+}
+
+int
+kekcache_validation_due(kekcache *c, int64_t now_ms, int64_t ttl_ms)
+{
+  pthread_mutex_lock(&c->mu);
+  int due = !c->validating && now_ms - c->validated_ms >= ttl_ms / 2;
+  if (due) {
+    c->validating = 1;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return due;
+}
+
+void
+kekcache_validate(kekcache *c, int ok, uint64_t gen, int64_t started_ms)
+{
+  pthread_mutex_lock(&c->mu);
+  c->validating = 0;
+  if (ok) {
+    if (!c->gen_known || gen != c->gen) {
+      /* Changed (or first seen): no cached state is known to be true any more. Every state
+       * of the new epoch is read after this, so the time below extends none of them. */
+      c->epoch++;
+      c->gen = gen;
+      c->gen_known = 1;
+    }
+    if (started_ms > c->validated_ms) {
+      c->validated_ms = started_ms;
+    }
+  }
   pthread_mutex_unlock(&c->mu);
 }
 

@@ -109,6 +109,20 @@ uint64_t kekcache_epoch(kekcache *c);
 void kekcache_set_state(kekcache *c, kekcache_entry *e, int state, int tenant_state,
                         int current, int64_t now_ms, uint64_t read_epoch);
 
+/*
+ * Revalidation by the keystore's change counter (keystore_state_gen): instead
+ * of re-reading every tenant's state once per |ttl_ms|, one read of the
+ * counter keeps all of them fresh while it does not move.
+ * kekcache_validation_due returns 1 (and claims the check, so one thread
+ * does it) when the last check is half a TTL old. The caller takes the time,
+ * reads the counter, and reports with kekcache_validate (|ok| 0: the read
+ * failed, nothing changes): the same value as last time extends every state
+ * of the current epoch to |started_ms| + TTL; another value (or the first
+ * one seen) makes every state stale, like kekcache_forget_state.
+ */
+int kekcache_validation_due(kekcache *c, int64_t now_ms, int64_t ttl_ms);
+void kekcache_validate(kekcache *c, int ok, uint64_t gen, int64_t started_ms);
+
 /* kekcache_forget_state makes every cached state stale (handles stay loaded). */
 void kekcache_forget_state(kekcache *c);
 

@@ -259,6 +259,22 @@ keyops_spend_use(const struct keyops *k, struct worker_ctx *w, const struct ks_k
 }
 
 /*
+ * revalidate reads the keystore's change counter when the last read is half a
+ * TTL old (one worker at a time): unchanged, it keeps every cached state fresh
+ * for another TTL without a read per tenant; changed, they are all re-read as
+ * they are next used (kekcache.h).
+ */
+static void
+revalidate(const struct keyops *k, struct worker_ctx *w, int64_t now)
+{
+  if (k->state_ttl_ms > 0 && kekcache_validation_due(k->cache, now, k->state_ttl_ms)) {
+    uint64_t gen = 0;
+    int r = keystore_state_gen(w->ks, &gen);
+    kekcache_validate(k->cache, r == KMS_OK, gen, now);
+  }
+}
+
+/*
  * current_kek finds the tenant's newest KEK version and its and the tenant's
  * state. The cache answers while its state is fresh (kekcache.h); then |kek|
  * holds only the tenant id, version and states, and |*out| the pinned entry.
@@ -271,6 +287,7 @@ current_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
 {
   int64_t now = kms_mono_ms();
   *out = NULL;
+  revalidate(k, w, now);
   if (k->state_ttl_ms > 0) {
     *out = kekcache_get_current(k->cache, tenant_id, now, k->state_ttl_ms, &kek->state,
                                 &kek->tenant_state);
@@ -303,6 +320,7 @@ version_kek(const struct keyops *k, struct worker_ctx *w, const char *tenant_id,
             uint32_t version, struct ks_kek *kek, kekcache_entry **out)
 {
   int64_t now = kms_mono_ms();
+  revalidate(k, w, now);
   *out = kekcache_get(k->cache, tenant_id, version);
   fresh(k, w, tenant_id, out);
   if (*out != NULL && k->state_ttl_ms > 0 &&

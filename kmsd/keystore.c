@@ -653,6 +653,13 @@ int keystore_root_set_current(keystore *ks, uint32_t version, int trusted, const
   return ks->ops->root_set_current(ks, version, trusted, by, now_ms, out_previous);
 }
 
+int keystore_state_gen(keystore *ks, uint64_t *out) {
+  if (ks == NULL || out == NULL) {
+    return KMS_ERR_INVALID_ARGUMENT;
+  }
+  return ks->ops->state_gen(ks, out);
+}
+
 int keystore_root_list(keystore *ks, struct ks_root **out, size_t *out_n) {
   if (out == NULL || out_n == NULL) {
     return KMS_ERR_INVALID_ARGUMENT;

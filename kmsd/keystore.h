@@ -537,6 +537,13 @@ int keystore_root_set_current(keystore *ks, uint32_t version, int trusted, const
 int keystore_root_list(keystore *ks, struct ks_root **out, size_t *out_n);
 
 /*
+ * keystore_state_gen reads the keystore's change counter (schema 6): it moves
+ * with every change of a KEK version's or a tenant's state, a new or removed
+ * version or tenant, whoever makes it (kmsd/kekcache.h, revalidation).
+ */
+int keystore_state_gen(keystore *ks, uint64_t *out);
+
+/*
  * keystore_root_pending reads up to |cap| key tokens wrapped under a trusted
  * root other than |current| (the re-wrap job's next batch; legacy roots'
  * tokens are never listed), oldest root first, old_* filled.
@@ -636,6 +643,7 @@ struct keystore_ops {
   int (*root_move_tokens)(keystore *ks, const struct ks_token_move *m, size_t n,
                           size_t *out_moved);
   int (*root_destroyed)(keystore *ks, uint32_t version, int64_t now_ms);
+  int (*state_gen)(keystore *ks, uint64_t *out);
 };
 
 /* Every backend's handle starts with this, so keystore.c can dispatch. */

@@ -193,6 +193,31 @@ static const char *const migrations[] = {
     "  WHEN length(NEW.key_token) > 0 AND EXISTS"
     "    (SELECT 1 FROM root_keys WHERE version = NEW.root_version AND state = 3)"
     "  BEGIN SELECT RAISE(ABORT, 'root key destroyed'); END;",
+    /*
+     * 6: a change counter for cached key state (kmsd/kekcache.h). Every change
+     * that can make a cached state untrue (a version's or a tenant's state, a
+     * new or removed version, a tenant's newest version) moves it, by trigger,
+     * so changes made by another process or by hand count too; use-budget
+     * reservations and token re-wraps do not. One read of it per TTL keeps
+     * every cached state fresh while it does not move.
+     */
+    "CREATE TABLE state_gen ("
+    "  id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),"
+    "  gen INTEGER NOT NULL"
+    ") STRICT;"
+    "INSERT INTO state_gen (id, gen) VALUES (1, 0);"
+    "CREATE TRIGGER state_gen_kek_insert AFTER INSERT ON kek_versions"
+    "  BEGIN UPDATE state_gen SET gen = gen + 1; END;"
+    "CREATE TRIGGER state_gen_kek_state AFTER UPDATE OF state ON kek_versions"
+    "  BEGIN UPDATE state_gen SET gen = gen + 1; END;"
+    "CREATE TRIGGER state_gen_kek_delete AFTER DELETE ON kek_versions"
+    "  BEGIN UPDATE state_gen SET gen = gen + 1; END;"
+    "CREATE TRIGGER state_gen_tenant_insert AFTER INSERT ON tenants"
+    "  BEGIN UPDATE state_gen SET gen = gen + 1; END;"
+    "CREATE TRIGGER state_gen_tenant_state AFTER UPDATE OF state, current_version ON tenants"
+    "  BEGIN UPDATE state_gen SET gen = gen + 1; END;"
+    "CREATE TRIGGER state_gen_tenant_delete AFTER DELETE ON tenants"
+    "  BEGIN UPDATE state_gen SET gen = gen + 1; END;",
 };
 
 #define SCHEMA_VERSION_LATEST ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -3069,6 +3094,20 @@ out:
   return r;
 }
 
+static int sqlite_state_gen(keystore *base, uint64_t *out) {
+  struct keystore_sqlite *ks = ks_sqlite(base);
+  sqlite3_stmt *st = NULL;
+  int64_t gen = 0;
+  int r = query(ks, &st, "SELECT gen FROM state_gen WHERE id = 1", "");
+  if (r == KMS_OK) {
+    int rc = sqlite3_step(st);
+    r = rc == SQLITE_ROW ? col_i64(st, 0, 0, INT64_MAX, &gen) : map_rc(rc);
+  }
+  sqlite3_finalize(st);
+  *out = r == KMS_OK ? (uint64_t)gen : 0;
+  return r;
+}
+
 static int sqlite_root_destroyed(keystore *base, uint32_t version, int64_t now_ms) {
   struct keystore_sqlite *ks = ks_sqlite(base);
   sqlite3_stmt *st = NULL;
@@ -3160,4 +3199,5 @@ const struct keystore_ops keystore_sqlite_ops = {
     .root_pending = sqlite_root_pending,
     .root_move_tokens = sqlite_root_move_tokens,
     .root_destroyed = sqlite_root_destroyed,
+    .state_gen = sqlite_state_gen,
 };

@@ -415,6 +415,41 @@ START_TEST(test_forget_state_makes_every_state_stale)
 }
 END_TEST
 
+/* The keystore's change counter: unchanged, it keeps every state fresh; moved, none. */
+START_TEST(test_validation_by_change_counter)
+{
+  kekcache *c = kekcache_new(4);
+  int st = 0, tst = 0;
+  kekcache_entry *e = put_pinned(c, "acme", 1, 0x10);
+  /* The first value seen makes nothing fresh: it is not known what it covered. */
+  ck_assert_int_eq(kekcache_validation_due(c, 900, 500), 1);
+  ck_assert_int_eq(kekcache_validation_due(c, 900, 500), 0); /* one check at a time */
+  kekcache_validate(c, 1, 7, 900);
+  kekcache_set_state(c, e, 1, 1, 1, 1000, kekcache_epoch(c));
+  ck_assert_int_eq(kekcache_state(c, e, 1499, 500, &st, &tst), 1);
+  /* Half a TTL after the last check, another one is due. */
+  ck_assert_int_eq(kekcache_validation_due(c, 1100, 500), 0);
+  ck_assert_int_eq(kekcache_validation_due(c, 1400, 500), 1);
+  kekcache_validate(c, 1, 7, 1400); /* unchanged */
+  /* Fresh past its own TTL: the check at 1400 vouches for it until 1900. */
+  ck_assert_int_eq(kekcache_state(c, e, 1899, 500, &st, &tst), 1);
+  ck_assert_ptr_eq(kekcache_get_current(c, "acme", 1899, 500, &st, &tst), e);
+  kekcache_release(c, e);
+  ck_assert_int_eq(kekcache_state(c, e, 1900, 500, &st, &tst), 0);
+  /* A failed read changes nothing (and frees the check for the next caller). */
+  ck_assert_int_eq(kekcache_validation_due(c, 1700, 500), 1);
+  kekcache_validate(c, 0, 0, 1700);
+  ck_assert_int_eq(kekcache_state(c, e, 1899, 500, &st, &tst), 1);
+  /* The counter moved: every state is stale at once. */
+  ck_assert_int_eq(kekcache_validation_due(c, 1750, 500), 1);
+  kekcache_validate(c, 1, 8, 1750);
+  ck_assert_int_eq(kekcache_state(c, e, 1751, 500, &st, &tst), 0);
+  ck_assert_ptr_null(kekcache_get_current(c, "acme", 1751, 500, &st, &tst));
+  kekcache_release(c, e);
+  kekcache_free(c);
+}
+END_TEST
+
 START_TEST(test_removed_and_evicted_entries_leave_the_tenant_index)
 {
   kekcache *c = kekcache_new(1);
@@ -564,6 +599,7 @@ kekcache_suite(void)
   tcase_add_test(tc, test_state_is_used_for_ttl_then_stale);
   tcase_add_test(tc, test_get_current_returns_the_newest_version_read);
   tcase_add_test(tc, test_forget_state_makes_every_state_stale);
+  tcase_add_test(tc, test_validation_by_change_counter);
   tcase_add_test(tc, test_removed_and_evicted_entries_leave_the_tenant_index);
   suite_add_tcase(s, tc);
 

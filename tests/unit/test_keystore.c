@@ -19,7 +19,7 @@
 #include "kms_time.h"
 
 /* Migrations applied to a new keystore: 1 tenants and KEKs, 2 key lifecycle. */
-#define SCHEMA_LATEST 5 /* 3: session keys (docs/SESSIONS.md); 4: root keys, 5: no token under a destroyed root (docs/LIFECYCLE.md) */
+#define SCHEMA_LATEST 6 /* 3: session keys (docs/SESSIONS.md); 4: root keys, 5: no token under a destroyed root (docs/LIFECYCLE.md); 6: state change counter (kmsd/kekcache.h) */
 
 /* Each test gets a fresh directory; the fixture runs in the test's own process. */
 static char dir[PATH_MAX / 2];
@@ -1313,6 +1313,41 @@ START_TEST(root_rotation_moves_tokens_off_trusted_roots_and_counts_them) {
 }
 END_TEST
 
+/* The change counter moves with every state change, new version or tenant, not with uses. */
+START_TEST(state_gen_moves_with_key_state_not_with_uses) {
+  keystore *ks = open_ok();
+  uint64_t g0 = 0, g = 0, total = 0;
+  struct ks_kek a1 = make_kek("acme", 1, 1), a2 = make_kek("acme", 2, 2);
+  ck_assert_int_eq(keystore_state_gen(ks, &g0), KMS_OK);
+  ck_assert_int_eq(keystore_tenant_create(ks, &a1), KMS_OK);
+  ck_assert_int_eq(keystore_state_gen(ks, &g), KMS_OK);
+  ck_assert_uint_gt(g, g0);
+  g0 = g;
+  ck_assert_int_eq(keystore_kek_reserve_uses(ks, "acme", 1, 10, 100, &total), KMS_OK);
+  ck_assert_int_eq(keystore_state_gen(ks, &g), KMS_OK);
+  ck_assert_uint_eq(g, g0); /* a use reservation changes no state */
+  ck_assert_int_eq(keystore_kek_rotate(ks, &a2, OFFICER_A, "test"), KMS_OK);
+  ck_assert_int_eq(keystore_state_gen(ks, &g), KMS_OK);
+  ck_assert_uint_gt(g, g0);
+  g0 = g;
+  struct ks_change c = {.tenant_id = "acme", .from_states = KS_STATE_BIT(KS_TENANT_ACTIVE),
+                        .to_state = KS_TENANT_DISABLED, .by = OFFICER_A, .event = "disabled"};
+  int st = 0;
+  ck_assert_int_eq(keystore_change_state(ks, &c, &st), KMS_OK);
+  ck_assert_int_eq(keystore_state_gen(ks, &g), KMS_OK);
+  ck_assert_uint_gt(g, g0);
+  /* A change made behind kmsd's back (by hand, another process) moves it too. */
+  g0 = g;
+  sqlite3 *db = raw_open();
+  raw_exec(db, "UPDATE kek_versions SET state = 3 WHERE tenant_id = 'acme' AND version = 1");
+  sqlite3_close(db);
+  ck_assert_int_eq(keystore_state_gen(ks, &g), KMS_OK);
+  ck_assert_uint_gt(g, g0);
+  ck_assert_int_eq(keystore_state_gen(ks, NULL), KMS_ERR_INVALID_ARGUMENT);
+  keystore_close(ks);
+}
+END_TEST
+
 /* A KEK wrapped under a root that was destroyed meanwhile is refused, not stored unopenable. */
 START_TEST(no_key_token_may_name_a_destroyed_root) {
   keystore *ks = open_ok();
@@ -1420,6 +1455,7 @@ static Suite *keystore_suite(void) {
   tcase_add_test(tc, root_rotation_moves_tokens_off_trusted_roots_and_counts_them);
   tcase_add_test(tc, root_functions_refuse_bad_arguments_and_change_nothing);
   tcase_add_test(tc, no_key_token_may_name_a_destroyed_root);
+  tcase_add_test(tc, state_gen_moves_with_key_state_not_with_uses);
   suite_add_tcase(s, tc);
 
   /* Waits out the 5 s busy timeout. */
